@@ -1,0 +1,70 @@
+"""`python -m server`: parse flags, set up logging, serve until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from server.app import create_app
+from server.config import Config, load_config
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Real-time WebRTC video stylization server")
+    parser.add_argument("--config", type=Path, help="TOML file overriding configs/default.toml")
+    parser.add_argument("--host", help="address to listen on")
+    parser.add_argument("--port", type=int, help="HTTP port")
+    parser.add_argument("--model", help='model spec: hub id, local folder, "tiny" or "arch:sd-turbo"')
+    parser.add_argument("--data-dir", type=Path, help="where models, the database, jobs and logs live")
+    parser.add_argument("--osc-port", type=int, help="UDP port for OSC control")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for value, section, key in (
+        (args.host, "server", "host"),
+        (args.port, "server", "port"),
+        (args.model, "model", "id"),
+        (args.data_dir, "server", "data_dir"),
+        (args.osc_port, "osc", "port"),
+    ):
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return load_config(args.config, overrides=overrides)
+
+
+def setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aioice", "aiortc", "httpx", "huggingface_hub", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = config_from_args(parse_args(sys.argv[1:] if argv is None else argv))
+    setup_logging(config)
+    ssl_context = None
+    if config.server.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(config.server.tls_cert, config.server.tls_key or None)
+    web.run_app(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        ssl_context=ssl_context,
+        print=lambda message: logging.getLogger("server").info(message.strip()),
+    )
+
+
+if __name__ == "__main__":
+    main()

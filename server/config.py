@@ -1,0 +1,137 @@
+"""Configuration: `configs/default.toml`, an optional user file, `STYLIZE_...` variables, then flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+# Short variables for the knobs people set most (the same ones the command line has).
+ENV_ALIASES = {
+    "STYLIZE_MODEL": ("model", "id"),
+    "STYLIZE_HOST": ("server", "host"),
+    "STYLIZE_PORT": ("server", "port"),
+    "STYLIZE_DATA_DIR": ("server", "data_dir"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IceServer(_Section):
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    max_peers: int = Field(8, ge=1)
+    max_body_kb: int = Field(64, ge=1)
+    ice_servers: list[IceServer] = []
+    cors_origins: list[str] = []
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+class ModelConfig(_Section):
+    id: str = "stabilityai/sd-turbo"
+    vae: str = "madebyollin/taesd"
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    resolution: int = Field(0, ge=0, le=2048, multiple_of=8)
+
+
+class EngineConfig(_Section):
+    max_batch: int = Field(8, ge=1, le=64)
+    max_wait_ms: float = Field(4.0, ge=0.0, le=1000.0)
+    similarity_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    prompt_cache_size: int = Field(64, ge=1)
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    warmup: bool = True
+
+
+class DefaultsConfig(_Section):
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = Field(42, ge=0)
+    guidance_scale: float = Field(0.0, ge=0.0)
+
+
+class OscConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=0, le=65535)
+    allow: list[str] = ["127.0.0.1", "::1"]
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    model: ModelConfig = ModelConfig()
+    engine: EngineConfig = EngineConfig()
+    defaults: DefaultsConfig = DefaultsConfig()
+    osc: OscConfig = OscConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Merge the defaults file, `path`, the environment and `overrides` ({section: {key: value}})."""
+    data = _read_toml(DEFAULT_CONFIG)
+    if path is not None:
+        _merge(data, _read_toml(path))
+    _merge(data, _from_env(os.environ if env is None else env))
+    if overrides:
+        _merge(data, {section: dict(values) for section, values in overrides.items()})
+    return Config.model_validate(data)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for section, values in extra.items():
+        base.setdefault(section, {}).update(values)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name, field_info in Config.model_fields.items():
+        section_type = field_info.annotation
+        assert isinstance(section_type, type) and issubclass(section_type, BaseModel)
+        for key in section_type.model_fields:
+            value = env.get(f"STYLIZE_{name}_{key}".upper())
+            if value is not None:
+                found.setdefault(name, {})[key] = _parse_env_value(value)
+    for variable, (section, key) in ENV_ALIASES.items():
+        if variable in env:
+            found.setdefault(section, {})[key] = _parse_env_value(env[variable])
+    return found
+
+
+def _parse_env_value(value: str) -> Any:
+    """Lists and tables as JSON; scalars stay strings for pydantic to convert to the field's type."""
+    if value.lstrip().startswith(("[", "{")):
+        return json.loads(value)
+    return value

@@ -1,0 +1,15 @@
+"""Every piece of app state, declared once as a typed `web.AppKey`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.config import Config
+from server.engine_service import EngineService
+from server.peers import PeerManager
+from server.settings import SettingsStore
+
+CONFIG = web.AppKey("config", Config)
+SETTINGS = web.AppKey("settings", SettingsStore)
+ENGINE = web.AppKey("engine", EngineService)
+PEERS = web.AppKey("peers", PeerManager)

@@ -1,0 +1,111 @@
+"""WebRTC peers: one `Session` per caller, created from an offer and closed on every way out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+
+from server.config import ServerConfig
+from server.engine_service import EngineService
+from server.session import Session
+from server.settings import SettingsPatch, SettingsStore
+from server.tracks import StylizedTrack
+
+logger = logging.getLogger(__name__)
+
+
+class PeersFull(Exception):
+    """Every slot (`[server] max_peers`) is taken."""
+
+
+class OfferRejected(Exception):
+    """aiortc refused the offer; the half-made peer has been closed."""
+
+
+class PeerManager:
+    def __init__(self, config: ServerConfig, engine: EngineService, settings: SettingsStore) -> None:
+        self._config = config
+        self._engine = engine
+        self._settings = settings
+        self.sessions: dict[str, Session] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _rtc_configuration(self) -> RTCConfiguration:
+        servers = [
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in self._config.ice_servers
+        ]
+        return RTCConfiguration(iceServers=servers)
+
+    async def create(
+        self, offer: RTCSessionDescription, initial: SettingsPatch | None = None
+    ) -> tuple[Session, RTCSessionDescription]:
+        if len(self.sessions) >= self._config.max_peers:
+            raise PeersFull(f"{len(self.sessions)} of {self._config.max_peers} streams in use")
+        engine = self._engine.engine
+        session = Session(id=uuid.uuid4().hex[:12], pc=RTCPeerConnection(self._rtc_configuration()))
+        pc = session.pc
+        self.sessions[session.id] = session
+        self._settings.add_stream(session.id)
+        # The transceiver exists before the remote description so codec preferences take effect.
+        transceiver = pc.addTransceiver("video", direction="sendrecv")
+        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == "video/vp8"]
+        transceiver.setCodecPreferences(vp8)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind != "video" or session.track is not None:
+                return
+            output = StylizedTrack(
+                track, session.id, engine, lambda: self._settings.effective(session.id), session.stats
+            )
+            session.track = output
+            transceiver.sender.replaceTrack(output)
+            output.start()
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            logger.info("peer state stream=%s state=%s", session.id, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        try:
+            if initial is not None:
+                self._settings.update_stream(session.id, initial, "http")
+            await pc.setRemoteDescription(offer)
+            if session.track is None:
+                raise OfferRejected("the offer carries no video track")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:
+            await self.close(session.id)
+            if isinstance(e, OfferRejected):
+                raise
+            raise OfferRejected(str(e) or type(e).__name__) from e
+        logger.info("peer created stream=%s peers=%d", session.id, len(self.sessions))
+        local = pc.localDescription
+        return session, RTCSessionDescription(sdp=local.sdp, type=local.type)
+
+    async def close(self, stream_id: str) -> bool:
+        session = self.sessions.pop(stream_id, None)
+        if session is None:
+            return False
+        self._settings.remove_stream(stream_id)
+        if self._engine.ready:
+            self._engine.engine.forget(stream_id)
+        if session.track is not None:
+            await session.track.aclose()
+        await session.pc.close()
+        logger.info("peer closed stream=%s peers=%d", stream_id, len(self.sessions))
+        return True
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(stream_id) for stream_id in list(self.sessions)))
