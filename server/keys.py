@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.config import Config
+from server.db import Database
 from server.engine_service import EngineService
+from server.events import EventHub
 from server.peers import PeerManager
 from server.settings import SettingsStore
 
@@ -13,3 +15,5 @@ CONFIG = web.AppKey("config", Config)
 SETTINGS = web.AppKey("settings", SettingsStore)
 ENGINE = web.AppKey("engine", EngineService)
 PEERS = web.AppKey("peers", PeerManager)
+EVENTS = web.AppKey("events", EventHub)
+DB = web.AppKey("db", Database)

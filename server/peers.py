@@ -17,6 +17,7 @@ from aiortc import (
 
 from server.config import ServerConfig
 from server.engine_service import EngineService
+from server.events import EventHub
 from server.session import Session
 from server.settings import SettingsPatch, SettingsStore
 from server.tracks import StylizedTrack
@@ -33,12 +34,12 @@ class OfferRejected(Exception):
 
 
 class PeerManager:
-    def __init__(self, config: ServerConfig, engine: EngineService, settings: SettingsStore) -> None:
+    def __init__(self, config: ServerConfig, engine: EngineService, settings: SettingsStore, events: EventHub) -> None:
         self._config = config
         self._engine = engine
         self._settings = settings
+        self._events = events
         self.sessions: dict[str, Session] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
@@ -91,6 +92,8 @@ class PeerManager:
                 raise
             raise OfferRejected(str(e) or type(e).__name__) from e
         logger.info("peer created stream=%s peers=%d", session.id, len(self.sessions))
+        session.announced = True
+        self._events.publish("stream", action="up", stream_id=session.id, streams=len(self.sessions))
         local = pc.localDescription
         return session, RTCSessionDescription(sdp=local.sdp, type=local.type)
 
@@ -105,6 +108,8 @@ class PeerManager:
             await session.track.aclose()
         await session.pc.close()
         logger.info("peer closed stream=%s peers=%d", stream_id, len(self.sessions))
+        if session.announced:
+            self._events.publish("stream", action="down", stream_id=stream_id, streams=len(self.sessions))
         return True
 
     async def close_all(self) -> None:

@@ -39,6 +39,7 @@ class Session:
     stats: StreamStats = field(default_factory=StreamStats)
     track: StylizedTrack | None = None
     created: float = field(default_factory=time.time)
+    announced: bool = False  # the offer succeeded and listeners were told the stream is up
 
     def describe(self) -> dict[str, object]:
         return {
