@@ -183,6 +183,24 @@ def _bytes_to_unicode() -> list[str]:
     return chars
 
 
+def _visible_init(vae: AutoencoderTiny) -> None:
+    """Re-initialise the tiny VAE so its pictures have contrast.
+
+    With PyTorch's default init the ReLU stack shrinks every signal and the decoder returns a
+    uniformly black frame, so tests could not tell one prompt's output from another's. He-normal
+    weights keep the signal alive; the last layer is scaled to land around mid-grey.
+    """
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    last = vae.decoder.layers[-1]
+    with torch.no_grad():
+        last.weight.mul_(0.07)
+        last.bias.fill_(0.5)
+
+
 def ensure_tiny_model(folder: Path) -> Path:
     """Build the `tiny` model once (seeded random weights) and save it in diffusers format."""
     if (folder / "model_index.json").is_file():
@@ -207,6 +225,7 @@ def ensure_tiny_model(folder: Path) -> Path:
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
     )
+    _visible_init(vae)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=1000,
