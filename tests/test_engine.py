@@ -144,7 +144,12 @@ def test_stop_fails_waiting_frames_and_refuses_new_ones(model: ModelBundle) -> N
 
 @pytest.mark.parametrize(
     "frame",
-    [np.zeros((10, 10), dtype=np.uint8), np.zeros((96, 64), dtype=np.float32), np.zeros((100, 64), dtype=np.uint8), np.zeros((96, 63), dtype=np.uint8)],
+    [
+        np.zeros((10, 10), dtype=np.uint8),
+        np.zeros((96, 64), dtype=np.float32),
+        np.zeros((100, 64), dtype=np.uint8),
+        np.zeros((96, 63), dtype=np.uint8),
+    ],
 )
 def test_malformed_frames_are_refused(model: ModelBundle, frame: np.ndarray) -> None:
     engine = Engine(model)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 
-from tests.conftest import RunningServer
+from server import keys
+from server.config import Config
+from tests.conftest import RunningServer, start_server, stop_server
 from tests.rtc_client import TICKS_PER_FRAME, connect, pattern_frame, read_index
 
 
@@ -62,3 +65,39 @@ async def test_stream_is_listed_and_hang_up_closes_it(server: RunningServer) -> 
     finally:
         await client.close()
     await asyncio.sleep(0)
+
+
+async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
+    make_config: Callable[..., Config],
+) -> None:
+    # At 192 px the tiny model on a CPU takes longer than a 30 fps frame interval.
+    running = await start_server(make_config(model={"resolution": 192}, defaults={"strength": 0.0}))
+    client = await connect(running.http, running.url("/api/offer"))
+    try:
+        await client.wait_frames(15)
+        calibration = client.received[5:15]
+        offsets = [r.pts - read_index(r.frame) * TICKS_PER_FRAME for r in calibration]
+        offset = int(np.median(offsets))
+
+        async with running.http.patch(running.url("/api/settings"), json={"strength": 0.6}) as response:
+            assert response.status == 200
+        sent_before = client.source.sent
+        start = len(client.received)
+        await asyncio.sleep(4.0)
+        slow = client.received[start + 3 :]
+        sent = client.source.sent - sent_before
+        assert len(slow) >= 6, f"only {len(slow)} frames came back in 4 s"
+        lags = [r.latest_sent - round((r.pts - offset) / TICKS_PER_FRAME) for r in slow]
+        assert all(lag >= 0 for lag in lags), lags
+        half = len(lags) // 2
+        # No queue builds up: the lag at the end is no worse than at the start (a little jitter aside).
+        assert np.median(lags[half:]) <= np.median(lags[:half]) + 2, lags
+        assert np.percentile(lags, 90) <= 15, f"frames came back far behind the newest sent: {lags}"
+        # The model could not keep up, so frames were skipped and counted.
+        assert len(slow) < 0.8 * sent
+        stats = running.app[keys.PEERS].sessions[client.stream_id].stats
+        assert stats.frames_dropped > 0
+        assert stats.frames_in - stats.frames_out - stats.frames_dropped <= 2
+    finally:
+        await client.close()
+        await stop_server(running)

@@ -1,0 +1,160 @@
+"""Bad input at the HTTP edge: clear 4xx JSON errors, nothing leaked, the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from server import keys
+from server.config import Config
+from tests.conftest import RunningServer, start_server, stop_server
+from tests.rtc_client import connect
+
+
+async def _offer_sdp() -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_health_and_readiness(server: RunningServer) -> None:
+    async with server.http.get(server.url("/health")) as response:
+        assert response.status == 200
+    async with server.http.get(server.url("/readyz")) as response:
+        body = await response.json()
+        assert response.status == 200
+        assert body["state"] == "ready" and body["model"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"not json", 400, "body is not valid JSON"),
+        (b"[1, 2]", 400, "body must be a JSON object"),
+        (b'{"sdp": "v=0", "type": "answer"}', 422, "invalid fields"),
+        (b'{"type": "offer"}', 422, "invalid fields"),
+        (b'{"sdp": "this is not sdp", "type": "offer"}', 400, "offer rejected"),
+        (b'{"sdp": "v=0\\r\\nm=video 9 UDP/TLS/RTP/SAVPF 96\\r\\n", "type": "offer"}', 400, "offer rejected"),
+    ],
+)
+async def test_bad_offers_are_refused_and_leave_no_peer(
+    server: RunningServer, body: bytes, status: int, error: str
+) -> None:
+    async with server.http.post(server.url("/api/offer"), data=body) as response:
+        assert response.status == status
+        assert (await response.json())["error"] == error
+    assert server.app[keys.PEERS].sessions == {}
+    async with server.http.get(server.url("/health")) as response:
+        assert response.status == 200
+
+
+async def test_type_other_than_offer_is_400_or_422_naming_type(server: RunningServer) -> None:
+    async with server.http.post(server.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "pranswer"}) as r:
+        body = await r.json()
+    assert r.status == 422
+    assert body["detail"][0]["field"] == "type"
+
+
+async def test_oversized_offer_is_413(server: RunningServer) -> None:
+    huge = {"sdp": "v=0\r\n" + "a=x\r\n" * 20000, "type": "offer"}
+    async with server.http.post(server.url("/api/offer"), json=huge) as response:
+        assert response.status == 413
+        assert (await response.json())["error"] == "request body too large"
+
+
+async def test_more_peers_than_max_is_503(make_config: Callable[..., Config]) -> None:
+    running = await start_server(make_config(server={"max_peers": 1}))
+    try:
+        first = await connect(running.http, running.url("/api/offer"))
+        try:
+            async with running.http.post(
+                running.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "offer"}
+            ) as response:
+                assert response.status == 503
+                assert (await response.json())["error"] == "server full"
+            assert list(running.app[keys.PEERS].sessions) == [first.stream_id]
+        finally:
+            await first.close()
+    finally:
+        await stop_server(running)
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"strength": 1.5}, "strength"),
+        ({"strength": -0.1}, "strength"),
+        ({"strength": "high"}, "strength"),
+        ({"strength": True}, "strength"),
+        ({"prompt": "x" * 501}, "prompt"),
+        ({"prompt": 42}, "prompt"),
+        ({"seed": -1}, "seed"),
+        ({"blend": 2}, "blend"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+async def test_invalid_settings_are_422_naming_the_field(server: RunningServer, patch: dict, field: str) -> None:
+    async with server.http.get(server.url("/api/settings")) as response:
+        before = await response.json()
+    async with server.http.patch(server.url("/api/settings"), json=patch) as response:
+        body = await response.json()
+    assert response.status == 422
+    assert field in [item["field"] for item in body["detail"]]
+    async with server.http.get(server.url("/api/settings")) as response:
+        assert await response.json() == before
+
+
+async def test_null_for_a_global_field_is_422(server: RunningServer) -> None:
+    async with server.http.patch(server.url("/api/settings"), json={"strength": None}) as response:
+        assert response.status == 422
+
+
+async def test_settings_round_trip_and_shorthands(server: RunningServer) -> None:
+    async with server.http.patch(server.url("/api/settings"), json={"prompt": "ink", "strength": 1, "seed": 7}) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert (body["prompt"], body["strength"], body["seed"]) == ("ink", 1.0, 7)
+    async with server.http.post(server.url("/api/prompt"), json={"prompt": "oil"}) as r:
+        assert (await r.json())["prompt"] == "oil"
+    async with server.http.post(server.url("/api/strength"), json={"strength": 0.25}) as r:
+        assert (await r.json())["strength"] == 0.25
+    async with server.http.post(server.url("/api/strength"), json={"strength": 3}) as r:
+        assert r.status == 422
+    async with server.http.get(server.url("/api/settings")) as r:
+        body = await r.json()
+    assert (body["prompt"], body["strength"]) == ("oil", 0.25)
+
+
+async def test_unknown_stream_is_404(server: RunningServer) -> None:
+    async with server.http.get(server.url("/api/streams/nope/settings")) as response:
+        assert response.status == 404
+    async with server.http.patch(server.url("/api/streams/nope/settings"), json={"strength": 0.1}) as response:
+        assert response.status == 404
+    async with server.http.delete(server.url("/api/streams/nope")) as response:
+        assert response.status == 404
+
+
+async def test_model_that_cannot_load_makes_readyz_503_with_the_fix(make_config: Callable[..., Config]) -> None:
+    running = await start_server(make_config(model={"id": "/nonexistent/model-folder"}), ready=False)
+    try:
+        for _ in range(200):
+            async with running.http.get(running.url("/readyz")) as response:
+                body = await response.json()
+            if body["state"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        assert response.status == 503
+        assert "--model tiny" in body["reason"]
+        async with running.http.post(
+            running.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "offer"}
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "model not ready"
+    finally:
+        await stop_server(running)
