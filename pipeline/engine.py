@@ -153,7 +153,7 @@ class Engine:
     def submit(
         self, key: str, frame: np.ndarray, params: FrameParams, priority: Priority = Priority.LIVE
     ) -> Future[np.ndarray]:
-        """Queue a yuv420p frame ((H*3/2, W) uint8, W even; H = rows*2/3 is then even); resolves to the stylized frame."""
+        """Queue a yuv420p frame ((H*3/2, W) uint8, W even); resolves to the stylized frame."""
         if frame.dtype != np.uint8 or frame.ndim != 2 or frame.shape[0] % 3 or frame.shape[1] % 2:
             raise ValueError(f"expected a (H*3/2, W) uint8 yuv420p frame, got {frame.dtype} {frame.shape}")
         future: Future[np.ndarray] = Future()
