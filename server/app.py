@@ -14,7 +14,9 @@ from server.db import Database
 from server.engine_service import EngineService
 from server.errors import error_middleware
 from server.events import EventHub
+from server.osc import start_osc
 from server.peers import PeerManager
+from server.security import security_middleware
 from server.settings import SettingsChange, SettingsStore, StyleSettings
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,10 @@ SCHEMAS: list[str] = []
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, security_middleware(config.security, config.server.cors_origins)],
+        client_max_size=64 * 1024 * 1024,
+    )
     app[keys.CONFIG] = config
     app[keys.SETTINGS] = SettingsStore(StyleSettings(**config.defaults.model_dump()))
     app[keys.EVENTS] = EventHub()
@@ -34,6 +39,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_settings_events_ctx)
+    app.cleanup_ctx.append(_osc_ctx)
     app.router.add_get("/api/events", app[keys.EVENTS].handle)
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
@@ -75,6 +81,18 @@ async def _settings_events_ctx(app: web.Application) -> AsyncIterator[None]:
     store.add_listener(publish)
     yield
     store.remove_listener(publish)
+
+
+async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG].osc
+    if not config.enabled:
+        yield
+        return
+    transport, listener = await start_osc(config, app[keys.SETTINGS])
+    app[keys.OSC] = listener
+    yield
+    transport.close()
+    await listener.close()
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:

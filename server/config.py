@@ -76,6 +76,12 @@ class OscConfig(_Section):
     allow: list[str] = ["127.0.0.1", "::1"]
 
 
+class SecurityConfig(_Section):
+    api_token: str = ""
+    rate_limit_per_s: float = Field(20.0, ge=0.0)
+    rate_limit_burst: int = Field(40, ge=1)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -86,6 +92,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     osc: OscConfig = OscConfig()
+    security: SecurityConfig = SecurityConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from server import keys
+from server.validation import validation_detail
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,6 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.detail = detail
-
-
-def validation_detail(error: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"field": ".".join(str(part) for part in item["loc"]), "message": item["msg"], "type": item["type"]}
-        for item in error.errors(include_url=False, include_context=False, include_input=False)
-    ]
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
 )
+from pydantic import ValidationError
 
 from server.config import ServerConfig
 from server.engine_service import EngineService
 from server.events import EventHub
 from server.session import Session
-from server.settings import SettingsPatch, SettingsStore
+from server.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.tracks import StylizedTrack
+from server.validation import validation_detail
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,15 @@ class PeerManager:
             transceiver.sender.replaceTrack(output)
             output.start()
 
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != "control":
+                return
+
+            @channel.on("message")
+            def on_message(message: str | bytes) -> None:
+                channel.send(json.dumps(self._control(session.id, message)))
+
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             logger.info("peer state stream=%s state=%s", session.id, pc.connectionState)
@@ -96,6 +109,23 @@ class PeerManager:
         self._events.publish("stream", action="up", stream_id=session.id, streams=len(self.sessions))
         local = pc.localDescription
         return session, RTCSessionDescription(sdp=local.sdp, type=local.type)
+
+    def _control(self, stream_id: str, message: str | bytes) -> dict[str, object]:
+        """A data-channel message: the same JSON as PATCH settings, applied to this stream."""
+        try:
+            data = json.loads(message)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return {"type": "error", "error": "message is not valid JSON", "detail": str(e)}
+        if not isinstance(data, dict):
+            return {"type": "error", "error": "message must be a JSON object", "detail": type(data).__name__}
+        try:
+            patch = SettingsPatch.model_validate(data)
+            settings = self._settings.update_stream(stream_id, patch, "datachannel")
+        except ValidationError as e:
+            return {"type": "error", "error": "invalid fields", "detail": validation_detail(e)}
+        except UnknownStreamError:
+            return {"type": "error", "error": "stream closed", "detail": stream_id}
+        return {"type": "settings", "settings": settings.model_dump(), "overrides": self._settings.overrides(stream_id)}
 
     async def close(self, stream_id: str) -> bool:
         session = self.sessions.pop(stream_id, None)

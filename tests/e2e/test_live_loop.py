@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import numpy as np
@@ -64,7 +63,6 @@ async def test_stream_is_listed_and_hang_up_closes_it(server: RunningServer) -> 
             assert response.status == 404
     finally:
         await client.close()
-    await asyncio.sleep(0)
 
 
 async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
@@ -83,10 +81,10 @@ async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
             assert response.status == 200
         sent_before = client.source.sent
         start = len(client.received)
-        await asyncio.sleep(4.0)
-        slow = client.received[start + 3 :]
+        # A count of frames rather than a time span, so a busy machine only makes the test longer.
+        await client.wait_frames(24, timeout=90)
+        slow = client.received[start + 4 :]
         sent = client.source.sent - sent_before
-        assert len(slow) >= 6, f"only {len(slow)} frames came back in 4 s"
         lags = [r.latest_sent - round((r.pts - offset) / TICKS_PER_FRAME) for r in slow]
         assert all(lag >= 0 for lag in lags), lags
         half = len(lags) // 2
