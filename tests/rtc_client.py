@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
@@ -93,6 +93,7 @@ class RtcClient:
     source: NumberedTrack
     stream_id: str
     answer: dict[str, Any]
+    channel: RTCDataChannel | None = None
     received: list[Received] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
 
@@ -119,11 +120,12 @@ async def connect(
     *,
     fps: float = 30.0,
     settings: dict[str, Any] | None = None,
+    negotiate_channel: bool = False,
 ) -> RtcClient:
     pc = RTCPeerConnection()
     source = NumberedTrack(fps)
     pc.addTrack(source)
-    client_holder: dict[str, RtcClient] = {}
+    channel = pc.createDataChannel("control") if negotiate_channel else None
     track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
 
     @pc.on("track")
@@ -141,8 +143,7 @@ async def connect(
             await pc.close()
             raise RuntimeError(f"offer refused: {response.status} {answer}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-    client = RtcClient(pc, source, answer["stream_id"], answer)
-    client_holder["client"] = client
+    client = RtcClient(pc, source, answer["stream_id"], answer, channel)
     remote = await asyncio.wait_for(track_ready, 10)
 
     async def read() -> None:
