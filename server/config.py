@@ -76,6 +76,10 @@ class OscConfig(_Section):
     allow: list[str] = ["127.0.0.1", "::1"]
 
 
+class PresetsConfig(_Section):
+    default_subject: str = Field("a person", min_length=1, max_length=200)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -86,6 +90,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     osc: OscConfig = OscConfig()
+    presets: PresetsConfig = PresetsConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

@@ -9,7 +9,9 @@ from server.db import Database
 from server.engine_service import EngineService
 from server.events import EventHub
 from server.peers import PeerManager
+from server.presets import PresetLibrary
 from server.settings import SettingsStore
+from server.suggestions import PromptSuggestions
 
 CONFIG = web.AppKey("config", Config)
 SETTINGS = web.AppKey("settings", SettingsStore)
@@ -17,3 +19,5 @@ ENGINE = web.AppKey("engine", EngineService)
 PEERS = web.AppKey("peers", PeerManager)
 EVENTS = web.AppKey("events", EventHub)
 DB = web.AppKey("db", Database)
+PRESETS = web.AppKey("presets", PresetLibrary)
+SUGGESTIONS = web.AppKey("suggestions", PromptSuggestions)
