@@ -181,10 +181,13 @@ class PresetLibrary:
 
     async def usage(self) -> dict[str, int]:
         """How many times each preset has been applied, every preset listed, in the stable order."""
-        counts: dict[str, int] = await self._db.run(
-            lambda conn: dict(conn.execute("SELECT preset_id, applied FROM preset_usage").fetchall())
-        )
-        return {preset.id: counts.get(preset.id, 0) for preset in await self.presets()}
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Preset], dict[str, int]]:
+            counts = dict(conn.execute("SELECT preset_id, applied FROM preset_usage").fetchall())
+            return self._read_customs(conn), counts
+
+        customs, counts = await self._db.run(read)
+        return {preset.id: counts.get(preset.id, 0) for preset in [*self._builtins.values(), *customs]}
 
     async def create(self, new: NewPreset) -> Preset:
         if new.id in self._builtins:
