@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from server import api_health, api_offer, api_settings, keys
+from server import api_health, api_offer, api_presets, api_settings, api_suggestions, keys
 from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
@@ -16,14 +17,17 @@ from server.errors import error_middleware
 from server.events import EventHub
 from server.osc import start_osc
 from server.peers import PeerManager
+from server.presets import SCHEMA as PRESETS_SCHEMA
+from server.presets import PresetLibrary, load_builtin_presets
 from server.security import security_middleware
 from server.settings import SettingsChange, SettingsStore, StyleSettings
+from server.suggestions import PromptSuggestions
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Each feature that keeps rows in the database adds its CREATE TABLE IF NOT EXISTS script here.
-SCHEMAS: list[str] = []
+SCHEMAS: list[str] = [PRESETS_SCHEMA]
 
 
 def create_app(config: Config) -> web.Application:
@@ -36,6 +40,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.EVENTS] = EventHub()
     app.on_shutdown.append(_close_event_listeners)
     app.cleanup_ctx.append(_database_ctx)
+    app.cleanup_ctx.append(_presets_ctx)
+    app.cleanup_ctx.append(_suggestions_ctx)
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_settings_events_ctx)
@@ -44,6 +50,8 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
     app.add_routes(api_settings.routes)
+    app.add_routes(api_presets.routes)
+    app.add_routes(api_suggestions.routes)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC_DIR)
     return app
@@ -63,6 +71,23 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.DB] = database
     yield
     await database.close()
+
+
+async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
+    builtins = await asyncio.to_thread(load_builtin_presets)
+    app[keys.PRESETS] = PresetLibrary(
+        builtins,
+        app[keys.DB],
+        app[keys.SETTINGS],
+        app[keys.EVENTS],
+        default_subject=app[keys.CONFIG].presets.default_subject,
+    )
+    yield
+
+
+async def _suggestions_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[keys.SUGGESTIONS] = await asyncio.to_thread(PromptSuggestions.load)
+    yield
 
 
 async def _settings_events_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -88,7 +113,7 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
     if not config.enabled:
         yield
         return
-    transport, listener = await start_osc(config, app[keys.SETTINGS])
+    transport, listener = await start_osc(config, app[keys.SETTINGS], app[keys.PRESETS])
     app[keys.OSC] = listener
     yield
     transport.close()

@@ -82,6 +82,10 @@ class SecurityConfig(_Section):
     rate_limit_burst: int = Field(40, ge=1)
 
 
+class PresetsConfig(_Section):
+    default_subject: str = Field("a person", min_length=1, max_length=200)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -93,6 +97,7 @@ class Config(_Section):
     defaults: DefaultsConfig = DefaultsConfig()
     osc: OscConfig = OscConfig()
     security: SecurityConfig = SecurityConfig()
+    presets: PresetsConfig = PresetsConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

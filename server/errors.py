@@ -49,6 +49,14 @@ async def read_model(request: web.Request, model: type[M]) -> M:
         raise ApiError(422, "invalid fields", validation_detail(e)) from e
 
 
+def read_query(request: web.Request, model: type[M]) -> M:
+    """Parse the query string into `model` (lax: "5" is an int there): 422 naming the bad field."""
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as e:
+        raise ApiError(422, "invalid query", validation_detail(e)) from e
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:

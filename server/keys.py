@@ -10,7 +10,9 @@ from server.engine_service import EngineService
 from server.events import EventHub
 from server.osc import OscListener
 from server.peers import PeerManager
+from server.presets import PresetLibrary
 from server.settings import SettingsStore
+from server.suggestions import PromptSuggestions
 
 CONFIG = web.AppKey("config", Config)
 SETTINGS = web.AppKey("settings", SettingsStore)
@@ -19,3 +21,5 @@ PEERS = web.AppKey("peers", PeerManager)
 EVENTS = web.AppKey("events", EventHub)
 DB = web.AppKey("db", Database)
 OSC = web.AppKey("osc", OscListener)
+PRESETS = web.AppKey("presets", PresetLibrary)
+SUGGESTIONS = web.AppKey("suggestions", PromptSuggestions)

@@ -43,11 +43,11 @@ FLOAT_FIELDS = {"blend", "strength", "guidance_scale"}
 
 
 class PresetControl(Protocol):
-    """What OSC needs from the presets feature."""
+    """What OSC needs from the presets feature (`server.presets.PresetLibrary`)."""
 
-    def apply_by_osc(self, preset_id: str, stream_id: str | None) -> Awaitable[object]: ...
+    def apply(self, preset_id: str, subject: str | None = None, stream_id: str | None = None) -> Awaitable[object]: ...
 
-    def step_by_osc(self, direction: int, stream_id: str | None) -> Awaitable[object]: ...
+    def step(self, direction: int, stream_id: str | None = None) -> Awaitable[object]: ...
 
 
 class OscRejected(Exception):
@@ -153,11 +153,11 @@ class OscListener(asyncio.DatagramProtocol):
         if name == "preset":
             if len(args) != 1 or not isinstance(args[0], str):
                 raise OscRejected("/preset takes one string")
-            work = presets.apply_by_osc(args[0], stream_id)
+            work = presets.apply(args[0], stream_id=stream_id)
         else:
             if args:
                 raise OscRejected(f"{name} takes no arguments")
-            work = presets.step_by_osc(1 if name.endswith("next") else -1, stream_id)
+            work = presets.step(1 if name.endswith("next") else -1, stream_id=stream_id)
         task = asyncio.ensure_future(self._finish(name, work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

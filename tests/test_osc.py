@@ -93,10 +93,12 @@ async def test_bad_osc_input_is_dropped_counted_and_changes_nothing(server: Runn
     osc.send_message("/stylize/volume", 0.5)  # unknown address
     osc.send_message("/other/strength", 0.5)
     osc.send_message("/stylize/stream/nope/strength", 0.5)  # unknown stream
-    osc.send_message("/stylize/preset/next", [])  # no presets service wired here
+    osc.send_message("/stylize/preset", "no-such-preset")
+    osc.send_message("/stylize/preset", 3)
+    osc.send_message("/stylize/preset/next", 1)  # takes no argument
     osc._sock.sendto(b"\x00garbage that is not OSC", ("127.0.0.1", _port(server)))
     osc._sock.sendto(b"", ("127.0.0.1", _port(server)))
-    await _until(lambda: listener.rejected >= 13)
+    await _until(lambda: listener.rejected >= 15)
     assert listener.accepted == 0
     assert await _settings(server) == before
     # Still serving, over OSC and HTTP.
@@ -143,3 +145,23 @@ async def test_an_osc_change_reaches_an_events_listener(server: RunningServer) -
     assert event["scope"] == "global"
     assert event["changed"] == {"strength": 0.77}
     assert event["settings"]["strength"] == 0.77
+
+
+async def test_osc_presets_apply_and_cycle(server: RunningServer) -> None:
+    osc = _client(server)
+    listener = _listener(server)
+    library = server.app[keys.PRESETS]
+    ordered = [preset.id for preset in await library.presets()]
+    osc.send_message("/stylize/preset", ordered[1])
+    await _until(lambda: listener.accepted == 1)
+    assert (await _settings(server))["preset"] == ordered[1]
+    osc.send_message("/stylize/preset/next", [])
+    await _until(lambda: listener.accepted == 2)
+    assert (await _settings(server))["preset"] == ordered[2]
+    osc.send_message("/stylize/preset/prev", [])
+    osc.send_message("/stylize/preset/prev", [])
+    await _until(lambda: listener.accepted == 4)
+    settings = await _settings(server)
+    assert settings["preset"] == ordered[0]
+    first = await library.get(ordered[0])
+    assert settings["strength"] == first.strength
