@@ -60,6 +60,7 @@ class NumberedTrack(MediaStreamTrack):
         self.fps = fps
         self.count = count
         self.sent = -1
+        self.sent_at: dict[int, float] = {}
         self._start: float | None = None
 
     async def recv(self) -> VideoFrame:
@@ -76,6 +77,7 @@ class NumberedTrack(MediaStreamTrack):
         frame.pts = index * TICKS_PER_FRAME
         frame.time_base = TIME_BASE
         self.sent = index
+        self.sent_at[index] = time.monotonic()
         return frame
 
 
