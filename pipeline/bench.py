@@ -134,13 +134,18 @@ def main(argv: list[str] | None = None) -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
         "diffusers_baseline": baseline,
         "engine": engine,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"engine-{args.model.replace(':', '-').replace('/', '-')}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    slug = args.model.replace(":", "-").replace("/", "-")
+    name = f"engine-{slug}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
