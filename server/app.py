@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from server import api_health, api_offer, api_settings, keys
+from server import api_health, api_metrics, api_offer, api_settings, api_stats, keys
 from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.errors import error_middleware
 from server.events import EventHub
+from server.metrics import Metrics
 from server.peers import PeerManager
 from server.settings import SettingsChange, SettingsStore, StyleSettings
+from server.stats import RecentErrors, StatsReporter, package_version
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +32,22 @@ def create_app(config: Config) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.SETTINGS] = SettingsStore(StyleSettings(**config.defaults.model_dump()))
     app[keys.EVENTS] = EventHub()
+    app[keys.METRICS] = Metrics()
     app.on_shutdown.append(_close_event_listeners)
+    app.cleanup_ctx.append(_stats_ctx)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_settings_events_ctx)
+    app.cleanup_ctx.append(_settings_metrics_ctx)
     app.router.add_get("/api/events", app[keys.EVENTS].handle)
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
     app.add_routes(api_settings.routes)
+    app.add_routes(api_metrics.routes)
+    app.add_routes(api_stats.routes)
     app.router.add_get("/", _index)
+    app.router.add_get("/monitor", _monitor)
     app.router.add_static("/static/", STATIC_DIR)
     return app
 
@@ -47,8 +56,24 @@ async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+async def _monitor(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "monitor.html")
+
+
 async def _close_event_listeners(app: web.Application) -> None:
     await app[keys.EVENTS].close()
+
+
+async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
+    """First in, so start-up errors of the resources after it show in /api/stats."""
+    errors = RecentErrors()
+    root = logging.getLogger()
+    root.addHandler(errors)
+    reporter = StatsReporter(app[keys.METRICS], version=await asyncio.to_thread(package_version), errors=errors)
+    app[keys.STATS] = reporter
+    yield
+    root.removeHandler(errors)
+    await asyncio.to_thread(reporter.probe.close)
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -77,8 +102,16 @@ async def _settings_events_ctx(app: web.Application) -> AsyncIterator[None]:
     store.remove_listener(publish)
 
 
+async def _settings_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    count = app[keys.METRICS].count_control_update
+    store = app[keys.SETTINGS]
+    store.add_listener(count)
+    yield
+    store.remove_listener(count)
+
+
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    service = EngineService(app[keys.CONFIG])
+    service = EngineService(app[keys.CONFIG], on_batch=app[keys.METRICS].observe_batch)
     app[keys.ENGINE] = service
     service.start()
     yield
@@ -86,7 +119,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
-    peers = PeerManager(app[keys.CONFIG].server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS])
+    peers = PeerManager(
+        app[keys.CONFIG].server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], app[keys.METRICS]
+    )
     app[keys.PEERS] = peers
     yield
     await peers.close_all()

@@ -8,8 +8,10 @@ from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.events import EventHub
+from server.metrics import Metrics
 from server.peers import PeerManager
 from server.settings import SettingsStore
+from server.stats import StatsReporter
 
 CONFIG = web.AppKey("config", Config)
 SETTINGS = web.AppKey("settings", SettingsStore)
@@ -17,3 +19,5 @@ ENGINE = web.AppKey("engine", EngineService)
 PEERS = web.AppKey("peers", PeerManager)
 EVENTS = web.AppKey("events", EventHub)
 DB = web.AppKey("db", Database)
+METRICS = web.AppKey("metrics", Metrics)
+STATS = web.AppKey("stats", StatsReporter)
