@@ -149,9 +149,16 @@ class Metrics:
     # -- reading -------------------------------------------------------------------------------
 
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        """The current value of one sample, e.g. `value("stylize_frames_dropped_total", {"reason": "send"})`."""
-        found = self.registry.get_sample_value(name, dict(labels or {}))
-        return 0.0 if found is None else found
+        """The current value of one sample, e.g. `value("stylize_frames_dropped_total", {"reason": "send"})`.
+
+        Only that sample's collector is read (not the GPU gauge, which asks torch): safe on the loop.
+        """
+        wanted = dict(labels or {})
+        for family in self.registry.restricted_registry([name]).collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == wanted:
+                    return sample.value
+        return 0.0
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition for a scrape with this Accept header: (body, content type)."""

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
@@ -63,23 +64,32 @@ class RecentErrors(logging.Handler):
 class SystemProbe:
     """CPU, RAM and, where nvidia-ml-py finds a GPU, its utilisation and memory.
 
-    `sample()` reads /proc and the driver: call it off the event loop. NVML is loaded on first use.
+    `sample()` reads /proc and the driver, so `read()` runs it on the probe's own thread (one
+    thread, because psutil measures CPU use since the calling thread's previous call). NVML is
+    loaded on first use.
     """
 
     def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize-probe")
         self._lock = threading.Lock()
         self._process: psutil.Process | None = None
         self._nvml: Any = None
         self._nvml_tried = False
 
+    async def read(self) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self.sample)
+
     def sample(self) -> dict[str, Any]:
         with self._lock:
+            cpu_percent: float | None = None  # the first reading only sets the baseline
             if self._process is None:
                 self._process = psutil.Process()
-                psutil.cpu_percent(None)  # the first reading only sets the baseline
+                psutil.cpu_percent(None)
+            else:
+                cpu_percent = psutil.cpu_percent(None)
             memory = psutil.virtual_memory()
             return {
-                "cpu_percent": psutil.cpu_percent(None),
+                "cpu_percent": cpu_percent,
                 "cpu_count": psutil.cpu_count(),
                 "ram_used_bytes": memory.total - memory.available,
                 "ram_total_bytes": memory.total,
@@ -90,6 +100,8 @@ class SystemProbe:
             }
 
     def close(self) -> None:
+        """Blocks until a running sample ends."""
+        self._thread.shutdown(wait=True)
         with self._lock:
             if self._nvml is not None:
                 try:
@@ -159,7 +171,7 @@ class StatsReporter:
         self._started_at = time.time()
 
     async def report(self, engine: EngineService, sessions: Iterable[Session]) -> dict[str, Any]:
-        system = await asyncio.to_thread(self.probe.sample)
+        system = await self.probe.read()
         return self.snapshot(engine, sessions, system)
 
     def snapshot(self, engine: EngineService, sessions: Iterable[Session], system: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ const $ = (id) => document.getElementById(id);
 
 const POLL_MS = 1000;
 const HISTORY = 120; // samples kept per series: two minutes at one per second
+const GIB = 1024 ** 3;
 const COLORS = { a: "#4fc3f7", b: "#ffb74d", c: "#81c784", limit: "#777" };
 
 // One ring of samples per chart line; null where the server could not be read.
@@ -106,20 +107,16 @@ function render(stats) {
 
   const dropped = Object.values(frames.dropped).reduce((sum, n) => sum + n, 0);
   setValue("dropped", String(dropped));
-  setText(
-    "dropped-sub",
-    Object.entries(frames.dropped)
-      .map(([reason, n]) => `${reason} ${n}`)
-      .join(" · "),
-  );
+  const where = Object.entries(frames.dropped).filter(([, n]) => n > 0);
+  setText("dropped-sub", where.length ? where.map(([reason, n]) => `at ${reason} ${n}`).join(" · ") : "none");
   const droppedShare = frames.in > 0 ? dropped / frames.in : 0;
   setLevel("card-dropped", droppedShare < 0.05 ? null : droppedShare < 0.25 ? "warn" : "bad");
   setValue("skipped", String(frames.skipped));
   setText("frames-in", String(frames.in));
 
   setValue("cpu", fixed(system.cpu_percent, 0), "%");
-  setText("ram", `${bytes(system.ram_used_bytes)} / ${bytes(system.ram_total_bytes)}`);
-  setLevel("card-cpu", system.cpu_percent < 85 ? null : "warn");
+  setText("ram", `${bytes(system.ram_used_bytes)} of ${bytes(system.ram_total_bytes)}`);
+  setLevel("card-cpu", system.cpu_percent === null || system.cpu_percent < 85 ? null : "warn");
 
   const gpus = system.gpus;
   hasGpu = gpus.length > 0 || system.gpu_memory_allocated_bytes > 0;
@@ -128,7 +125,7 @@ function render(stats) {
     const total = gpus.reduce((sum, g) => sum + g.memory_total_bytes, 0);
     const busiest = Math.max(...gpus.map((g) => g.utilization_percent));
     setValue("gpu", String(busiest), "%");
-    setText("gpu-memory", `${bytes(used)} / ${bytes(total)}`);
+    setText("gpu-memory", `${bytes(used)} of ${bytes(total)}`);
     $("card-gpu").title = gpus.map((g) => g.name).join(", ");
   } else {
     setValue("gpu", hasGpu ? "n/a" : "none");
@@ -340,8 +337,8 @@ function drawCharts() {
     gpuLines.push({ name: "device used", color: COLORS.a, values: history.gpuUsed });
   }
   drawChart($("chart-gpu"), gpuLines, {
-    floor: 1024 ** 3,
-    format: bytes,
+    floor: 1,
+    format: (v) => fixed(v, v < 10 ? 2 : 0),
     note: hasGpu ? "" : "no GPU on this server",
   });
 }
@@ -354,9 +351,9 @@ function record(stats) {
   push("p50", stats.latency_ms.p50);
   push("p95", stats.latency_ms.p95);
   push("batch", stats.engine.batch_size);
-  push("gpuAllocated", stats.system.gpu_memory_allocated_bytes);
+  push("gpuAllocated", stats.system.gpu_memory_allocated_bytes / GIB);
   const gpus = stats.system.gpus;
-  push("gpuUsed", gpus.length ? gpus.reduce((sum, g) => sum + g.memory_used_bytes, 0) : null);
+  push("gpuUsed", gpus.length ? gpus.reduce((sum, g) => sum + g.memory_used_bytes, 0) / GIB : null);
   maxBatch = stats.engine.max_batch ?? maxBatch;
 }
 

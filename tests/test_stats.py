@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ async def test_stats_reflect_a_connected_stream(quick_server: RunningServer) -> 
     assert idle["streams"] == [] and idle["frames"]["out"] == 0 and idle["latency_ms"]["p95"] is None
     client = await connect(server.http, server.url("/api/offer"))
     try:
-        await client.wait_frames(15)
+        await client.wait_frames(8)
         stats = await get_stats(server)
     finally:
         await client.close()
@@ -53,13 +54,13 @@ async def test_stats_reflect_a_connected_stream(quick_server: RunningServer) -> 
     [stream] = stats["streams"]
     assert stream["id"] == client.stream_id and stream["state"] == "connected"
     per_stream = stream["stats"]
-    assert per_stream["frames_out"] >= 15
+    assert per_stream["frames_out"] >= 8
     assert per_stream["fps_in"] > 0 and per_stream["fps_out"] > 0
     assert 0 < per_stream["latency_p50_ms"] <= per_stream["latency_p95_ms"]
     assert per_stream["latency_ms"] > 0
 
     frames = stats["frames"]
-    assert frames["in"] >= frames["out"] >= 15
+    assert frames["in"] >= frames["out"] >= 8
     assert set(frames["dropped"]) == {"receive", "engine", "send"}
     assert frames["skipped"] == 0 and frames["fps_out"] > 0
     assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p95"]
@@ -116,14 +117,18 @@ def test_recent_errors_keep_only_the_newest() -> None:
     assert [e["message"] for e in errors.entries()] == [f"failure {i} stream=abc" for i in (2, 3, 4)]
 
 
-def test_system_probe_without_a_gpu_reports_cpu_and_ram() -> None:
+async def test_system_probe_reports_cpu_ram_and_gpus() -> None:
     probe = SystemProbe()
     try:
-        first = probe.sample()
-        second = probe.sample()
+        first = await probe.read()
+        busy_until = time.monotonic() + 0.3
+        while time.monotonic() < busy_until:  # this process keeps at least one core busy
+            pass
+        second = await probe.read()
     finally:
         probe.close()
-    assert 0.0 <= second["cpu_percent"] <= 100.0 * (second["cpu_count"] or 1)
+    assert first["cpu_percent"] is None  # the first reading only sets the baseline
+    assert 0.0 < second["cpu_percent"] <= 100.0
     assert first["ram_total_bytes"] == second["ram_total_bytes"] > 0
     if not torch.cuda.is_available():
         assert second["gpus"] == []
