@@ -64,6 +64,13 @@ function setValue(id, number, unit) {
   }
 }
 
+function showReason(text, bad) {
+  const banner = $("reason");
+  banner.textContent = text;
+  banner.hidden = !text;
+  banner.classList.toggle("bad", bad);
+}
+
 function setLevel(cardId, level) {
   $(cardId).classList.remove("ok", "warn", "bad");
   if (level) $(cardId).classList.add(level);
@@ -80,6 +87,7 @@ function render(stats) {
   state.textContent = engine.state;
   state.className = `pill ${engine.state}`;
   state.title = engine.reason;
+  showReason(engine.state === "ready" ? "" : engine.reason, engine.state === "failed");
   setText("model", engine.model);
   setText("device", engine.device ? `${engine.device} ${engine.dtype}` : "–");
   setText("uptime", duration(stats.uptime_s));
@@ -206,14 +214,14 @@ function renderErrors(errors) {
 
 // -- charts -----------------------------------------------------------------------------------
 
-function niceCeiling(value) {
-  // The smallest 1, 2 or 5 times a power of ten at or above value.
-  if (!(value > 0)) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 5, 10]) {
-    if (step * power >= value) return step * power;
+function niceScale(value) {
+  // The axis top: the smallest 1, 2 or 5 times a power of ten at or above value, with round ticks.
+  const positive = value > 0 ? value : 1;
+  const power = 10 ** Math.floor(Math.log10(positive));
+  for (const [lead, ticks] of [[1, 5], [2, 4], [5, 5], [10, 5]]) {
+    if (lead * power >= positive) return { top: lead * power, ticks };
   }
-  return 10 * power;
+  return { top: 10 * power, ticks: 5 };
 }
 
 // Draws lines (newest at the right edge) with a y axis from 0, a legend with the latest values,
@@ -234,15 +242,15 @@ function drawChart(canvas, lines, { format = (v) => fixed(v), floor = 1, limit =
   const plotWidth = Math.max(width - pad.left - pad.right, 10);
   const plotHeight = Math.max(height - pad.top - pad.bottom, 10);
   const values = lines.flatMap((line) => line.values).filter((v) => v !== null);
-  const top = niceCeiling(Math.max(floor, limit ?? 0, ...values));
+  const { top, ticks } = niceScale(Math.max(floor, limit ?? 0, ...values));
   const y = (v) => pad.top + plotHeight * (1 - v / top);
   const x = (i, count) => pad.left + plotWidth - (count - 1 - i) * (plotWidth / (HISTORY - 1));
 
   ctx.font = "12px system-ui, sans-serif";
   ctx.lineWidth = 1;
   ctx.textBaseline = "middle";
-  for (let i = 0; i <= 4; i += 1) {
-    const value = (top * i) / 4;
+  for (let i = 0; i <= ticks; i += 1) {
+    const value = (top * i) / ticks;
     ctx.strokeStyle = "#2a2d33";
     ctx.beginPath();
     ctx.moveTo(pad.left, Math.round(y(value)) + 0.5);
@@ -330,7 +338,7 @@ function drawCharts() {
   drawChart($("chart-batch"), [{ name: "mean", color: COLORS.a, values: history.batch }], {
     floor: 1,
     limit: maxBatch,
-    format: (v) => fixed(v, v < 10 ? 1 : 0),
+    format: (v) => (Number.isInteger(v) ? String(v) : fixed(v, 2)),
   });
   const gpuLines = [{ name: "torch allocated", color: COLORS.b, values: history.gpuAllocated }];
   if (history.gpuUsed.some((v) => v !== null)) {
@@ -371,6 +379,7 @@ async function fetchStats() {
     state.textContent = "offline";
     state.className = "pill offline";
     state.title = String(error);
+    showReason(`cannot read /api/stats: ${error.message || error}`, true);
     return null;
   }
 }
