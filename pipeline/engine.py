@@ -139,12 +139,15 @@ class Engine:
             self._thread = None
 
     def warmup(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Run every bucket once at the model's resolution (compiles graphs where enabled)."""
+        """Run every bucket once at the model's resolution (compiles graphs where enabled).
+
+        Warm-up batches are not served work: they are not reported to `on_batch`.
+        """
         frame = np.full((self.model.height * 3 // 2, self.model.width), 128, dtype=np.uint8)
         params = FrameParams(prompt="", strength=0.5)
         for index, bucket in enumerate(self.buckets, start=1):
             requests = [_Request(f"warmup-{i}", frame, params, Priority.JOB, Future()) for i in range(bucket)]
-            self._process(requests)
+            self._process(requests, report=False)
             if progress is not None:
                 progress(index, len(self.buckets))
 
@@ -227,7 +230,7 @@ class Engine:
         horizon = time.perf_counter() - ACTIVE_WINDOW_S
         return sum(1 for seen in self._active.values() if seen >= horizon)
 
-    def _process(self, batch: list[_Request]) -> None:
+    def _process(self, batch: list[_Request], *, report: bool = True) -> None:
         stages: dict[str, float] = {}
         done: list[tuple[_Request, np.ndarray]] = []
         work: list[_Request] = []
@@ -276,7 +279,7 @@ class Engine:
         self.frames_done += len(done)
         self.frames_skipped += skipped
         self.batches += 1
-        if self._on_batch is not None:
+        if report and self._on_batch is not None:
             self._on_batch(BatchReport(len(batch), bucket, skipped, stages, latencies))
 
     def _preprocess(self, work: list[_Request]) -> tuple[torch.Tensor, list[tuple[int, int]]]:

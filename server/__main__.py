@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import ssl
 import sys
 from pathlib import Path
@@ -40,14 +41,32 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-def setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(config: Config) -> list[logging.Handler]:
+    """Console plus a rotating file `<data_dir>/logs/stylize.log`, at the configured level.
+
+    Returns the handlers it added to the root logger (so a caller can take them off again).
+    """
+    folder = Path(config.server.data_dir) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler(sys.stderr)
+    file = logging.handlers.RotatingFileHandler(
+        folder / "stylize.log",
+        maxBytes=config.logging.file_max_mb * 1024 * 1024,
+        backupCount=config.logging.file_count,
+        encoding="utf-8",
     )
+    formatter = logging.Formatter(LOG_FORMAT)
+    root = logging.getLogger()
+    for handler in (console, file):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(config.logging.level)
     for noisy in ("aioice", "aiortc", "httpx", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return [console, file]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,18 +9,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server import api_health, api_offer, api_presets, api_settings, api_suggestions, keys
+from server import api_health, api_metrics, api_offer, api_presets, api_settings, api_stats, api_suggestions, keys
 from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.errors import error_middleware
 from server.events import EventHub
+from server.metrics import Metrics
 from server.osc import start_osc
 from server.peers import PeerManager
 from server.presets import SCHEMA as PRESETS_SCHEMA
 from server.presets import PresetLibrary, load_builtin_presets
 from server.security import security_middleware
 from server.settings import SettingsChange, SettingsStore, StyleSettings
+from server.stats import RecentErrors, StatsReporter, package_version
 from server.suggestions import PromptSuggestions
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,9 @@ def create_app(config: Config) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.SETTINGS] = SettingsStore(StyleSettings(**config.defaults.model_dump()))
     app[keys.EVENTS] = EventHub()
+    app[keys.METRICS] = Metrics()
     app.on_shutdown.append(_close_event_listeners)
+    app.cleanup_ctx.append(_stats_ctx)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_presets_ctx)
     app.cleanup_ctx.append(_suggestions_ctx)
@@ -46,13 +50,17 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_settings_events_ctx)
     app.cleanup_ctx.append(_osc_ctx)
+    app.cleanup_ctx.append(_settings_metrics_ctx)
     app.router.add_get("/api/events", app[keys.EVENTS].handle)
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
     app.add_routes(api_settings.routes)
     app.add_routes(api_presets.routes)
     app.add_routes(api_suggestions.routes)
+    app.add_routes(api_metrics.routes)
+    app.add_routes(api_stats.routes)
     app.router.add_get("/", _index)
+    app.router.add_get("/monitor", _monitor)
     app.router.add_static("/static/", STATIC_DIR)
     return app
 
@@ -61,8 +69,24 @@ async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+async def _monitor(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "monitor.html")
+
+
 async def _close_event_listeners(app: web.Application) -> None:
     await app[keys.EVENTS].close()
+
+
+async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
+    """First in, so start-up errors of the resources after it show in /api/stats."""
+    errors = RecentErrors()
+    root = logging.getLogger()
+    root.addHandler(errors)
+    reporter = StatsReporter(app[keys.METRICS], version=await asyncio.to_thread(package_version), errors=errors)
+    app[keys.STATS] = reporter
+    yield
+    root.removeHandler(errors)
+    await asyncio.to_thread(reporter.probe.close)
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -82,6 +106,7 @@ async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.EVENTS],
         default_subject=app[keys.CONFIG].presets.default_subject,
     )
+    app[keys.STATS].presets = app[keys.PRESETS].usage
     yield
 
 
@@ -113,15 +138,25 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
     if not config.enabled:
         yield
         return
-    transport, listener = await start_osc(config, app[keys.SETTINGS], app[keys.PRESETS])
+    transport, listener = await start_osc(
+        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_rejected.inc
+    )
     app[keys.OSC] = listener
     yield
     transport.close()
     await listener.close()
 
 
+async def _settings_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    count = app[keys.METRICS].count_control_update
+    store = app[keys.SETTINGS]
+    store.add_listener(count)
+    yield
+    store.remove_listener(count)
+
+
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    service = EngineService(app[keys.CONFIG])
+    service = EngineService(app[keys.CONFIG], on_batch=app[keys.METRICS].observe_batch)
     app[keys.ENGINE] = service
     service.start()
     yield
@@ -129,7 +164,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
-    peers = PeerManager(app[keys.CONFIG].server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS])
+    peers = PeerManager(
+        app[keys.CONFIG].server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], app[keys.METRICS]
+    )
     app[keys.PEERS] = peers
     yield
     await peers.close_all()

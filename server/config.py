@@ -88,6 +88,8 @@ class PresetsConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file_max_mb: int = Field(10, ge=1, le=10_000)
+    file_count: int = Field(5, ge=1, le=100)
 
 
 class Config(_Section):

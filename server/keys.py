@@ -8,10 +8,12 @@ from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.events import EventHub
+from server.metrics import Metrics
 from server.osc import OscListener
 from server.peers import PeerManager
 from server.presets import PresetLibrary
 from server.settings import SettingsStore
+from server.stats import StatsReporter
 from server.suggestions import PromptSuggestions
 
 CONFIG = web.AppKey("config", Config)
@@ -23,3 +25,5 @@ DB = web.AppKey("db", Database)
 OSC = web.AppKey("osc", OscListener)
 PRESETS = web.AppKey("presets", PresetLibrary)
 SUGGESTIONS = web.AppKey("suggestions", PromptSuggestions)
+METRICS = web.AppKey("metrics", Metrics)
+STATS = web.AppKey("stats", StatsReporter)

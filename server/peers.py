@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from server.config import ServerConfig
 from server.engine_service import EngineService
 from server.events import EventHub
+from server.metrics import Metrics
 from server.session import Session
 from server.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.tracks import StylizedTrack
@@ -38,11 +39,19 @@ class OfferRejected(Exception):
 
 
 class PeerManager:
-    def __init__(self, config: ServerConfig, engine: EngineService, settings: SettingsStore, events: EventHub) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: EngineService,
+        settings: SettingsStore,
+        events: EventHub,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self._engine = engine
         self._settings = settings
         self._events = events
+        self._metrics = metrics if metrics is not None else Metrics()
         self.sessions: dict[str, Session] = {}
 
     def _rtc_configuration(self) -> RTCConfiguration:
@@ -71,7 +80,12 @@ class PeerManager:
             if track.kind != "video" or session.track is not None:
                 return
             output = StylizedTrack(
-                track, session.id, engine, lambda: self._settings.effective(session.id), session.stats
+                track,
+                session.id,
+                engine,
+                lambda: self._settings.effective(session.id),
+                session.stats,
+                self._metrics,
             )
             session.track = output
             transceiver.sender.replaceTrack(output)
@@ -106,6 +120,7 @@ class PeerManager:
             raise OfferRejected(str(e) or type(e).__name__) from e
         logger.info("peer created stream=%s peers=%d", session.id, len(self.sessions))
         session.announced = True
+        self._metrics.streams_active.set(len(self.sessions))
         self._events.publish("stream", action="up", stream_id=session.id, streams=len(self.sessions))
         local = pc.localDescription
         return session, RTCSessionDescription(sdp=local.sdp, type=local.type)
@@ -138,6 +153,7 @@ class PeerManager:
             await session.track.aclose()
         await session.pc.close()
         logger.info("peer closed stream=%s peers=%d", stream_id, len(self.sessions))
+        self._metrics.streams_active.set(len(self.sessions))
         if session.announced:
             self._events.publish("stream", action="down", stream_id=stream_id, streams=len(self.sessions))
         return True

@@ -14,12 +14,14 @@ from av import VideoFrame
 
 from pipeline import Engine, EngineClosed, FrameReplaced
 from server.latest import Latest, MailboxClosed
+from server.metrics import DropReason, Metrics
 from server.session import StreamStats
 from server.settings import StyleSettings
 
 logger = logging.getLogger(__name__)
 
-_Timed = tuple[float, VideoFrame]
+_Timed = tuple[float, VideoFrame]  # (arrival, camera frame)
+_Result = tuple[float, float, VideoFrame]  # (camera frame's arrival, result ready, stylized frame)
 
 
 class StylizedTrack(MediaStreamTrack):
@@ -27,7 +29,8 @@ class StylizedTrack(MediaStreamTrack):
 
     A reader task keeps only the newest camera frame (aiortc's receive queue is unbounded, so it
     must be drained), a pump task sends it through the engine, and `recv()` hands out the newest
-    result. Frames replaced before they were used are counted as dropped.
+    result. Frames replaced before they were used are counted as dropped. The stream's `stats`
+    and the server-wide `metrics` both see every frame in, out and dropped.
     """
 
     kind = "video"
@@ -39,6 +42,7 @@ class StylizedTrack(MediaStreamTrack):
         engine: Engine,
         settings: Callable[[], StyleSettings],
         stats: StreamStats,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._source = source
@@ -46,8 +50,9 @@ class StylizedTrack(MediaStreamTrack):
         self._engine = engine
         self._settings = settings
         self._stats = stats
+        self._metrics = metrics if metrics is not None else Metrics()
         self._inputs: Latest[_Timed] = Latest()
-        self._outputs: Latest[_Timed] = Latest()
+        self._outputs: Latest[_Result] = Latest()
         self._tasks: list[asyncio.Task[None]] = []
         self.latest_output: VideoFrame | None = None
 
@@ -61,12 +66,13 @@ class StylizedTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         try:
-            arrived, frame = await self._outputs.get()
+            arrived, ready, frame = await self._outputs.get()
         except MailboxClosed:
             self.stop()
             raise MediaStreamError from None
-        self._stats.frames_out += 1
-        self._stats.latency_s = time.perf_counter() - arrived
+        now = time.perf_counter()
+        self._stats.frame_out(now - arrived)
+        self._metrics.frame_sent(latency_s=now - arrived, send_s=now - ready)
         return frame
 
     def stop(self) -> None:
@@ -86,9 +92,10 @@ class StylizedTrack(MediaStreamTrack):
                 frame = await self._source.recv()
                 if not isinstance(frame, VideoFrame):
                     continue
-                self._stats.frames_in += 1
+                self._stats.frame_in()
+                self._metrics.frame_received()
                 if self._inputs.put((time.perf_counter(), frame)):
-                    self._stats.frames_dropped += 1
+                    self._drop("receive")
         except MediaStreamError:
             logger.info("camera track ended stream=%s", self._stream_id)
         finally:
@@ -104,17 +111,18 @@ class StylizedTrack(MediaStreamTrack):
                     output = last
                 else:
                     try:
-                        output = await self._stylize(frame, settings)
+                        output = await self._stylize(frame, settings, arrived)
                     except FrameReplaced:
-                        self._stats.frames_dropped += 1
+                        self._drop("engine")
                         continue
                     last = output
+                ready = time.perf_counter()
                 result = VideoFrame.from_ndarray(output, format="yuv420p")
                 result.pts = frame.pts
                 result.time_base = frame.time_base
                 self.latest_output = result
-                if self._outputs.put((arrived, result)):
-                    self._stats.frames_dropped += 1
+                if self._outputs.put((arrived, ready, result)):
+                    self._drop("send")
         except (MailboxClosed, EngineClosed):
             pass
         except Exception:
@@ -122,9 +130,14 @@ class StylizedTrack(MediaStreamTrack):
         finally:
             self._outputs.close()
 
-    async def _stylize(self, frame: VideoFrame, settings: StyleSettings) -> np.ndarray:
+    async def _stylize(self, frame: VideoFrame, settings: StyleSettings, arrived: float) -> np.ndarray:
         if frame.width % 2 or frame.height % 2:
             frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2)
         data = frame.to_ndarray(format="yuv420p")
+        self._metrics.observe_stage("receive", time.perf_counter() - arrived)
         future = self._engine.submit(self._stream_id, data, settings.frame_params())
         return await asyncio.wrap_future(future)
+
+    def _drop(self, reason: DropReason) -> None:
+        self._stats.frame_dropped()
+        self._metrics.frame_dropped(reason)

@@ -87,10 +87,11 @@ async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
         sent = client.source.sent - sent_before
         lags = [r.latest_sent - round((r.pts - offset) / TICKS_PER_FRAME) for r in slow]
         assert all(lag >= 0 for lag in lags), lags
-        half = len(lags) // 2
-        # No queue builds up: the lag at the end is no worse than at the start (a little jitter aside).
-        assert np.median(lags[half:]) <= np.median(lags[:half]) + 2, lags
-        assert np.percentile(lags, 90) <= 15, f"frames came back far behind the newest sent: {lags}"
+        third = len(lags) // 3
+        # No queue builds up: the lag at the end is no worse than at the start (jitter aside). A queue
+        # would add about one model step's worth of camera frames per output: dozens by the end.
+        assert np.median(lags[-third:]) <= np.median(lags[:third]) + 5, lags
+        assert np.percentile(lags, 90) <= 30, f"frames came back far behind the newest sent: {lags}"
         # The model could not keep up, so frames were skipped and counted.
         assert len(slow) < 0.8 * sent
         stats = running.app[keys.PEERS].sessions[client.stream_id].stats
