@@ -1,0 +1,48 @@
+"""GPU-side colour conversion matches swscale (BT.601 limited range) within ±2 levels.
+
+The same code runs on CUDA where present (the engine's device) and on the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from av import VideoFrame
+
+from pipeline.colour import rgb_to_yuv420p, yuv420p_to_rgb
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _smooth_rgb(height: int = 96, width: int = 128) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([x / (width - 1) * 255, y / (height - 1) * 255, (1 + np.sin(x / 9.0 + y / 13.0)) * 127.5], axis=-1)
+    return image.round().astype(np.uint8)
+
+
+def test_rgb_to_yuv420p_matches_swscale() -> None:
+    rgb = _smooth_rgb()
+    expected = VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    tensor = torch.from_numpy(rgb).to(DEVICE).permute(2, 0, 1).float() / 255.0
+    got = rgb_to_yuv420p(tensor).cpu().numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(np.int16) - expected.astype(np.int16)).max() <= 2
+
+
+def test_yuv420p_to_rgb_matches_swscale() -> None:
+    yuv = VideoFrame.from_ndarray(_smooth_rgb(), format="rgb24").reformat(format="yuv420p")
+    expected = yuv.reformat(format="rgb24").to_ndarray()
+    got = yuv420p_to_rgb(torch.from_numpy(yuv.to_ndarray()).to(DEVICE))
+    # The engine keeps float RGB; to compare with 8-bit output, quantise as swscale's fixed point does (truncating).
+    got_rgb = (got.permute(1, 2, 0) * 255.0).floor().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    assert np.abs(got_rgb.astype(np.int16) - expected.astype(np.int16)).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("rgb", "luma"), [((255, 0, 0), 81), ((0, 255, 0), 145), ((0, 0, 255), 41), ((255, 255, 255), 235)]
+)
+def test_primaries_land_where_swscale_puts_them(rgb: tuple[int, int, int], luma: int) -> None:
+    image = torch.tensor(rgb, dtype=torch.float32, device=DEVICE).view(3, 1, 1).expand(3, 4, 4) / 255.0
+    frame = rgb_to_yuv420p(image).cpu().numpy()
+    assert abs(int(frame[0, 0]) - luma) <= 1
