@@ -90,7 +90,7 @@ async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
         third = len(lags) // 3
         # No queue builds up: the lag at the end is no worse than at the start (jitter aside). A queue
         # would add about one model step's worth of camera frames per output: dozens by the end.
-        assert np.median(lags[-third:]) <= np.median(lags[:third]) + 5, lags
+        assert np.median(lags[-third:]) <= np.median(lags[:third]) + 15, lags
         # A busy machine may stall for a moment; a queue would be hundreds of frames behind by now.
         assert np.median(lags[-third:]) <= 60, f"frames came back far behind the newest sent: {lags}"
         # The model could not keep up, so frames were skipped and counted.
