@@ -1,3 +1,5 @@
+import { api } from "./api.js";
+
 // The page: camera -> WebRTC offer -> stylized video back; prompt and strength go to /api/settings.
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -19,20 +21,6 @@ function setStatus(text) {
 function showError(message) {
   ui.error.textContent = message;
   ui.error.hidden = !message;
-}
-
-async function api(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: body === undefined ? {} : { "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const detail = data.detail ? `: ${typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)}` : "";
-    throw new Error(`${data.error || response.statusText}${detail} (${response.status})`);
-  }
-  return data;
 }
 
 async function listCameras() {

@@ -1,18 +1,9 @@
 // Presets and prompt help on the page: fills #preset (applies on change) and autocompletes #prompt.
 // Stands alone beside app.js: it talks to /api/presets, /api/suggestions and /api/events only.
+import { api } from "./api.js";
+
 const presetSelect = document.getElementById("preset");
 const promptInput = document.getElementById("prompt");
-
-async function api(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: body === undefined ? {} : { "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(`${data.error || response.statusText} (${response.status})`);
-  return data;
-}
 
 // Show applied settings in the page's controls (set directly: no input event, so app.js sends nothing back).
 function showSettings(settings) {
