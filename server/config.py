@@ -76,6 +76,17 @@ class OscConfig(_Section):
     allow: list[str] = ["127.0.0.1", "::1"]
 
 
+class JobsConfig(_Section):
+    max_upload_mb: float = Field(512.0, gt=0.0)
+    max_duration_s: float = Field(600.0, gt=0.0)
+    max_resolution: int = Field(3840, ge=16)
+    keep_hours: float = Field(72.0, ge=0.0)
+    live_share: float = Field(0.5, gt=0.0, le=1.0)
+    jpeg_quality: int = Field(92, ge=1, le=100)
+    video_crf: int = Field(20, ge=0, le=51)
+    video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -86,6 +97,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     osc: OscConfig = OscConfig()
+    jobs: JobsConfig = JobsConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
