@@ -8,12 +8,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server import api_health, api_offer, api_settings, keys
+from server import api_health, api_jobs, api_offer, api_settings, jobs_store, keys
 from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.errors import error_middleware
 from server.events import EventHub
+from server.jobs_store import JobStore
+from server.jobs_worker import JobWorker
 from server.peers import PeerManager
 from server.settings import SettingsChange, SettingsStore, StyleSettings
 
@@ -21,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Each feature that keeps rows in the database adds its CREATE TABLE IF NOT EXISTS script here.
-SCHEMAS: list[str] = []
+SCHEMAS: list[str] = [jobs_store.SCHEMA]
 
 
 def create_app(config: Config) -> web.Application:
@@ -34,10 +36,12 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_settings_events_ctx)
+    app.cleanup_ctx.append(_jobs_ctx)
     app.router.add_get("/api/events", app[keys.EVENTS].handle)
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
     app.add_routes(api_settings.routes)
+    app.add_routes(api_jobs.routes)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC_DIR)
     return app
@@ -90,3 +94,23 @@ async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.PEERS] = peers
     yield
     await peers.close_all()
+
+
+async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    store = JobStore(app[keys.DB])
+    peers = app[keys.PEERS]
+    worker = JobWorker(
+        store,
+        app[keys.ENGINE],
+        app[keys.EVENTS],
+        config.jobs,
+        Path(config.server.data_dir),
+        live_streams=lambda: len(peers.sessions),
+    )
+    app[keys.JOBS] = store
+    app[keys.JOB_WORKER] = worker
+    await worker.recover()
+    worker.start()
+    yield
+    await worker.stop()
