@@ -82,6 +82,7 @@ class JobsConfig(_Section):
     max_resolution: int = Field(3840, ge=16)
     keep_hours: float = Field(72.0, ge=0.0)
     live_share: float = Field(0.5, gt=0.0, le=1.0)
+    nice: int = Field(10, ge=0, le=19)
     jpeg_quality: int = Field(92, ge=1, le=100)
     video_crf: int = Field(20, ge=0, le=51)
     video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"

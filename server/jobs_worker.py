@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +75,9 @@ class JobWorker:
         self.jobs_dir = data_dir / JOBS_FOLDER
         self._options = EncodeOptions(video_crf=config.video_crf, video_preset=config.video_preset)
         self._jpeg = JpegEncoder(config.jpeg_quality)
-        self._media_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize-jobs")
+        self._media_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="stylize-jobs", initializer=_lower_priority, initargs=(config.nice,)
+        )
         self._wake = asyncio.Event()
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
@@ -260,6 +264,15 @@ class JobWorker:
 
     async def _blocking(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._media_thread, lambda: work(*args, **kwargs))
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread (and the codec threads it starts, which inherit it) background work."""
+    if nice and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as e:
+            logger.warning("could not lower the job thread's priority to nice %d: %s", nice, e)
 
 
 def _remove_orphans(jobs_dir: Path, known: set[str]) -> int:
