@@ -36,6 +36,7 @@ test: $(STAMP) system-deps lint
 bench: $(STAMP)
 	$(PY) -m pipeline.bench --model tiny --batch-sizes 1,2,4,8 --seconds 5
 	$(PY) -m server.bench_live --model tiny --peers 1,4 --seconds 15
+	$(PY) -m server.bench_jobs --model tiny --seconds 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
