@@ -70,26 +70,27 @@ async def create_job(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "send multipart/form-data with a file field", request.content_type)
     job_id = uuid.uuid4().hex
-    folder = worker.jobs_dir / job_id
+    folder = Path(JOBS_FOLDER) / job_id  # relative to the data dir, as the job's row keeps it
+    upload = worker.data_dir / folder / "input"
     loop = asyncio.get_running_loop()
     try:
-        fields, filename = await _receive(request, folder / "input", limit)
+        fields, filename = await _receive(request, upload, limit)
         try:
             form = JobForm.model_validate(fields)
         except ValidationError as e:
             raise ApiError(422, "invalid fields", validation_detail(e)) from e
         limits = MediaLimits(config.max_duration_s, config.max_resolution)
         try:
-            info = await loop.run_in_executor(None, probe, folder / "input", limits)
+            info = await loop.run_in_executor(None, probe, upload, limits)
         except UnsupportedMedia as e:
             raise ApiError(415, "unsupported media", str(e)) from e
         except MediaRejected as e:
             raise ApiError(422, "media refused", str(e)) from e
         settings = await _job_settings(request.app, form)
     except BaseException:
-        await loop.run_in_executor(None, lambda: shutil.rmtree(folder, ignore_errors=True))
+        await loop.run_in_executor(None, lambda: shutil.rmtree(upload.parent, ignore_errors=True))
         raise
-    job = _new_job(job_id, filename, form.preset, settings, info)
+    job = _new_job(job_id, folder, filename, form.preset, settings, info)
     await worker.submit(job)
     return web.json_response(job.public(), status=202, headers={hdrs.LOCATION: f"/api/jobs/{job_id}"})
 
@@ -174,8 +175,9 @@ async def _job_settings(app: web.Application, form: JobForm) -> StyleSettings:
         raise ApiError(422, "invalid fields", validation_detail(e)) from e
 
 
-def _new_job(job_id: str, filename: str, preset: str | None, settings: StyleSettings, info: MediaInfo) -> Job:
-    folder = Path(JOBS_FOLDER) / job_id
+def _new_job(
+    job_id: str, folder: Path, filename: str, preset: str | None, settings: StyleSettings, info: MediaInfo
+) -> Job:
     return Job(
         id=job_id,
         status="pending",

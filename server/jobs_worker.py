@@ -72,7 +72,7 @@ class JobWorker:
         self._live_streams = live_streams
         self._config = config
         self.data_dir = data_dir
-        self.jobs_dir = data_dir / JOBS_FOLDER
+        self._jobs_dir = data_dir / JOBS_FOLDER
         self._options = EncodeOptions(video_crf=config.video_crf, video_preset=config.video_preset)
         self._jpeg = JpegEncoder(config.jpeg_quality)
         self._media_thread = ThreadPoolExecutor(
@@ -91,7 +91,7 @@ class JobWorker:
         if requeued:
             logger.info("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
         known = await self._store.ids()
-        removed = await self._blocking(_remove_orphans, self.jobs_dir, known)
+        removed = await self._blocking(_remove_orphans, self._jobs_dir, known)
         if removed:
             logger.info("removed %d job folder(s) without a job (uploads cut off)", removed)
         await self.sweep()
@@ -124,7 +124,7 @@ class JobWorker:
         """Remove a job, its row and its files, stopping it first if it is running."""
         await self._release(job_id)
         job = await self._store.delete(job_id)
-        # The row went first, so a render that was about to start finds nothing to finish.
+        # Once more for a job the worker claimed between the first look and the row's removal.
         await self._release(job_id)
         await self._blocking(shutil.rmtree, self.folder(job), ignore_errors=True)
         self._publish("deleted", job)
