@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from pipeline.models import ensure_tiny_model
+from server.config import load_config
 from tests.clips import make_clip
 from tests.rtc_client import RtcClient, connect
 
@@ -180,7 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "live_peer": {"size": "320x240", "fps_sent": args.fps},
         "job_clip": {"size": f"{width}x{height}", "fps": 30, "seconds": seconds},
         "window_s": args.seconds,
-        "live_share": args.live_share,
+        "live_share": load_config().jobs.live_share if args.live_share is None else args.live_share,
         **figures,
         "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

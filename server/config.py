@@ -81,7 +81,7 @@ class JobsConfig(_Section):
     max_duration_s: float = Field(600.0, gt=0.0)
     max_resolution: int = Field(3840, ge=16)
     keep_hours: float = Field(72.0, ge=0.0)
-    live_share: float = Field(0.5, gt=0.0, le=1.0)
+    live_share: float = Field(0.25, gt=0.0, le=1.0)
     nice: int = Field(10, ge=0, le=19)
     jpeg_quality: int = Field(92, ge=1, le=100)
     video_crf: int = Field(20, ge=0, le=51)
