@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import shlex
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +26,8 @@ from pipeline.models import ensure_tiny_model
 from server.config import load_config
 from tests.clips import make_clip
 from tests.rtc_client import RtcClient, connect
+from tests.server_process import ROOT, server_process, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -43,42 +40,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--live-share", type=float, help="[jobs] live_share for the server (default: config)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON result")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def running_server(args: argparse.Namespace, data_dir: Path, port: int) -> AsyncIterator[str]:
-    env = {**os.environ, "STYLIZE_OSC_ENABLED": "false", "STYLIZE_LOGGING_LEVEL": "WARNING"}
-    if args.live_share is not None:
-        env["STYLIZE_JOBS_LIVE_SHARE"] = str(args.live_share)
-    command = [sys.executable, "-m", "server", "--model", args.model, "--data-dir", str(data_dir), "--port", str(port)]
-    log = (data_dir / "server.log").open("wb")
-    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        log.close()
-
-
-async def wait_ready(http: aiohttp.ClientSession, base: str, timeout_s: float = 300.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/readyz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
 
 
 async def live_fps(client: RtcClient, seconds: float) -> float:
@@ -109,9 +70,13 @@ async def start_job(http: aiohttp.ClientSession, base: str, clip: bytes) -> dict
 
 
 async def measure(args: argparse.Namespace, data_dir: Path, clip: bytes) -> dict[str, Any]:
-    port = free_port()
-    async with running_server(args, data_dir, port) as base, aiohttp.ClientSession() as http:
-        await wait_ready(http, base)
+    env = {"STYLIZE_LOGGING_LEVEL": "WARNING"}
+    if args.live_share is not None:
+        env["STYLIZE_JOBS_LIVE_SHARE"] = str(args.live_share)
+    server = server_process(data_dir, data_dir / "server.log", model=args.model, env=env)
+    async with server as running, aiohttp.ClientSession() as http:
+        base = running.url
+        await wait_ready(http, base, within_s=600.0)
         client = await connect(http, f"{base}/api/offer", fps=args.fps)
         try:
             await client.wait_frames(10)

@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import signal
-import socket
-import sys
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,9 @@ from server.config import Config
 from server.settings import SettingsPatch
 from tests.clips import make_clip, make_image
 from tests.conftest import RunningServer, start_server, stop_server
+from tests.server_process import server_process, wait_ready
 
 FINISHED = {"completed", "failed", "cancelled"}
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def form(data: bytes, filename: str, **fields: Any) -> aiohttp.FormData:
@@ -345,32 +342,10 @@ async def test_page_has_a_jobs_panel(server: RunningServer) -> None:
         assert response.status == 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def server_process(data_dir: Path, log: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`python -m server` on `data_dir` as a real process; killed and reaped on the way out."""
-    port = free_port()
-    # One torch thread: two servers in a row on a shared CPU stay quick and predictable.
-    env = {**os.environ, "STYLIZE_OSC_ENABLED": "false", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "server", "--model", "tiny", "--data-dir", str(data_dir), "--port", str(port)]
-    with log.open("ab") as output:
-        process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env, stdout=output, stderr=output)
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
 async def poll_job(
     http: aiohttp.ClientSession, base: str, job_id: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
+    """Poll a server process (which may be restarting) until `done(job)`."""
     async with asyncio.timeout(90):
         while True:
             with contextlib.suppress(aiohttp.ClientConnectionError):
@@ -385,30 +360,29 @@ async def poll_job(
 async def test_a_job_killed_mid_render_completes_after_a_restart(data_dir: Path, tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "clip.mp4", seconds=8.0, fps=15).read_bytes()
     log = tmp_path / "server.log"
+    # One torch thread: two servers in a row on a shared CPU stay quick and predictable.
+    env = {"OMP_NUM_THREADS": "1"}
     async with aiohttp.ClientSession() as http:
-        async with server_process(data_dir, log) as (first, base):
-            async with asyncio.timeout(90):
-                while True:
-                    with contextlib.suppress(aiohttp.ClientConnectionError):
-                        async with http.get(f"{base}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    await asyncio.sleep(0.1)
-            async with http.post(f"{base}/api/jobs", data=form(clip, "clip.mp4")) as response:
+        async with server_process(data_dir, log, env=env) as first:
+            await wait_ready(http, first.url)
+            async with http.post(f"{first.url}/api/jobs", data=form(clip, "clip.mp4")) as response:
                 assert response.status == 202
                 job_id = (await response.json())["id"]
-            seen = await poll_job(http, base, job_id, lambda job: job["frames_done"] > 0 or job["status"] in FINISHED)
-            first.send_signal(signal.SIGKILL)
-            await first.wait()
+            seen = await poll_job(
+                http, first.url, job_id, lambda job: job["frames_done"] > 0 or job["status"] in FINISHED
+            )
+            first.process.send_signal(signal.SIGKILL)
+            await first.process.wait()
         assert seen["status"] == "processing", seen
         assert 0 < seen["frames_done"] < seen["frames_total"] == 120
 
-        async with server_process(data_dir, log) as (_, base):
-            done = await poll_job(http, base, job_id, lambda job: job["status"] in FINISHED)
+        async with server_process(data_dir, log, env=env) as second:
+            await wait_ready(http, second.url)
+            done = await poll_job(http, second.url, job_id, lambda job: job["status"] in FINISHED)
             assert done["status"] == "completed", done
             assert done["attempts"] == 2
             assert done["frames_done"] == 120
-            async with http.get(f"{base}/api/jobs/{job_id}/result") as response:
+            async with http.get(f"{second.url}/api/jobs/{job_id}/result") as response:
                 assert response.status == 200
                 (tmp_path / "result.mp4").write_bytes(await response.read())
     with av.open(str(tmp_path / "result.mp4")) as output:
