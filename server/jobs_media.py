@@ -287,8 +287,8 @@ def _encode_png(frame: av.VideoFrame) -> bytes:
 
 class VideoRender:
     """Decodes the source's video frame by frame and writes MP4/H.264 (yuv420p) at the source's
-    timestamps, so frame rate and duration match; the source audio is copied (AAC, MP3) or
-    re-encoded to AAC, interleaved as it is met while demuxing."""
+    frame rate and timing, so frame count and duration match; the source audio is copied (AAC,
+    MP3) or re-encoded to AAC, interleaved as it is met while demuxing."""
 
     def __init__(self, source: Path, target: Path, info: MediaInfo, options: EncodeOptions) -> None:
         self._info = info
@@ -300,6 +300,7 @@ class VideoRender:
             self._output = av.open(str(target), "w", format="mp4", options={"movflags": "+faststart"})
             self._width = _even(info.width)
             self._height = _even(info.height)
+            self._rate = self._video_in.average_rate or fractions.Fraction(info.fps or 25.0).limit_denominator(1001)
             self._video_out = self._add_video_stream(self._output, options)
             self._audio_out, self._remux_audio = self._add_audio_stream(self._output)
             streams = [self._video_in] if self._audio_in is None else [self._video_in, self._audio_in]
@@ -313,14 +314,12 @@ class VideoRender:
         self.frames_written = 0
 
     def _add_video_stream(self, output: OutputContainer, options: EncodeOptions) -> VideoStream:
-        rate = self._video_in.average_rate or fractions.Fraction(self._info.fps or 25.0).limit_denominator(1001)
         stream = output.add_stream(
-            "libx264", rate=rate, options={"crf": str(options.video_crf), "preset": options.video_preset}
+            "libx264", rate=self._rate, options={"crf": str(options.video_crf), "preset": options.video_preset}
         )
         stream.width = self._width
         stream.height = self._height
         stream.pix_fmt = "yuv420p"
-        self._rate = rate
         return stream
 
     def _add_audio_stream(self, output: OutputContainer) -> tuple[AudioStream | None, bool]:
