@@ -26,8 +26,8 @@ run: $(STAMP)
 	$(PY) -m server $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline server tests
-	$(VENV)/bin/ruff format --check pipeline server tests
+	$(VENV)/bin/ruff check pipeline server tests bench
+	$(VENV)/bin/ruff format --check pipeline server tests bench
 	$(VENV)/bin/mypy
 
 test: $(STAMP) system-deps lint
@@ -36,6 +36,7 @@ test: $(STAMP) system-deps lint
 bench: $(STAMP)
 	$(PY) -m pipeline.bench --model tiny --batch-sizes 1,2,4,8 --seconds 5
 	$(PY) -m bench.live --model tiny --peers 1,4 --seconds 15
+	$(PY) -m bench.jobs --model tiny --seconds 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

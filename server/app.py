@@ -9,12 +9,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server import api_health, api_metrics, api_offer, api_presets, api_settings, api_stats, api_suggestions, keys
+from server import (
+    api_health,
+    api_jobs,
+    api_metrics,
+    api_offer,
+    api_presets,
+    api_settings,
+    api_stats,
+    api_suggestions,
+    jobs_store,
+    keys,
+)
 from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.errors import error_middleware
 from server.events import EventHub
+from server.jobs_store import JobStore
+from server.jobs_worker import JobWorker
 from server.metrics import Metrics
 from server.osc import start_osc
 from server.peers import PeerManager
@@ -29,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Each feature that keeps rows in the database adds its CREATE TABLE IF NOT EXISTS script here.
-SCHEMAS: list[str] = [PRESETS_SCHEMA]
+SCHEMAS: list[str] = [PRESETS_SCHEMA, jobs_store.SCHEMA]
 
 
 def create_app(config: Config) -> web.Application:
@@ -51,6 +64,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_settings_events_ctx)
     app.cleanup_ctx.append(_osc_ctx)
     app.cleanup_ctx.append(_settings_metrics_ctx)
+    app.cleanup_ctx.append(_jobs_ctx)
     app.router.add_get("/api/events", app[keys.EVENTS].handle)
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
@@ -59,6 +73,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(api_suggestions.routes)
     app.add_routes(api_metrics.routes)
     app.add_routes(api_stats.routes)
+    app.add_routes(api_jobs.routes)
     app.router.add_get("/", _index)
     app.router.add_get("/monitor", _monitor)
     app.router.add_static("/static/", STATIC_DIR)
@@ -170,3 +185,24 @@ async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.PEERS] = peers
     yield
     await peers.close_all()
+
+
+async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    store = JobStore(app[keys.DB])
+    peers = app[keys.PEERS]
+    worker = JobWorker(
+        store,
+        app[keys.ENGINE],
+        app[keys.EVENTS],
+        config.jobs,
+        Path(config.server.data_dir),
+        live_streams=lambda: len(peers.sessions),
+        on_counts=app[keys.METRICS].set_jobs,
+    )
+    app[keys.JOBS] = store
+    app[keys.JOB_WORKER] = worker
+    await worker.recover()
+    worker.start()
+    yield
+    await worker.stop()

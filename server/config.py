@@ -86,6 +86,18 @@ class PresetsConfig(_Section):
     default_subject: str = Field("a person", min_length=1, max_length=200)
 
 
+class JobsConfig(_Section):
+    max_upload_mb: float = Field(512.0, gt=0.0)
+    max_duration_s: float = Field(600.0, gt=0.0)
+    max_resolution: int = Field(3840, ge=16)
+    keep_hours: float = Field(72.0, ge=0.0)
+    live_share: float = Field(0.25, gt=0.0, le=1.0)
+    nice: int = Field(10, ge=0, le=19)
+    jpeg_quality: int = Field(92, ge=1, le=100)
+    video_crf: int = Field(20, ge=0, le=51)
+    video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file_max_mb: int = Field(10, ge=1, le=10_000)
@@ -100,6 +112,7 @@ class Config(_Section):
     osc: OscConfig = OscConfig()
     security: SecurityConfig = SecurityConfig()
     presets: PresetsConfig = PresetsConfig()
+    jobs: JobsConfig = JobsConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

@@ -8,6 +8,8 @@ from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.events import EventHub
+from server.jobs_store import JobStore
+from server.jobs_worker import JobWorker
 from server.metrics import Metrics
 from server.osc import OscListener
 from server.peers import PeerManager
@@ -27,3 +29,5 @@ PRESETS = web.AppKey("presets", PresetLibrary)
 SUGGESTIONS = web.AppKey("suggestions", PromptSuggestions)
 METRICS = web.AppKey("metrics", Metrics)
 STATS = web.AppKey("stats", StatsReporter)
+JOBS = web.AppKey("jobs", JobStore)
+JOB_WORKER = web.AppKey("job_worker", JobWorker)

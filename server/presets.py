@@ -115,6 +115,17 @@ class Preset(NewPreset):
         return subject if 0 < len(subject) <= MAX_SUBJECT else None
 
 
+def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
+    return SettingsPatch(
+        prompt=preset.fill(subject),
+        negative_prompt=preset.negative_prompt,
+        strength=preset.strength,
+        guidance_scale=preset.guidance_scale,
+        seed=preset.seed,
+        preset=preset.id,
+    )
+
+
 @dataclass(frozen=True)
 class AppliedPreset:
     preset: Preset
@@ -282,19 +293,20 @@ class PresetLibrary:
             raise UnknownStreamError(stream_id)
         return self._settings.effective(stream_id)
 
+    async def patch_for(self, preset_id: str, subject: str | None, current: StyleSettings) -> SettingsPatch:
+        """What applying the preset over `current` would set, without applying it (render jobs).
+
+        Raises `UnknownPresetError`.
+        """
+        preset = await self.get(preset_id)
+        return preset_patch(preset, subject or await self._current_subject(current) or self._default_subject)
+
     async def _apply(
         self, preset: Preset, subject: str | None, stream_id: str | None, current: StyleSettings
     ) -> AppliedPreset:
         if subject is None:
             subject = await self._current_subject(current) or self._default_subject
-        patch = SettingsPatch(
-            prompt=preset.fill(subject),
-            negative_prompt=preset.negative_prompt,
-            strength=preset.strength,
-            guidance_scale=preset.guidance_scale,
-            seed=preset.seed,
-            preset=preset.id,
-        )
+        patch = preset_patch(preset, subject)
         if stream_id is None:
             settings = self._settings.update_global(patch, "preset")
         else:

@@ -65,7 +65,7 @@ async def test_stats_reflect_a_connected_stream(quick_server: RunningServer) -> 
     assert frames["skipped"] == 0 and frames["fps_out"] > 0
     assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p95"]
 
-    assert stats["jobs"] == {}
+    assert stats["jobs"] == dict.fromkeys(("pending", "processing", "completed", "failed", "cancelled"), 0)
     assert stats["presets"]["watercolor"] == 0  # every preset listed, none applied yet
     system = stats["system"]
     assert 0 < system["ram_used_bytes"] < system["ram_total_bytes"]
@@ -77,7 +77,7 @@ async def test_stats_reflect_a_connected_stream(quick_server: RunningServer) -> 
 async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: RunningServer) -> None:
     server = quick_server
     # What the jobs feature does when a job finishes, and what the presets feature plugs in.
-    server.app[keys.METRICS].set_jobs({"done": 1, "running": 0})
+    server.app[keys.METRICS].set_jobs({"completed": 1, "processing": 0})
 
     async def usage() -> dict[str, int]:
         return {"watercolor": 3, "neon": 1}
@@ -90,7 +90,7 @@ async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: Runn
     logging.getLogger("server.tracks").warning("not an error: not kept")
 
     stats = await get_stats(server)
-    assert stats["jobs"] == {"done": 1, "running": 0}
+    assert stats["jobs"] == {"completed": 1, "processing": 0}
     assert stats["presets"] == {"watercolor": 3, "neon": 1}
     [error] = [e for e in stats["errors"] if e["logger"] == "server.jobs"]
     assert error["message"] == "render failed job=j1"
@@ -98,7 +98,7 @@ async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: Runn
     assert not [e for e in stats["errors"] if e["logger"] == "server.tracks"]
 
     async with server.http.get(server.url("/metrics")) as response:
-        assert 'stylize_jobs{status="done"} 1.0' in await response.text()
+        assert 'stylize_jobs{status="completed"} 1.0' in await response.text()
 
 
 async def test_the_error_log_stops_listening_when_the_app_stops(make_config: Callable[..., Config]) -> None:
