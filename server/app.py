@@ -8,12 +8,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server import api_health, api_offer, api_settings, keys
+from server import api_health, api_media, api_offer, api_settings, api_transport, bitrate, keys
 from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.errors import error_middleware
 from server.events import EventHub
+from server.jpeg import JpegEncoder
 from server.peers import PeerManager
 from server.settings import SettingsChange, SettingsStore, StyleSettings
 
@@ -30,6 +31,9 @@ def create_app(config: Config) -> web.Application:
     app[keys.SETTINGS] = SettingsStore(StyleSettings(**config.defaults.model_dump()))
     app[keys.EVENTS] = EventHub()
     app.on_shutdown.append(_close_event_listeners)
+    app.on_shutdown.append(_end_mjpeg_streams)
+    app.cleanup_ctx.append(_bitrate_ctx)
+    app.cleanup_ctx.append(_jpeg_ctx)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.append(_peers_ctx)
@@ -38,6 +42,8 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(api_health.routes)
     app.add_routes(api_offer.routes)
     app.add_routes(api_settings.routes)
+    app.add_routes(api_media.routes)
+    app.add_routes(api_transport.routes)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC_DIR)
     return app
@@ -49,6 +55,23 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 async def _close_event_listeners(app: web.Application) -> None:
     await app[keys.EVENTS].close()
+
+
+async def _end_mjpeg_streams(app: web.Application) -> None:
+    app[keys.JPEG].stop_streams()
+
+
+async def _bitrate_ctx(app: web.Application) -> AsyncIterator[None]:
+    previous = bitrate.apply(bitrate.Bitrates.from_config(app[keys.CONFIG].transport))
+    yield
+    bitrate.restore(previous)
+
+
+async def _jpeg_ctx(app: web.Application) -> AsyncIterator[None]:
+    encoder = JpegEncoder(quality=app[keys.CONFIG].media.jpeg_quality)
+    app[keys.JPEG] = encoder
+    yield
+    encoder.close()
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -86,7 +109,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
-    peers = PeerManager(app[keys.CONFIG].server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS])
+    config = app[keys.CONFIG]
+    peers = PeerManager(config.server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], config.transport)
     app[keys.PEERS] = peers
     yield
     await peers.close_all()

@@ -8,6 +8,7 @@ from server.config import Config
 from server.db import Database
 from server.engine_service import EngineService
 from server.events import EventHub
+from server.jpeg import JpegEncoder
 from server.peers import PeerManager
 from server.settings import SettingsStore
 
@@ -17,3 +18,4 @@ ENGINE = web.AppKey("engine", EngineService)
 PEERS = web.AppKey("peers", PeerManager)
 EVENTS = web.AppKey("events", EventHub)
 DB = web.AppKey("db", Database)
+JPEG = web.AppKey("jpeg", JpegEncoder)

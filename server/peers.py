@@ -11,11 +11,12 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpCodecCapability,
     RTCRtpSender,
     RTCSessionDescription,
 )
 
-from server.config import ServerConfig
+from server.config import ServerConfig, TransportConfig
 from server.engine_service import EngineService
 from server.events import EventHub
 from server.session import Session
@@ -33,9 +34,23 @@ class OfferRejected(Exception):
     """aiortc refused the offer; the half-made peer has been closed."""
 
 
+def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for `codec` ("vp8" or "h264"): the only codec the answer will carry."""
+    mime_type = f"video/{codec}".lower()
+    return [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == mime_type]
+
+
 class PeerManager:
-    def __init__(self, config: ServerConfig, engine: EngineService, settings: SettingsStore, events: EventHub) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: EngineService,
+        settings: SettingsStore,
+        events: EventHub,
+        transport: TransportConfig | None = None,
+    ) -> None:
         self._config = config
+        self._transport = transport or TransportConfig()
         self._engine = engine
         self._settings = settings
         self._events = events
@@ -59,8 +74,7 @@ class PeerManager:
         self._settings.add_stream(session.id)
         # The transceiver exists before the remote description so codec preferences take effect.
         transceiver = pc.addTransceiver("video", direction="sendrecv")
-        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == "video/vp8"]
-        transceiver.setCodecPreferences(vp8)
+        transceiver.setCodecPreferences(codec_preferences(self._transport.codec))
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

@@ -59,7 +59,7 @@ class RunningServer:
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:

@@ -96,7 +96,7 @@ class RtcClient:
     received: list[Received] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
 
-    async def wait_frames(self, count: int, timeout: float = 60.0) -> None:
+    async def wait_frames(self, count: int, timeout: float = 60.0) -> None:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         target = len(self.received) + count
