@@ -62,8 +62,8 @@ class TransportConfig(_Section):
 
 class MediaConfig(_Section):
     jpeg_quality: int = Field(85, ge=1, le=100)
-    mjpeg_fps: float = Field(15.0, gt=0.0, le=60.0)
-    mjpeg_max_fps: float = Field(30.0, gt=0.0, le=60.0)
+    mjpeg_fps: float = Field(15.0, ge=1.0, le=60.0)
+    mjpeg_max_fps: float = Field(30.0, ge=1.0, le=60.0)
 
 
 class ModelConfig(_Section):
