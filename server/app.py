@@ -12,12 +12,15 @@ from aiohttp import web
 from server import (
     api_health,
     api_jobs,
+    api_media,
     api_metrics,
     api_offer,
     api_presets,
     api_settings,
     api_stats,
     api_suggestions,
+    api_transport,
+    bitrate,
     jobs_store,
     keys,
 )
@@ -28,6 +31,7 @@ from server.errors import error_middleware
 from server.events import EventHub
 from server.jobs_store import JobStore
 from server.jobs_worker import JobWorker
+from server.jpeg import JpegOutput
 from server.metrics import Metrics
 from server.osc import start_osc
 from server.peers import PeerManager
@@ -55,7 +59,10 @@ def create_app(config: Config) -> web.Application:
     app[keys.EVENTS] = EventHub()
     app[keys.METRICS] = Metrics()
     app.on_shutdown.append(_close_event_listeners)
+    app.on_shutdown.append(_end_mjpeg_streams)
     app.cleanup_ctx.append(_stats_ctx)
+    app.cleanup_ctx.append(_bitrate_ctx)
+    app.cleanup_ctx.append(_jpeg_ctx)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_presets_ctx)
     app.cleanup_ctx.append(_suggestions_ctx)
@@ -74,6 +81,8 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(api_metrics.routes)
     app.add_routes(api_stats.routes)
     app.add_routes(api_jobs.routes)
+    app.add_routes(api_media.routes)
+    app.add_routes(api_transport.routes)
     app.router.add_get("/", _index)
     app.router.add_get("/monitor", _monitor)
     app.router.add_static("/static/", STATIC_DIR)
@@ -102,6 +111,23 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     root.removeHandler(errors)
     await asyncio.to_thread(reporter.probe.close)
+
+
+async def _end_mjpeg_streams(app: web.Application) -> None:
+    app[keys.JPEG].stop_streams()
+
+
+async def _bitrate_ctx(app: web.Application) -> AsyncIterator[None]:
+    previous = bitrate.apply(bitrate.Bitrates.from_config(app[keys.CONFIG].transport))
+    yield
+    bitrate.restore(previous)
+
+
+async def _jpeg_ctx(app: web.Application) -> AsyncIterator[None]:
+    encoder = JpegOutput(quality=app[keys.CONFIG].media.jpeg_quality)
+    app[keys.JPEG] = encoder
+    yield
+    encoder.close()
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -179,8 +205,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
     peers = PeerManager(
-        app[keys.CONFIG].server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], app[keys.METRICS]
+        config.server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], app[keys.METRICS], config.transport
     )
     app[keys.PEERS] = peers
     yield

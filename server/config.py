@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -42,6 +42,28 @@ class ServerConfig(_Section):
     cors_origins: list[str] = []
     tls_cert: str = ""
     tls_key: str = ""
+
+
+class TransportConfig(_Section):
+    codec: Literal["vp8", "h264"] = "vp8"
+    bitrate_kbps: int = Field(2500, ge=50, le=100_000)
+    min_bitrate_kbps: int = Field(600, ge=50, le=100_000)
+    max_bitrate_kbps: int = Field(6000, ge=50, le=100_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TransportConfig:
+        if not self.min_bitrate_kbps <= self.bitrate_kbps <= self.max_bitrate_kbps:
+            raise ValueError(
+                "need min_bitrate_kbps <= bitrate_kbps <= max_bitrate_kbps, got "
+                f"{self.min_bitrate_kbps} <= {self.bitrate_kbps} <= {self.max_bitrate_kbps}"
+            )
+        return self
+
+
+class MediaConfig(_Section):
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    mjpeg_fps: float = Field(15.0, ge=1.0, le=60.0)
+    mjpeg_max_fps: float = Field(30.0, ge=1.0, le=60.0)
 
 
 class ModelConfig(_Section):
@@ -106,6 +128,8 @@ class LoggingConfig(_Section):
 
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    transport: TransportConfig = TransportConfig()
+    media: MediaConfig = MediaConfig()
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     defaults: DefaultsConfig = DefaultsConfig()

@@ -21,7 +21,8 @@ import numpy as np
 from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
-from turbojpeg import TJPF_RGB, TJSAMP_420, TurboJPEG
+
+from server.jpeg import JpegEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -203,40 +204,6 @@ def open_render(source: Path, target: Path, info: MediaInfo, options: EncodeOpti
 
 def _even(value: int) -> int:
     return max(2, value // 2 * 2)
-
-
-class JpegEncoder:
-    """RGB pictures to JPEG with libjpeg-turbo (PyTurboJPEG); libavcodec's mjpeg where that cannot load."""
-
-    def __init__(self, quality: int) -> None:
-        self.quality = quality
-        self._turbo: TurboJPEG | None
-        try:
-            self._turbo = TurboJPEG()
-        except (OSError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0]
-            logger.warning("libjpeg-turbo unavailable, JPEG results use libavcodec's mjpeg: %s", reason)
-            self._turbo = None
-
-    @property
-    def backend(self) -> str:
-        return "libjpeg-turbo" if self._turbo is not None else "libavcodec"
-
-    def encode(self, frame: av.VideoFrame) -> bytes:
-        if self._turbo is not None:
-            rgb = frame.to_ndarray(format="rgb24")
-            return bytes(
-                self._turbo.encode(rgb, quality=self.quality, pixel_format=TJPF_RGB, jpeg_subsample=TJSAMP_420)
-            )
-        codec = av.CodecContext.create("mjpeg", "w")
-        assert isinstance(codec, av.VideoCodecContext)
-        codec.width = frame.width
-        codec.height = frame.height
-        codec.pix_fmt = "yuvj420p"
-        # mjpeg's quantiser scale runs 1 (best) to 31; map quality 100..0 onto it.
-        codec.qmin = codec.qmax = max(1, min(31, round((100 - self.quality) * 0.3) + 1))
-        frame = frame.reformat(format="yuvj420p")
-        return b"".join(bytes(packet) for packet in [*codec.encode(frame), *codec.encode(None)])
 
 
 class ImageRender:

@@ -28,8 +28,9 @@ from pipeline import Priority
 from server.config import JobsConfig
 from server.engine_service import EngineService
 from server.events import EventHub
-from server.jobs_media import EncodeOptions, JpegEncoder, RenderFailed, open_render
+from server.jobs_media import EncodeOptions, RenderFailed, open_render
 from server.jobs_store import Job, JobNotFound, JobStore
+from server.jpeg import JpegEncoder
 
 logger = logging.getLogger(__name__)
 

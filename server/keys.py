@@ -10,6 +10,7 @@ from server.engine_service import EngineService
 from server.events import EventHub
 from server.jobs_store import JobStore
 from server.jobs_worker import JobWorker
+from server.jpeg import JpegOutput
 from server.metrics import Metrics
 from server.osc import OscListener
 from server.peers import PeerManager
@@ -31,3 +32,4 @@ METRICS = web.AppKey("metrics", Metrics)
 STATS = web.AppKey("stats", StatsReporter)
 JOBS = web.AppKey("jobs", JobStore)
 JOB_WORKER = web.AppKey("job_worker", JobWorker)
+JPEG = web.AppKey("jpeg", JpegOutput)

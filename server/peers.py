@@ -13,12 +13,13 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpCodecCapability,
     RTCRtpSender,
     RTCSessionDescription,
 )
 from pydantic import ValidationError
 
-from server.config import ServerConfig
+from server.config import ServerConfig, TransportConfig
 from server.engine_service import EngineService
 from server.events import EventHub
 from server.metrics import Metrics
@@ -38,6 +39,12 @@ class OfferRejected(Exception):
     """aiortc refused the offer; the half-made peer has been closed."""
 
 
+def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for `codec` ("vp8" or "h264"): the only codec the answer will carry."""
+    mime_type = f"video/{codec}".lower()
+    return [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == mime_type]
+
+
 class PeerManager:
     def __init__(
         self,
@@ -46,8 +53,10 @@ class PeerManager:
         settings: SettingsStore,
         events: EventHub,
         metrics: Metrics | None = None,
+        transport: TransportConfig | None = None,
     ) -> None:
         self._config = config
+        self._transport = transport or TransportConfig()
         self._engine = engine
         self._settings = settings
         self._events = events
@@ -72,8 +81,7 @@ class PeerManager:
         self._settings.add_stream(session.id)
         # The transceiver exists before the remote description so codec preferences take effect.
         transceiver = pc.addTransceiver("video", direction="sendrecv")
-        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == "video/vp8"]
-        transceiver.setCodecPreferences(vp8)
+        transceiver.setCodecPreferences(codec_preferences(self._transport.codec))
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

@@ -333,15 +333,6 @@ async def test_retention_removes_old_finished_jobs(make_config: Callable[..., Co
         await stop_server(running)
 
 
-async def test_page_has_a_jobs_panel(server: RunningServer) -> None:
-    async with server.http.get(server.url("/")) as response:
-        page = await response.text()
-    assert '<section id="jobs"' in page
-    assert 'src="/static/jobs.js"' in page
-    async with server.http.get(server.url("/static/jobs.js")) as response:
-        assert response.status == 200
-
-
 async def poll_job(
     http: aiohttp.ClientSession, base: str, job_id: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:

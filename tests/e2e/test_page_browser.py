@@ -1,0 +1,309 @@
+"""The page in a real browser: headless Debian Chromium with a fake camera, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.config import Config
+from tests.conftest import RunningServer, start_server, stop_server
+from tests.rtc_client import connect
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make system-deps installs it)"),
+]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+SCREENSHOT_COPY = Path("/tmp/page-screenshot.png")
+
+
+@pytest.fixture
+async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningServer]:
+    """The shared fixture's server with one-frame batches: one stream needs no more, and start-up is faster."""
+    running = await start_server(make_config(engine={"max_batch": 1}))
+    yield running
+    await stop_server(running)
+
+
+@dataclass
+class PageUnderTest:
+    page: Any  # playwright.async_api.Page
+    console_errors: list[str] = field(default_factory=list)
+
+    def unexpected_errors(self, *allowed_statuses: int) -> list[str]:
+        """Console errors, less failed loads with a status the test expects."""
+        unexpected = []
+        for text in self.console_errors:
+            if "Failed to load resource" in text and any(f"status of {status}" in text for status in allowed_statuses):
+                continue
+            unexpected.append(text)
+        return unexpected
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+async def open_page(browser: Any, server: RunningServer) -> PageUnderTest:
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    page = await context.new_page()
+    under_test = PageUnderTest(page)
+
+    def on_console(message: Any) -> None:
+        if message.type == "error":
+            url = message.location.get("url", "") if message.location else ""
+            under_test.console_errors.append(f"{message.text} [{url}]")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: under_test.console_errors.append(f"page error: {error}"))
+    await page.goto(server.url("/"))
+    await page.wait_for_function("window.stylize !== undefined")
+    return under_test
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def get_json(server: RunningServer, path: str) -> Any:
+    async with server.http.get(server.url(path)) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+OUTPUT_PLAYBACK = """
+() => {
+  const video = document.getElementById("output");
+  return { time: video.currentTime, frames: video.getVideoPlaybackQuality().totalVideoFrames,
+           width: video.videoWidth, height: video.videoHeight };
+}
+"""
+
+
+async def test_start_plays_stylized_video_and_stop_hangs_up(
+    browser: Any, server: RunningServer, tmp_path: Path
+) -> None:
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    await page.select_option("#resolution", "320x240")  # the fake camera's frames, kept cheap for 2 CPU cores
+    await page.click("#start")
+    await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+
+    # The stylized video plays: frames keep arriving and its clock runs.
+    first = await page.evaluate(OUTPUT_PLAYBACK)
+
+    async def advanced() -> bool:
+        now = await page.evaluate(OUTPUT_PLAYBACK)
+        return now["frames"] >= first["frames"] + 3 and now["time"] > first["time"]
+
+    await eventually(advanced, "three more decoded output frames", seconds=20)
+    played = await page.evaluate(OUTPUT_PLAYBACK)
+    assert (played["width"], played["height"]) == (320, 240), played
+
+    streams = (await get_json(server, "/api/streams"))["streams"]
+    assert len(streams) == 1 and streams[0]["stats"]["frames_out"] > 0
+
+    # The readouts fill in from getStats and the server's stream stats.
+    await page.wait_for_function("/^\\d+ ms$/.test(document.getElementById('latency').textContent)", timeout=10_000)
+    await page.wait_for_function("/^\\d+\\.\\d$/.test(document.getElementById('fps').textContent)")
+    latency = await page.text_content("#latency")
+    detail = await page.text_content("#latency-detail")
+    fps = await page.text_content("#fps")
+    print(f"\npage readouts with the fake camera and the tiny model: latency {latency} ({detail}), fps {fps}")
+
+    screenshot = tmp_path / "page-streaming.png"
+    await page.screenshot(path=str(screenshot))
+    shutil.copyfile(screenshot, SCREENSHOT_COPY)
+
+    await page.click("#stop")
+
+    async def no_streams() -> bool:
+        return (await get_json(server, "/api/streams"))["streams"] == []
+
+    await eventually(no_streams, "the server to list no streams after Stop")
+    await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+    assert await page.is_disabled("#stop") and await page.is_enabled("#start")
+    assert await page.evaluate("document.getElementById('output').srcObject") is None
+    assert under_test.unexpected_errors() == []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_page_reconnects_by_itself_after_a_server_restart(
+    browser: Any, make_config: Callable[..., Config]
+) -> None:
+    config = make_config(server={"port": free_port()}, engine={"max_batch": 1})
+    running = await start_server(config)
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.select_option("#resolution", "320x240")
+        await page.click("#start")
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+        first = await page.evaluate("window.stylize.connection.streamId")
+
+        await stop_server(running)
+        running = await start_server(config)  # same port, knows nothing of the old stream
+
+        async def streaming_again() -> bool:
+            streams = (await get_json(running, "/api/streams"))["streams"]
+            return len(streams) == 1 and streams[0]["id"] != first and streams[0]["stats"]["frames_out"] > 0
+
+        await eventually(streaming_again, "the page to stream to the restarted server", seconds=30)
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=10_000)
+        assert await page.evaluate("window.stylize.connection.streamId") != first
+        await page.click("#stop")
+        # While the server was down the page's requests failed; nothing else may have gone wrong.
+        unexpected = [
+            e for e in under_test.unexpected_errors() if "ERR_CONNECTION_REFUSED" not in e and "/api/events" not in e
+        ]
+        assert unexpected == []
+    finally:
+        await stop_server(running)
+
+
+ICE_SERVERS = [{"urls": "turn:127.0.0.1:3479", "username": "artist", "credential": "s3cret"}]
+
+
+@pytest.fixture
+async def server_with_ice(make_config: Callable[..., Config]) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_config(server={"ice_servers": ICE_SERVERS}, engine={"max_batch": 1}))
+    yield running
+    await stop_server(running)
+
+
+async def test_controls_drive_and_follow_global_settings(browser: Any, server_with_ice: RunningServer) -> None:
+    server = server_with_ice
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    # The page's RTCPeerConnection gets the configured STUN/TURN servers, credentials included.
+    await page.wait_for_function("window.stylize.connection.rtcConfig.iceServers !== undefined")
+    assert await page.evaluate("window.stylize.connection.rtcConfig.iceServers") == ICE_SERVERS
+    start = await get_json(server, "/api/settings")
+    await page.wait_for_function(f"document.getElementById('strength').value === '{start['strength']}'")
+
+    # Moving the slider (keyboard: five steps of 0.01 up) changes the global settings.
+    await page.focus("#strength")
+    for _ in range(5):
+        await page.keyboard.press("ArrowRight")
+    expected = round(start["strength"] + 0.05, 2)
+
+    async def strength_sent() -> bool:
+        return abs((await get_json(server, "/api/settings"))["strength"] - expected) < 1e-6
+
+    await eventually(strength_sent, f"strength {expected} in /api/settings")
+
+    # Typing a prompt sends it (debounced).
+    await page.fill("#prompt", "a pencil sketch, cross hatching")
+
+    async def prompt_sent() -> bool:
+        return (await get_json(server, "/api/settings"))["prompt"] == "a pencil sketch, cross hatching"
+
+    await eventually(prompt_sent, "the typed prompt in /api/settings")
+
+    # A change made elsewhere over HTTP moves the page's controls (via /api/events).
+    await page.click("h1")  # the user looks away from the controls
+    patch = {"prompt": "ink drawing, heavy lines", "strength": 0.23, "seed": 7}
+    async with server.http.patch(server.url("/api/settings"), json=patch) as response:
+        assert response.status == 200
+    await page.wait_for_function(
+        """() => document.getElementById('prompt').value === 'ink drawing, heavy lines'
+                 && document.getElementById('strength').value === '0.23'
+                 && document.getElementById('strength-value').textContent === '0.23'
+                 && document.getElementById('seed').value === '7'""",
+        timeout=5_000,
+    )
+
+    # The dice picks a new seed and sends it.
+    await page.click("#dice")
+
+    async def seed_changed() -> bool:
+        return (await get_json(server, "/api/settings"))["seed"] != 7
+
+    await eventually(seed_changed, "a new seed from the dice")
+    seed = (await get_json(server, "/api/settings"))["seed"]
+    assert await page.input_value("#seed") == str(seed)
+
+    # Output only, and the stylized picture full screen for a projector.
+    await page.select_option("#layout", "output")
+    assert not await page.is_visible("#input") and await page.is_visible("#output")
+    await page.click("#fullscreen")
+    await page.wait_for_function("document.fullscreenElement && document.fullscreenElement.id === 'output-box'")
+    await page.keyboard.press("f")
+    await page.wait_for_function("document.fullscreenElement === null")
+    assert under_test.unexpected_errors() == []
+
+
+async def test_full_server_refusal_is_shown(browser: Any, make_config: Callable[..., Config]) -> None:
+    running = await start_server(make_config(server={"max_peers": 1}, engine={"max_batch": 1}))
+    client = await connect(running.http, running.url("/api/offer"))
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.click("#start")
+        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        message = await page.text_content("#error")
+        assert "server full" in message and "503" in message, message
+        assert await page.is_visible("#error")
+        await page.wait_for_function("document.getElementById('status').textContent.startsWith('retrying')")
+        # Stop gives up waiting for a slot.
+        await page.click("#stop")
+        assert await page.text_content("#status") == "idle"
+        assert under_test.unexpected_errors(503) == []
+    finally:
+        await client.close()
+        await stop_server(running)
+
+
+async def test_model_not_ready_refusal_is_shown(
+    browser: Any, make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    empty_model = tmp_path / "no-weights-here"
+    empty_model.mkdir()
+    running = await start_server(make_config(model={"id": str(empty_model)}), ready=False)
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.click("#start")
+        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        message = await page.text_content("#error")
+        assert "model not ready" in message and "503" in message, message
+        await page.click("#stop")
+        assert under_test.unexpected_errors(503) == []
+    finally:
+        await stop_server(running)
