@@ -29,8 +29,10 @@ from pipeline.params import FrameParams
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 
 
-def bench_engine(model: ModelBundle, batch: int, seconds: float, frame: np.ndarray) -> dict[str, Any]:
-    engine = Engine(model, max_batch=batch, max_wait_ms=50.0)
+def bench_engine(
+    model: ModelBundle, batch: int, seconds: float, frame: np.ndarray, compile_mode: str = "none"
+) -> dict[str, Any]:
+    engine = Engine(model, max_batch=batch, max_wait_ms=50.0, compile_mode=compile_mode)
     engine.warmup()
     engine.start()
     latencies: list[float] = []
@@ -54,6 +56,7 @@ def bench_engine(model: ModelBundle, batch: int, seconds: float, frame: np.ndarr
         "frames_per_s": round(frames / elapsed, 2),
         "batch_latency_ms_p50": round(statistics.median(latencies) * 1000, 3),
         "batch_latency_ms_p95": round(float(np.percentile(latencies, 95)) * 1000, 3),
+        "cpu_threads": engine.cpu_threads,
     }
 
 
@@ -110,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+    parser.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "default", "reduce-overhead", "max-autotune"],
+        help="torch.compile mode",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     frame = rng.integers(16, 236, (model.height * 3 // 2, model.width), dtype=np.uint8)
     baseline = bench_diffusers(model, args.seconds)
-    engine = [bench_engine(model, int(b), args.seconds, frame) for b in args.batch_sizes.split(",")]
+    engine = [bench_engine(model, int(b), args.seconds, frame, args.compile) for b in args.batch_sizes.split(",")]
     for row in engine:
         row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baseline["frames_per_s"], 2)
     result = {
@@ -133,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         "resolution": model.width,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),  # the baseline's; each engine row has its own
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,

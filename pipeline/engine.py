@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -81,6 +82,12 @@ def buckets_for(max_batch: int) -> list[int]:
     return sizes
 
 
+def auto_cpu_threads() -> int:
+    """All cores but one: with torch on every core the WebRTC codecs starve and frames queue up in
+    aiortc's decoders (4 peers on 2 cores: round trip 0.2 s with one model thread, 2 s and growing with two)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 class Engine:
     def __init__(
         self,
@@ -91,6 +98,7 @@ class Engine:
         similarity_threshold: float = 0.0,
         prompt_cache_size: int = 64,
         compile_mode: str = "none",
+        cpu_threads: int = 0,
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -105,6 +113,8 @@ class Engine:
             self.transform.unet = torch.compile(model.unet, mode=compile_mode, fullgraph=True)
             self.transform.vae.decoder = torch.compile(model.vae.decoder, mode=compile_mode)
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
+        self._set_cpu_threads = cpu_threads
+        self.cpu_threads = 0  # torch CPU threads the model runs with, known once the worker runs
         self._on_batch = on_batch
         self._pending: OrderedDict[str, _Request] = OrderedDict()
         self._active: dict[str, float] = {}
@@ -192,6 +202,12 @@ class Engine:
     # -- the worker thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        # torch's CPU thread count belongs to the calling thread, so it is set here, where the model runs.
+        if self._set_cpu_threads:
+            torch.set_num_threads(self._set_cpu_threads)
+        elif self.model.device.type == "cpu":
+            torch.set_num_threads(auto_cpu_threads())
+        self.cpu_threads = torch.get_num_threads()
         while True:
             batch = self._take_batch()
             if batch is None:

@@ -81,6 +81,7 @@ class EngineConfig(_Section):
     prompt_cache_size: int = Field(64, ge=1)
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     warmup: bool = True
+    cpu_threads: int = Field(0, ge=0, le=256)
 
 
 class DefaultsConfig(_Section):

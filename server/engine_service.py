@@ -91,6 +91,7 @@ class EngineService:
                 similarity_threshold=config.engine.similarity_threshold,
                 prompt_cache_size=config.engine.prompt_cache_size,
                 compile_mode=config.engine.compile,
+                cpu_threads=config.engine.cpu_threads,
                 on_batch=self._on_batch,
             )
             if config.engine.warmup:

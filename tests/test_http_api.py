@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import pytest
+import torch
 from aiortc import RTCPeerConnection
 
 from server import keys
@@ -158,3 +160,29 @@ async def test_model_that_cannot_load_makes_readyz_503_with_the_fix(make_config:
             assert (await response.json())["error"] == "model not ready"
     finally:
         await stop_server(running)
+
+
+async def test_engine_cpu_threads_sets_the_model_threads_thread_count(make_config: Callable[..., Config]) -> None:
+    default = torch.get_num_threads()
+    wanted = 1 if default != 1 else 2
+    running = await start_server(make_config(engine={"cpu_threads": wanted, "max_batch": 1}))
+    try:
+        await connect_and_close(running)  # the model runs with it
+        assert running.app[keys.ENGINE].engine.cpu_threads == wanted
+        assert torch.get_num_threads() == default  # the event loop's thread is left alone
+    finally:
+        await stop_server(running)
+
+
+async def test_engine_on_cpu_leaves_a_core_to_the_codecs_by_default(server: RunningServer) -> None:
+    await connect_and_close(server)
+    cores = len(os.sched_getaffinity(0))
+    assert server.app[keys.ENGINE].engine.cpu_threads == max(1, cores - 1)
+
+
+async def connect_and_close(server: RunningServer) -> None:
+    client = await connect(server.http, server.url("/api/offer"))
+    try:
+        await client.wait_frames(3)
+    finally:
+        await client.close()

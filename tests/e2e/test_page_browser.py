@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from server.config import Config
+from tests.clips import make_image
 from tests.conftest import RunningServer, start_server, stop_server
 from tests.rtc_client import connect
 
@@ -69,8 +70,8 @@ async def browser() -> AsyncIterator[Any]:
         await browser.close()
 
 
-async def open_page(browser: Any, server: RunningServer) -> PageUnderTest:
-    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+async def open_page(browser: Any, server: RunningServer, path: str = "/", **context_options: Any) -> PageUnderTest:
+    context = await browser.new_context(**({"viewport": {"width": 1280, "height": 860}} | context_options))
     page = await context.new_page()
     under_test = PageUnderTest(page)
 
@@ -81,7 +82,7 @@ async def open_page(browser: Any, server: RunningServer) -> PageUnderTest:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: under_test.console_errors.append(f"page error: {error}"))
-    await page.goto(server.url("/"))
+    await page.goto(server.url(path))
     await page.wait_for_function("window.stylize !== undefined")
     return under_test
 
@@ -307,3 +308,119 @@ async def test_model_not_ready_refusal_is_shown(
         assert under_test.unexpected_errors(503) == []
     finally:
         await stop_server(running)
+
+
+async def test_unauthorized_refusal_is_shown_and_a_token_in_the_address_is_used(
+    browser: Any, make_config: Callable[..., Config]
+) -> None:
+    running = await start_server(make_config(security={"api_token": "stage-42"}, engine={"max_batch": 1}))
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.click("#start")
+        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        message = await page.text_content("#error")
+        assert "unauthorized (401)" in message and "?token=" in message, message
+        # Not worth retrying: the page stops, ready for another Start, and no stream was made.
+        await page.wait_for_function("document.getElementById('status').textContent === 'refused'")
+        assert await page.is_enabled("#start") and await page.is_disabled("#stop")
+        assert (await get_json(running, "/api/streams"))["streams"] == []
+        assert under_test.unexpected_errors(401) == []
+
+        # Opened once as /?token=..., the page sends the token and streams.
+        with_token = await open_page(browser, running, "/?token=stage-42")
+        page = with_token.page
+        await page.select_option("#resolution", "320x240")
+        await page.click("#start")
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+        assert await page.is_hidden("#error")
+        await page.click("#stop")
+
+        async def no_streams() -> bool:
+            return (await get_json(running, "/api/streams"))["streams"] == []
+
+        await eventually(no_streams, "the server to list no streams after Stop")
+        assert with_token.unexpected_errors() == []
+    finally:
+        await stop_server(running)
+
+
+async def test_preset_chips_apply_presets(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    chip = page.locator("#preset-chips button[data-preset='oil-painting']")
+    await chip.click()
+
+    async def applied() -> bool:
+        return (await get_json(server, "/api/settings"))["preset"] == "oil-painting"
+
+    await eventually(applied, "the oil-painting preset in /api/settings")
+    await page.wait_for_function("document.getElementById('preset').value === 'oil-painting'")
+    assert "active" in (await chip.get_attribute("class") or "")
+    settings = await get_json(server, "/api/settings")
+    assert await page.input_value("#prompt") == settings["prompt"]
+    assert await page.input_value("#strength") == str(settings["strength"])
+
+    # Applied elsewhere (OSC, another page), the page follows.
+    async with server.http.post(server.url("/api/presets/watercolor/apply"), json={"prompt": "a cat"}) as response:
+        assert response.status == 200
+    await page.wait_for_function("document.getElementById('preset').value === 'watercolor'")
+    assert (await page.input_value("#prompt")).startswith("a watercolor painting of a cat")
+    assert "active" not in (await chip.get_attribute("class") or "")
+    assert under_test.unexpected_errors() == []
+
+
+async def test_jobs_panel_uploads_follows_and_deletes_a_render(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    picture = {"name": "still.png", "mimeType": "image/png", "buffer": make_image("png", 96, 64)}
+    await page.set_input_files("#job-file", files=[picture])
+    await page.fill("#job-strength", "0.4")
+    await page.click("#job-submit")
+
+    link = page.locator("#job-list li a[download]")
+    await link.wait_for(timeout=30_000)  # the link appears once the job's completed event arrives
+    href = await link.get_attribute("href")
+    assert href is not None and href.endswith("/result")
+    async with server.http.get(server.url(href)) as response:
+        assert response.status == 200 and response.content_type == "image/png"
+    job_id = href.split("/")[3]
+    job = await get_json(server, f"/api/jobs/{job_id}")
+    assert (job["status"], job["params"]["strength"], job["filename"]) == ("completed", 0.4, "still.png")
+    assert "1/1 frames" in await page.text_content(f"#job-list li[data-job='{job_id}']")
+
+    # An empty file is refused, and the panel says why.
+    await page.set_input_files("#job-file", files=[{"name": "empty.png", "mimeType": "image/png", "buffer": b""}])
+    await page.click("#job-submit")
+    await page.wait_for_selector("#job-error:not([hidden])")
+    assert "422" in await page.text_content("#job-error")
+
+    await page.locator(f"#job-list li[data-job='{job_id}'] button", has_text="delete").click()
+    await page.wait_for_selector(f"#job-list li[data-job='{job_id}']", state="detached")
+    async with server.http.get(server.url(f"/api/jobs/{job_id}")) as response:
+        assert response.status == 404
+    assert under_test.unexpected_errors(422) == []
+
+
+async def test_the_page_fits_a_phone(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(
+        browser, server, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=3
+    )
+    page = under_test.page
+    await page.select_option("#resolution", "320x240")
+    await page.tap("#start")
+    await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+    layout = await page.evaluate(
+        """() => {
+          const box = (id) => document.getElementById(id).getBoundingClientRect();
+          return { overflow: document.documentElement.scrollWidth - window.innerWidth,
+                   output: box("output-box"), input: box("input-box"), start: box("start") };
+        }"""
+    )
+    assert layout["overflow"] <= 0, layout  # nothing wider than the screen
+    assert layout["output"]["top"] < layout["input"]["top"], layout  # one column, the stylized picture first
+    assert layout["output"]["width"] > 300, layout
+    assert layout["start"]["height"] >= 32, layout  # big enough to tap
+    await page.tap("#stop")
+    await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+    assert under_test.unexpected_errors() == []
