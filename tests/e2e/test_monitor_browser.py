@@ -5,29 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.async_api import ConsoleMessage, Page, async_playwright
+from playwright.async_api import ConsoleMessage, Page
 
 from server.config import Config
 from tests.conftest import RunningServer, start_server, stop_server
+from tests.e2e.conftest import BROWSER_TEST
 from tests.rtc_client import connect
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (make system-deps)"),
-]
+pytestmark = BROWSER_TEST
 
 # How many pixels of a chart's line colour count as "a line was drawn".
 MIN_LINE_PIXELS = 50
@@ -53,21 +41,18 @@ async def quick_server(make_config: Callable[..., Config]) -> AsyncIterator[Runn
     await stop_server(running)
 
 
-async def test_monitor_renders_live_numbers_and_charts(quick_server: RunningServer, tmp_path: Path) -> None:
+async def test_monitor_renders_live_numbers_and_charts(
+    quick_server: RunningServer, browser: Any, tmp_path: Path
+) -> None:
     server = quick_server
     client = await connect(server.http, server.url("/api/offer"))
     try:
         await client.wait_frames(10)
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = await browser.new_page(viewport={"width": 1440, "height": 1000})
-                problems = watch_for_errors(page)
-                await page.goto(server.url("/monitor"))
-                await check_monitor(page, client.stream_id)
-                await page.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
-            finally:
-                await browser.close()
+        page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+        problems = watch_for_errors(page)
+        await page.goto(server.url("/monitor"))
+        await check_monitor(page, client.stream_id)
+        await page.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
     finally:
         await client.close()
     assert problems == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,27 +14,11 @@ import pytest
 from server.config import Config
 from tests.clips import make_image
 from tests.conftest import RunningServer, start_server, stop_server
+from tests.e2e.conftest import BROWSER_TEST
 from tests.rtc_client import connect
+from tests.server_process import free_port
 
-playwright_api = pytest.importorskip("playwright.async_api")
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make system-deps installs it)"),
-]
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
+pytestmark = BROWSER_TEST
 SCREENSHOT_COPY = Path("/tmp/page-screenshot.png")
 
 
@@ -60,14 +43,6 @@ class PageUnderTest:
                 continue
             unexpected.append(text)
         return unexpected
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 async def open_page(browser: Any, server: RunningServer, path: str = "/", **context_options: Any) -> PageUnderTest:
@@ -156,13 +131,6 @@ async def test_start_plays_stylized_video_and_stop_hangs_up(
     assert await page.is_disabled("#stop") and await page.is_enabled("#start")
     assert await page.evaluate("document.getElementById('output').srcObject") is None
     assert under_test.unexpected_errors() == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_page_reconnects_by_itself_after_a_server_restart(
@@ -270,15 +238,20 @@ async def test_controls_drive_and_follow_global_settings(browser: Any, server_wi
     assert under_test.unexpected_errors() == []
 
 
+async def start_refused(page: Any) -> str:
+    """Click Start on a server that will refuse; the page's error text."""
+    await page.click("#start")
+    await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+    return str(await page.text_content("#error"))
+
+
 async def test_full_server_refusal_is_shown(browser: Any, make_config: Callable[..., Config]) -> None:
     running = await start_server(make_config(server={"max_peers": 1}, engine={"max_batch": 1}))
     client = await connect(running.http, running.url("/api/offer"))
     try:
         under_test = await open_page(browser, running)
         page = under_test.page
-        await page.click("#start")
-        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
-        message = await page.text_content("#error")
+        message = await start_refused(page)
         assert "server full" in message and "503" in message, message
         assert await page.is_visible("#error")
         await page.wait_for_function("document.getElementById('status').textContent.startsWith('retrying')")
@@ -300,9 +273,7 @@ async def test_model_not_ready_refusal_is_shown(
     try:
         under_test = await open_page(browser, running)
         page = under_test.page
-        await page.click("#start")
-        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
-        message = await page.text_content("#error")
+        message = await start_refused(page)
         assert "model not ready" in message and "503" in message, message
         await page.click("#stop")
         assert under_test.unexpected_errors(503) == []
@@ -317,9 +288,7 @@ async def test_unauthorized_refusal_is_shown_and_a_token_in_the_address_is_used(
     try:
         under_test = await open_page(browser, running)
         page = under_test.page
-        await page.click("#start")
-        await page.wait_for_selector("#error:not([hidden])", timeout=15_000)
-        message = await page.text_content("#error")
+        message = await start_refused(page)
         assert "unauthorized (401)" in message and "?token=" in message, message
         # Not worth retrying: the page stops, ready for another Start, and no stream was made.
         await page.wait_for_function("document.getElementById('status').textContent === 'refused'")
