@@ -46,8 +46,8 @@ class ServerConfig(_Section):
 
 class TransportConfig(_Section):
     codec: Literal["vp8", "h264"] = "vp8"
-    bitrate_kbps: int = Field(2500, ge=50, le=100_000)
-    min_bitrate_kbps: int = Field(600, ge=50, le=100_000)
+    bitrate_kbps: int = Field(1200, ge=50, le=100_000)
+    min_bitrate_kbps: int = Field(400, ge=50, le=100_000)
     max_bitrate_kbps: int = Field(6000, ge=50, le=100_000)
 
     @model_validator(mode="after")

@@ -76,7 +76,7 @@ def test_apply_and_restore_round_trip() -> None:
 
 def test_bitrates_must_be_ordered() -> None:
     with pytest.raises(ValidationError, match="min_bitrate_kbps <= bitrate_kbps <= max_bitrate_kbps"):
-        TransportConfig(bitrate_kbps=500, min_bitrate_kbps=600, max_bitrate_kbps=6000)
+        TransportConfig(bitrate_kbps=300, min_bitrate_kbps=400, max_bitrate_kbps=6000)
     with pytest.raises(ValidationError):
         TransportConfig(codec="av1")  # type: ignore[arg-type]
 
