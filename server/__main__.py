@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from server.app import create_app
-from server.config import Config, load_config
+from server.config import Config, ServerConfig, load_config
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -69,13 +69,23 @@ def setup_logging(config: Config) -> list[logging.Handler]:
     return [console, file]
 
 
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """https for phones and other machines on the LAN (browsers give the camera only to secure pages)."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key or None)
+    return context
+
+
 def main(argv: list[str] | None = None) -> None:
     config = config_from_args(parse_args(sys.argv[1:] if argv is None else argv))
     setup_logging(config)
-    ssl_context = None
-    if config.server.tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.server.tls_cert, config.server.tls_key or None)
+    try:
+        ssl_context = tls_context(config.server)
+    except (OSError, ssl.SSLError) as e:
+        logging.getLogger("server").error("TLS off: cannot load tls_cert/tls_key: %s", e)
+        sys.exit(2)
     web.run_app(
         create_app(config),
         host=config.server.host,

@@ -43,6 +43,12 @@ class ServerConfig(_Section):
     tls_cert: str = ""
     tls_key: str = ""
 
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> ServerConfig:
+        if self.tls_key and not self.tls_cert:
+            raise ValueError("tls_key is set without tls_cert")
+        return self
+
 
 class TransportConfig(_Section):
     codec: Literal["vp8", "h264"] = "vp8"

@@ -39,7 +39,8 @@ async def server_process(
     with log.open("ab") as output:
         process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=variables, stdout=output, stderr=output)
     try:
-        yield ServerProcess(process, f"http://127.0.0.1:{port}")
+        scheme = "https" if variables.get("STYLIZE_SERVER_TLS_CERT") else "http"
+        yield ServerProcess(process, f"{scheme}://127.0.0.1:{port}")
     finally:
         if process.returncode is None:
             process.terminate()
