@@ -14,10 +14,4 @@ async def client_config(request: web.Request) -> web.Response:
     config = request.app[keys.CONFIG]
     # RTCIceServer dictionaries as the browser's RTCPeerConnection takes them (TURN credentials included).
     ice_servers = [server.model_dump(exclude_none=True) for server in config.server.ice_servers]
-    return web.json_response(
-        {
-            "ice_servers": ice_servers,
-            "codec": config.transport.codec,
-            "max_bitrate_kbps": config.transport.max_bitrate_kbps,
-        }
-    )
+    return web.json_response({"ice_servers": ice_servers, "codec": config.transport.codec})

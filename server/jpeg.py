@@ -28,10 +28,6 @@ class JpegEncoder:
             logger.warning("libjpeg-turbo unavailable, JPEG uses libavcodec's mjpeg: %s", reason)
             self._turbo = None
 
-    @property
-    def backend(self) -> str:
-        return "libjpeg-turbo" if self._turbo is not None else "libavcodec"
-
     def encode(self, frame: av.VideoFrame) -> bytes:
         if self._turbo is not None:
             rgb = frame.to_ndarray(format="rgb24")
