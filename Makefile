@@ -34,14 +34,14 @@ test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pipeline.bench --model tiny --batch-sizes 1,2,4,8 --seconds 5
+	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
 	$(PY) -m bench.live --model tiny --peers 1,4 --seconds 15
 	$(PY) -m bench.jobs --model tiny --seconds 10
 
 # On a CUDA machine: the real SD-Turbo architecture (random weights, nothing to download), fp16, 512².
 bench-gpu: $(STAMP)
-	$(PY) -m pipeline.bench --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10
-	$(PY) -m pipeline.bench --model arch:sd-turbo --batch-sizes 1,8 --seconds 10 --compile reduce-overhead
+	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10
+	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,8 --seconds 10 --compile reduce-overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

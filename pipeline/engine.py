@@ -8,7 +8,6 @@ pads the batch to a fixed bucket size so compiled graphs are reused.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import threading
@@ -17,45 +16,22 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.colour import rgb_to_yuv420p, yuv420p_to_rgb
+from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameReplaced, Priority
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img, strength_to_timestep
-from pipeline.params import FrameParams
 from pipeline.prompts import PromptEmbeddings
 
 logger = logging.getLogger(__name__)
 
 # A stream that submitted within this window is expected to submit again soon: worth waiting for.
 ACTIVE_WINDOW_S = 1.0
-
-
-class Priority(enum.IntEnum):
-    LIVE = 0
-    JOB = 1
-
-
-class FrameReplaced(Exception):
-    """A newer frame of the same key arrived before this one was taken into a batch."""
-
-
-class EngineClosed(Exception):
-    """The engine stopped before this frame was processed."""
-
-
-@dataclass
-class BatchReport:
-    """What one batch did, for metrics: sizes, stage durations (s), arrival-to-result latencies (s)."""
-
-    size: int
-    bucket: int
-    skipped: int
-    stages: dict[str, float]
-    latencies: list[float]
 
 
 @dataclass
@@ -66,6 +42,12 @@ class _Request:
     priority: Priority
     future: Future[np.ndarray]
     arrived: float = field(default_factory=time.perf_counter)
+
+    @cached_property
+    def thumbnail(self) -> np.ndarray:
+        """Every 8th luma pixel, for the similarity filter (made once per frame)."""
+        height = self.frame.shape[0] * 2 // 3
+        return self.frame[:height:8, ::8].astype(np.float32)
 
 
 @dataclass
@@ -281,22 +263,17 @@ class Engine:
                 output = self._postprocess(stylized[row], sizes[row])
                 done.append((request, output))
                 if self.similarity_threshold > 0:
-                    self._last[request.key] = _LastFrame(_thumbnail(request.frame), request.params, output)
+                    self._last[request.key] = _LastFrame(request.thumbnail, request.params, output)
             stages["postprocess"] = self._lap(started)
-        else:
-            bucket = 0
 
-        finished = time.perf_counter()
-        latencies = []
         for request, output in done:
-            latencies.append(finished - request.arrived)
             if not request.future.done():
                 request.future.set_result(output)
         self.frames_done += len(done)
         self.frames_skipped += skipped
         self.batches += 1
         if report and self._on_batch is not None:
-            self._on_batch(BatchReport(len(batch), bucket, skipped, stages, latencies))
+            self._on_batch(BatchReport(len(batch), skipped, stages))
 
     def _preprocess(self, work: list[_Request]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         device = self.model.device
@@ -348,7 +325,7 @@ class Engine:
         last = self._last.get(request.key)
         if last is None or last.params != request.params or last.output.shape != request.frame.shape:
             return None
-        difference = np.abs(_thumbnail(request.frame) - last.thumbnail).mean() / 255.0
+        difference = np.abs(request.thumbnail - last.thumbnail).mean() / 255.0
         return last.output if difference < self.similarity_threshold else None
 
     def _lap(self, started: float) -> float:
@@ -362,11 +339,6 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return image
     resized = F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)
     return resized.squeeze(0).clamp(0.0, 1.0)
-
-
-def _thumbnail(frame: np.ndarray) -> np.ndarray:
-    height = frame.shape[0] * 2 // 3
-    return frame[:height:8, ::8].astype(np.float32)
 
 
 def _fail(future: Future[np.ndarray], error: BaseException) -> None:

@@ -8,15 +8,15 @@ Names follow DESIGN.md: prefix `stylize_`, base units, no per-peer labels.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Literal, get_args
 
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from pipeline import BatchReport
+from pipeline.contract import BatchReport
 from server.recent_window import RECENT_S, RecentWindow
 from server.settings import SettingsChange, Source
 
@@ -167,7 +167,8 @@ class Metrics:
 
 
 def cuda_memory_allocated() -> float:
-    """Bytes torch holds on all GPUs; 0 on a CPU machine. Never initialises CUDA itself."""
-    if not torch.cuda.is_initialized():
+    """Bytes torch holds on all GPUs; 0 on a CPU machine. Never imports torch or initialises CUDA itself."""
+    torch = sys.modules.get("torch")  # loaded by the engine's loader, if at all
+    if torch is None or not torch.cuda.is_initialized():
         return 0.0
     return float(sum(torch.cuda.memory_allocated(index) for index in range(torch.cuda.device_count())))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline import Engine, EngineClosed, FrameParams, FrameReplaced, Priority, load_model
-from pipeline.engine import BatchReport, buckets_for
+from pipeline.contract import BatchReport
+from pipeline.engine import buckets_for
 from pipeline.models import ModelBundle
 
 

@@ -81,7 +81,7 @@ def test_every_metric_of_the_design_is_exposed_with_its_labels() -> None:
 
 def test_batches_reported_from_another_thread_are_counted() -> None:
     metrics = Metrics()
-    report = BatchReport(size=3, bucket=4, skipped=1, stages={"preprocess": 0.002, "model": 0.02}, latencies=[0.1] * 3)
+    report = BatchReport(size=3, skipped=1, stages={"preprocess": 0.002, "model": 0.02})
     workers = [threading.Thread(target=metrics.observe_batch, args=(report,)) for _ in range(4)]
     for worker in workers:
         worker.start()

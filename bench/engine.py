@@ -1,7 +1,7 @@
 """Engine throughput and latency per batch size, against diffusers' own img2img pipeline per frame.
 
-    python -m pipeline.bench --model tiny --batch-sizes 1,2,4,8 --seconds 5
-    python -m pipeline.bench --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10   # on a GPU
+    python -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
+    python -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10   # on a GPU
 
 Writes JSON (command line, device, versions, results) under bench/results/.
 """
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from diffusers import AutoPipelineForImage2Image, StableDiffusionPipeline
 
+from pipeline.contract import FrameParams
 from pipeline.engine import Engine
 from pipeline.models import ModelBundle, default_device, default_dtype, load_model
-from pipeline.params import FrameParams
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bench_engine(
@@ -106,7 +106,7 @@ def bench_diffusers(model: ModelBundle, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--resolution", type=int, default=0, help="0 = the model's native size")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in engine:
         row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baseline["frames_per_s"], 2)
     result = {
-        "command": " ".join(["python -m pipeline.bench", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python -m bench.engine", *(sys.argv[1:] if argv is None else argv)]),
         "model": args.model,
         "resolution": model.width,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
