@@ -24,9 +24,9 @@ import aiohttp
 
 from pipeline.models import ensure_tiny_model
 from server.config import load_config
-from tests.clips import make_clip
-from tests.rtc_client import RtcClient, connect
-from tests.server_process import ROOT, server_process, wait_ready
+from server.testing.clips import make_clip
+from server.testing.rtc_client import RtcClient, connect
+from server.testing.servers import ROOT, server_process, wait_ready
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

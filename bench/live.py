@@ -27,8 +27,8 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from server import keys
 from server.config import load_config
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import TICKS_PER_FRAME, RtcClient, connect, pattern_frame, read_index
+from server.testing.rtc_client import TICKS_PER_FRAME, RtcClient, connect, pattern_frame, read_index
+from server.testing.servers import RunningServer, start_server, stop_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

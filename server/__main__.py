@@ -1,4 +1,7 @@
-"""`python -m server`: parse flags, set up logging, serve until interrupted."""
+"""`python -m server`: parse flags, set up logging, serve until interrupted.
+
+Flags are parsed before anything heavy is imported, so `--help` and a bad flag answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,10 @@ import logging.handlers
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from server.app import create_app
-from server.config import Config, ServerConfig, load_config
+if TYPE_CHECKING:
+    from server.config import Config, ServerConfig
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -28,6 +29,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    from server.config import load_config
+
     overrides: dict[str, dict[str, Any]] = {}
     for value, section, key in (
         (args.host, "server", "host"),
@@ -79,7 +82,18 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(parse_args(sys.argv[1:] if argv is None else argv))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Only now the server itself: --help and a bad flag never wait for it.
+    from aiohttp import web
+
+    from server.app import create_app
+    from server.config import ConfigError
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as e:
+        print(f"python -m server: {e}", file=sys.stderr)
+        sys.exit(2)
     setup_logging(config)
     try:
         ssl_context = tls_context(config.server)

@@ -9,9 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+from server.fields import Guidance, Prompt, Seed, Strength
+
+# The source tree: the server runs from it (configs/ and static/ live beside the packages).
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.toml"
 
 # Short variables for the knobs people set most (the same ones the command line has).
 ENV_ALIASES = {
@@ -20,6 +25,10 @@ ENV_ALIASES = {
     "STYLIZE_PORT": ("server", "port"),
     "STYLIZE_DATA_DIR": ("server", "data_dir"),
 }
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names each bad key and where to set it."""
 
 
 class _Section(BaseModel):
@@ -66,7 +75,7 @@ class TransportConfig(_Section):
         return self
 
 
-class MediaConfig(_Section):
+class OutputsConfig(_Section):
     jpeg_quality: int = Field(85, ge=1, le=100)
     mjpeg_fps: float = Field(15.0, ge=1.0, le=60.0)
     mjpeg_max_fps: float = Field(30.0, ge=1.0, le=60.0)
@@ -91,11 +100,11 @@ class EngineConfig(_Section):
 
 
 class DefaultsConfig(_Section):
-    prompt: str = ""
-    negative_prompt: str = ""
-    strength: float = Field(0.5, ge=0.0, le=1.0)
-    seed: int = Field(42, ge=0)
-    guidance_scale: float = Field(0.0, ge=0.0)
+    prompt: Prompt = ""
+    negative_prompt: Prompt = ""
+    strength: Strength = 0.5
+    seed: Seed = 42
+    guidance_scale: Guidance = 0.0
 
 
 class OscConfig(_Section):
@@ -136,7 +145,7 @@ class LoggingConfig(_Section):
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     transport: TransportConfig = TransportConfig()
-    media: MediaConfig = MediaConfig()
+    outputs: OutputsConfig = OutputsConfig()
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     defaults: DefaultsConfig = DefaultsConfig()
@@ -153,19 +162,38 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Merge the defaults file, `path`, the environment and `overrides` ({section: {key: value}})."""
+    """Merge the defaults file, `path`, the environment and `overrides` ({section: {key: value}}).
+
+    Raises `ConfigError` naming every bad key.
+    """
     data = _read_toml(DEFAULT_CONFIG)
     if path is not None:
         _merge(data, _read_toml(path))
     _merge(data, _from_env(os.environ if env is None else env))
     if overrides:
         _merge(data, {section: dict(values) for section, values in overrides.items()})
-    return Config.model_validate(data)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("invalid configuration: " + "; ".join(_describe(item) for item in e.errors())) from e
+
+
+def _describe(error: Any) -> str:
+    """`[defaults] seed (STYLIZE_DEFAULTS_SEED): Input should be ...` for one pydantic error."""
+    location = [str(part) for part in error["loc"]]
+    if len(location) >= 2:
+        where = f"[{location[0]}] {'.'.join(location[1:])} (STYLIZE_{location[0].upper()}_{location[1].upper()})"
+    else:
+        where = ".".join(location) or "configuration"
+    return f"{where}: {error['msg']}"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    with path.open("rb") as f:
-        return tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -191,5 +219,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
 def _parse_env_value(value: str) -> Any:
     """Lists and tables as JSON; scalars stay strings for pydantic to convert to the field's type."""
     if value.lstrip().startswith(("[", "{")):
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"a STYLIZE_ variable holds invalid JSON ({e}): {value!r}") from e
     return value

@@ -1,4 +1,8 @@
-"""Loads the model and runs the engine without holding up the server: /readyz tells how far it got."""
+"""Loads the model and runs the engine without holding up the server: /readyz tells how far it got.
+
+The one place in `server/` that loads torch: on the loader thread, so importing the server (and
+`python -m server --help`) stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from pipeline import BatchReport, Engine, ModelUnavailableError, load_model
-from pipeline.models import default_device, default_dtype
+from pipeline.contract import BatchReport
 from server.config import Config
+
+if TYPE_CHECKING:
+    from pipeline import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,11 @@ class EngineService:
         self.reason = "server shutting down"
 
     def _load(self) -> None:
+        import torch
+
+        from pipeline import Engine, ModelUnavailableError, load_model
+        from pipeline.models import default_device, default_dtype
+
         config = self._config
         try:
             device = default_device() if config.model.device == "auto" else torch.device(config.model.device)

@@ -1,35 +1,42 @@
-"""Every piece of app state, declared once as a typed `web.AppKey`."""
+"""Every piece of app state, declared once as a typed `web.AppKey`.
+
+The types are imported for the type checker only, so importing this module loads nothing but
+aiohttp: any room (and the http edge) can name app state without importing the other rooms.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from server.config import Config
-from server.db import Database
-from server.engine_service import EngineService
-from server.events import EventHub
-from server.jobs_store import JobStore
-from server.jobs_worker import JobWorker
-from server.jpeg import JpegOutput
-from server.metrics import Metrics
-from server.osc import OscListener
-from server.peers import PeerManager
-from server.presets import PresetLibrary
-from server.settings import SettingsStore
-from server.stats import StatsReporter
-from server.suggestions import PromptSuggestions
+if TYPE_CHECKING:
+    from server.config import Config
+    from server.control.events import EventHub
+    from server.control.osc import OscListener
+    from server.control.presets import PresetLibrary
+    from server.control.settings import SettingsStore
+    from server.control.suggestions import PromptSuggestions
+    from server.db import Database
+    from server.engine_service import EngineService
+    from server.jobs.store import JobStore
+    from server.jobs.worker import JobWorker
+    from server.jpeg import JpegOutput
+    from server.live.peers import PeerManager
+    from server.observe.metrics import Metrics
+    from server.observe.stats import StatsReporter
 
-CONFIG = web.AppKey("config", Config)
-SETTINGS = web.AppKey("settings", SettingsStore)
-ENGINE = web.AppKey("engine", EngineService)
-PEERS = web.AppKey("peers", PeerManager)
-EVENTS = web.AppKey("events", EventHub)
-DB = web.AppKey("db", Database)
-OSC = web.AppKey("osc", OscListener)
-PRESETS = web.AppKey("presets", PresetLibrary)
-SUGGESTIONS = web.AppKey("suggestions", PromptSuggestions)
-METRICS = web.AppKey("metrics", Metrics)
-STATS = web.AppKey("stats", StatsReporter)
-JOBS = web.AppKey("jobs", JobStore)
-JOB_WORKER = web.AppKey("job_worker", JobWorker)
-JPEG = web.AppKey("jpeg", JpegOutput)
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+SETTINGS: web.AppKey[SettingsStore] = web.AppKey("settings")
+ENGINE: web.AppKey[EngineService] = web.AppKey("engine")
+PEERS: web.AppKey[PeerManager] = web.AppKey("peers")
+EVENTS: web.AppKey[EventHub] = web.AppKey("events")
+DB: web.AppKey[Database] = web.AppKey("db")
+OSC: web.AppKey[OscListener] = web.AppKey("osc")
+PRESETS: web.AppKey[PresetLibrary] = web.AppKey("presets")
+SUGGESTIONS: web.AppKey[PromptSuggestions] = web.AppKey("suggestions")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+STATS: web.AppKey[StatsReporter] = web.AppKey("stats")
+JOBS: web.AppKey[JobStore] = web.AppKey("jobs")
+JOB_WORKER: web.AppKey[JobWorker] = web.AppKey("job_worker")
+JPEG: web.AppKey[JpegOutput] = web.AppKey("jpeg")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from pipeline.models import ensure_tiny_model
-from server.app import create_app
 from server.config import Config, load_config
+from server.testing.servers import RunningServer, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
@@ -48,41 +44,6 @@ def make_config(data_dir: Path) -> Callable[..., Config]:
         return load_config(env={}, overrides=overrides)
 
     return make
-
-
-class RunningServer:
-    def __init__(self, app: web.Application, server: TestServer, http: aiohttp.ClientSession) -> None:
-        self.app = app
-        self.server = server
-        self.http = http
-
-    def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            async with self.http.get(self.url("/readyz")) as response:
-                if response.status == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise TimeoutError("server never became ready")
-
-
-async def start_server(config: Config, *, ready: bool = True) -> RunningServer:
-    app = create_app(config)
-    server = TestServer(app, host="127.0.0.1", port=config.server.port or None)
-    await server.start_server()
-    running = RunningServer(app, server, aiohttp.ClientSession())
-    if ready:
-        await running.wait_ready()
-    return running
-
-
-async def stop_server(running: RunningServer) -> None:
-    await running.http.close()
-    await running.server.close()
 
 
 @pytest.fixture

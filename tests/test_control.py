@@ -13,9 +13,10 @@ from aiortc import RTCDataChannel
 from pipeline import FrameParams
 from server import keys
 from server.config import Config
-from server.security import TokenBuckets
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import connect, pattern_frame, read_index
+from server.http.security import TokenBuckets
+from server.testing.rtc_client import connect, pattern_frame, read_index
+from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
 
 
 async def test_two_peers_each_get_their_own_picture(server: RunningServer) -> None:
@@ -98,11 +99,7 @@ async def test_data_channel_control_applies_to_its_stream(server: RunningServer)
 
 
 async def _open(channel: RTCDataChannel) -> None:
-    for _ in range(500):
-        if channel.readyState == "open":
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("data channel never opened")
+    await eventually(lambda: channel.readyState == "open", 5, what="the data channel open")
 
 
 async def test_api_token_guards_mutating_endpoints(make_config: Callable[..., Config]) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -12,8 +12,9 @@ from aiortc import RTCPeerConnection
 
 from server import keys
 from server.config import Config
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import connect
+from server.testing.rtc_client import connect
+from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
 
 
 async def _offer_sdp() -> str:
@@ -145,13 +146,14 @@ async def test_unknown_stream_is_404(server: RunningServer) -> None:
 async def test_model_that_cannot_load_makes_readyz_503_with_the_fix(make_config: Callable[..., Config]) -> None:
     running = await start_server(make_config(model={"id": "/nonexistent/model-folder"}), ready=False)
     try:
-        for _ in range(200):
+
+        async def failed() -> tuple[int, dict[str, Any]] | None:
             async with running.http.get(running.url("/readyz")) as response:
-                body = await response.json()
-            if body["state"] == "failed":
-                break
-            await asyncio.sleep(0.05)
-        assert response.status == 503
+                body: dict[str, Any] = await response.json()
+            return (response.status, body) if body["state"] == "failed" else None
+
+        status, body = await eventually(failed, 10, what="the engine in state failed")
+        assert status == 503
         assert "--model tiny" in body["reason"]
         async with running.http.post(
             running.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "offer"}

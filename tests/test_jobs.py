@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import signal
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +19,9 @@ import pytest
 
 from server import keys
 from server.config import Config
-from tests.clips import make_clip, make_image
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.server_process import server_process, wait_ready
+from server.testing.clips import make_clip, make_image
+from server.testing.servers import RunningServer, server_process, start_server, stop_server, wait_ready
+from server.testing.waiting import eventually
 
 FINISHED = {"completed", "failed", "cancelled"}
 
@@ -47,13 +48,13 @@ async def submit(server: RunningServer, data: bytes, filename: str, **fields: An
 async def wait_job(
     server: RunningServer, job_id: str, until: set[str] = FINISHED, within_s: float = 60.0
 ) -> dict[str, Any]:
-    async with asyncio.timeout(within_s):
-        while True:
-            async with server.http.get(server.url(f"/api/jobs/{job_id}")) as response:
-                job: dict[str, Any] = await response.json()
-            if job["status"] in until:
-                return job
-            await asyncio.sleep(0.05)
+
+    async def finished() -> dict[str, Any] | None:
+        async with server.http.get(server.url(f"/api/jobs/{job_id}")) as response:
+            job: dict[str, Any] = await response.json()
+        return job if job["status"] in until else None
+
+    return await eventually(finished, within_s, interval=0.05, what=f"job {job_id} in {sorted(until)}")
 
 
 async def result(server: RunningServer, job_id: str, folder: Path) -> tuple[aiohttp.ClientResponse, Path]:
@@ -306,13 +307,13 @@ async def test_damaged_video_fails_readably_and_the_next_job_completes(
     async with server.http.get(server.url("/health")) as response:
         assert response.status == 200
     # The counts behind /api/stats and the stylize_jobs gauge follow the jobs' rows.
-    async with asyncio.timeout(5):
-        while True:
-            async with server.http.get(server.url("/api/stats")) as response:
-                counts = (await response.json())["jobs"]
-            if counts["failed"] >= 1 and counts["completed"] >= 1 and counts["processing"] == 0:
-                break
-            await asyncio.sleep(0.05)
+
+    async def settled() -> dict[str, int] | None:
+        async with server.http.get(server.url("/api/stats")) as response:
+            counts: dict[str, int] = (await response.json())["jobs"]
+        return counts if counts["failed"] >= 1 and counts["completed"] >= 1 and counts["processing"] == 0 else None
+
+    counts = await eventually(settled, 5, what="job counts in /api/stats")
     async with server.http.get(server.url("/metrics")) as response:
         assert f'stylize_jobs{{status="failed"}} {float(counts["failed"])}' in await response.text()
 
@@ -324,8 +325,9 @@ async def test_retention_removes_old_finished_jobs(make_config: Callable[..., Co
         assert (await wait_job(running, job["id"]))["status"] == "completed"
         folder = Path(running.app[keys.CONFIG].server.data_dir) / "jobs" / job["id"]
         assert folder.is_dir()
-        await asyncio.sleep(0.6)
-        assert await running.app[keys.JOB_WORKER].sweep() == [job["id"]]
+        worker = running.app[keys.JOB_WORKER]
+        assert await worker.sweep() == []  # finished less than half a second ago
+        assert await worker.sweep(now=time.time() + 1.0) == [job["id"]]
         async with running.http.get(running.url(f"/api/jobs/{job['id']}")) as response:
             assert response.status == 404
         assert not folder.exists()
@@ -337,15 +339,16 @@ async def poll_job(
     http: aiohttp.ClientSession, base: str, job_id: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     """Poll a server process (which may be restarting) until `done(job)`."""
-    async with asyncio.timeout(90):
-        while True:
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with http.get(f"{base}/api/jobs/{job_id}") as response:
-                    if response.status == 200:
-                        job: dict[str, Any] = await response.json()
-                        if done(job):
-                            return job
-            await asyncio.sleep(0.05)
+
+    async def reached() -> dict[str, Any] | None:
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            async with http.get(f"{base}/api/jobs/{job_id}") as response:
+                if response.status == 200:
+                    job: dict[str, Any] = await response.json()
+                    return job if done(job) else None
+        return None
+
+    return await eventually(reached, 90, interval=0.05, what=f"job {job_id} to reach the wanted state")
 
 
 async def test_a_job_killed_mid_render_completes_after_a_restart(data_dir: Path, tmp_path: Path) -> None:

@@ -40,16 +40,16 @@ def test_console_and_rotating_file_with_sizes_from_config(
     assert (file.maxBytes, file.backupCount) == (2 * 1024 * 1024, 3)
     assert logging.getLogger().level == logging.DEBUG
 
-    logging.getLogger("server.peers").debug("peer state stream=%s state=%s", "abc123", "connected")
+    logging.getLogger("server.live.peers").debug("peer state stream=%s state=%s", "abc123", "connected")
     log = data_dir / "logs" / "stylize.log"
     lines = log.read_text().splitlines()
     assert len(lines) == 1
-    assert lines[0].endswith("DEBUG server.peers: peer state stream=abc123 state=connected")
+    assert lines[0].endswith("DEBUG server.live.peers: peer state stream=abc123 state=connected")
 
     # Rotation keeps `file_count` old files (made small here so the test writes little).
     file.maxBytes = 400
     for index in range(60):
-        logging.getLogger("server.tracks").info("frame %d stream=%s", index, "abc123")
+        logging.getLogger("server.live.track").info("frame %d stream=%s", index, "abc123")
     assert sorted(p.name for p in log.parent.iterdir()) == [f"stylize.log{s}" for s in ("", ".1", ".2", ".3")]
 
 

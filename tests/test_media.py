@@ -15,12 +15,13 @@ from av import VideoFrame
 from turbojpeg import TJPF_RGB, TurboJPEG
 
 from server import keys
-from server.api_media import BOUNDARY
 from server.app import create_app
 from server.config import Config
-from server.session import Session
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import HEIGHT, WIDTH, connect, read_index
+from server.live.output_routes import BOUNDARY
+from server.live.session import Session
+from server.testing.rtc_client import HEIGHT, WIDTH, connect, read_index
+from server.testing.servers import RunningServer, start_server, stop_server, wait_ready
+from server.testing.waiting import eventually
 
 
 @pytest.fixture
@@ -82,15 +83,11 @@ async def test_snapshot_decodes_to_the_stream_output_size(server: RunningServer)
 
 
 async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, seconds: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while text not in caplog.text:
-        assert loop.time() < deadline, f"never logged {text!r}"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: text in caplog.text, seconds, what=f"the log line {text!r}")
 
 
 async def test_mjpeg_yields_successive_newer_frames(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="server.api_media")
+    caplog.set_level(logging.INFO, logger="server.live.output_routes")
     # At strength 0 the output is the input, so each part's frame index can be read from its pixels.
     async with server.http.patch(server.url("/api/settings"), json={"strength": 0.0}) as response:
         assert response.status == 200
@@ -116,7 +113,7 @@ async def test_mjpeg_notices_the_viewer_leave_where_handlers_are_not_cancelled(
     make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     """`web.run_app` (what `python -m server` uses) does not cancel a handler when its client leaves."""
-    caplog.set_level(logging.INFO, logger="server.api_media")
+    caplog.set_level(logging.INFO, logger="server.live.output_routes")
     runner = web.AppRunner(create_app(make_config(engine={"max_batch": 1})), handler_cancellation=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -126,11 +123,7 @@ async def test_mjpeg_notices_the_viewer_leave_where_handlers_are_not_cancelled(
     http = aiohttp.ClientSession()
     client = None
     try:
-        for _ in range(600):
-            async with http.get(f"{base}/readyz") as response:
-                if response.status == 200:
-                    break
-            await asyncio.sleep(0.05)
+        await wait_ready(http, base)
         client = await connect(http, f"{base}/api/offer")
         await client.wait_frames(2)
         async with http.get(f"{base}/api/streams/{client.stream_id}/mjpeg?fps=30") as response:

@@ -12,11 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline import BatchReport
 from server import keys
 from server.config import Config
-from server.metrics import DROP_REASONS, STAGES, Metrics
-from server.recent_window import RecentWindow
-from server.settings import SettingsChange, StyleSettings
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import connect
+from server.control.settings import SettingsChange, StyleSettings
+from server.observe.metrics import DROP_REASONS, STAGES, Metrics
+from server.observe.recent_window import RecentWindow
+from server.testing.rtc_client import connect
+from server.testing.servers import RunningServer, start_server, stop_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

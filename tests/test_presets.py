@@ -13,10 +13,11 @@ import pytest
 from pipeline import FrameParams, Priority
 from server import keys
 from server.config import Config
-from server.presets import UnknownPresetError, load_builtin_presets
-from server.settings import UnknownStreamError
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import connect
+from server.control.presets import UnknownPresetError, load_builtin_presets
+from server.control.settings import UnknownStreamError
+from server.testing.rtc_client import connect
+from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
 
 BUILTIN_IDS = [preset.id for preset in load_builtin_presets()]
 
@@ -218,10 +219,8 @@ async def test_apply_bad_input(server: RunningServer) -> None:
 
 async def test_every_change_is_an_event(server: RunningServer) -> None:
     async with server.http.ws_connect(server.url("/api/events")) as ws:
-        for _ in range(500):  # the socket is registered a moment after the handshake
-            if server.app[keys.EVENTS].listeners:
-                break
-            await asyncio.sleep(0.01)
+        # The socket is registered a moment after the handshake.
+        await eventually(lambda: server.app[keys.EVENTS].listeners, what="an events listener")
         await call(server, "POST", "/api/presets", custom())
         await call(server, "PUT", "/api/presets/my-look", {k: v for k, v in custom(name="B").items() if k != "id"})
         await call(server, "POST", "/api/presets/my-look/apply", {"prompt": "a dancer"})

@@ -12,9 +12,9 @@ import torch
 
 from server import keys
 from server.config import Config
-from server.stats import RecentErrors, SystemProbe
-from tests.conftest import RunningServer, start_server, stop_server
-from tests.rtc_client import connect
+from server.observe.stats import RecentErrors, SystemProbe
+from server.testing.rtc_client import connect
+from server.testing.servers import RunningServer, start_server, stop_server
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: Runn
         raise RuntimeError("encoder gave up")
     except RuntimeError:
         logging.getLogger("server.jobs").exception("render failed job=%s", "j1")
-    logging.getLogger("server.tracks").warning("not an error: not kept")
+    logging.getLogger("server.live.track").warning("not an error: not kept")
 
     stats = await get_stats(server)
     assert stats["jobs"] == {"completed": 1, "processing": 0}
@@ -95,7 +95,7 @@ async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: Runn
     [error] = [e for e in stats["errors"] if e["logger"] == "server.jobs"]
     assert error["message"] == "render failed job=j1"
     assert error["level"] == "ERROR" and error["exception"] == "RuntimeError: encoder gave up"
-    assert not [e for e in stats["errors"] if e["logger"] == "server.tracks"]
+    assert not [e for e in stats["errors"] if e["logger"] == "server.live.track"]
 
     async with server.http.get(server.url("/metrics")) as response:
         assert 'stylize_jobs{status="completed"} 1.0' in await response.text()

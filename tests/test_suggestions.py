@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from server.config import Config
-from server.settings import MAX_PROMPT
-from tests.conftest import RunningServer, start_server, stop_server
+from server.fields import MAX_PROMPT
+from server.testing.servers import RunningServer, start_server, stop_server
 
 CATEGORIES = ["subjects", "styles", "lighting", "camera", "quality", "mood", "colors"]
 

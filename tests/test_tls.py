@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from server.config import ServerConfig
-from tests.server_process import server_process, wait_ready
+from server.testing.servers import server_process, wait_ready
 
 QUICK = {"STYLIZE_ENGINE_WARMUP": "false"}
 

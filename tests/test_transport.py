@@ -9,10 +9,11 @@ import pytest
 from aiortc.codecs import h264, vpx
 from pydantic import ValidationError
 
-from server import bitrate, keys
+from server import keys
 from server.config import Config, TransportConfig
-from tests.conftest import start_server, stop_server
-from tests.rtc_client import connect
+from server.live import bitrate
+from server.testing.rtc_client import connect
+from server.testing.servers import start_server, stop_server
 
 
 def answer_codecs(sdp: str) -> set[str]:

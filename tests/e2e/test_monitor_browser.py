@@ -11,9 +11,9 @@ import pytest
 from playwright.async_api import ConsoleMessage, Page
 
 from server.config import Config
-from tests.conftest import RunningServer, start_server, stop_server
+from server.testing.rtc_client import connect
+from server.testing.servers import RunningServer, start_server, stop_server
 from tests.e2e.conftest import BROWSER_TEST
-from tests.rtc_client import connect
 
 pytestmark = BROWSER_TEST
 

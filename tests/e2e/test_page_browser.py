@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,11 @@ from typing import Any
 import pytest
 
 from server.config import Config
-from tests.clips import make_image
-from tests.conftest import RunningServer, start_server, stop_server
+from server.testing.clips import make_image
+from server.testing.rtc_client import connect
+from server.testing.servers import RunningServer, free_port, start_server, stop_server
+from server.testing.waiting import eventually
 from tests.e2e.conftest import BROWSER_TEST
-from tests.rtc_client import connect
-from tests.server_process import free_port
 
 pytestmark = BROWSER_TEST
 SCREENSHOT_COPY = Path("/tmp/page-screenshot.png")
@@ -62,15 +61,6 @@ async def open_page(browser: Any, server: RunningServer, path: str = "/", **cont
     return under_test
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def get_json(server: RunningServer, path: str) -> Any:
     async with server.http.get(server.url(path)) as response:
         assert response.status == 200, await response.text()
@@ -102,7 +92,7 @@ async def test_start_plays_stylized_video_and_stop_hangs_up(
         now = await page.evaluate(OUTPUT_PLAYBACK)
         return now["frames"] >= first["frames"] + 3 and now["time"] > first["time"]
 
-    await eventually(advanced, "three more decoded output frames", seconds=20)
+    await eventually(advanced, 20, interval=0.1, what="three more decoded output frames")
     played = await page.evaluate(OUTPUT_PLAYBACK)
     assert (played["width"], played["height"]) == (320, 240), played
 
@@ -126,7 +116,7 @@ async def test_start_plays_stylized_video_and_stop_hangs_up(
     async def no_streams() -> bool:
         return (await get_json(server, "/api/streams"))["streams"] == []
 
-    await eventually(no_streams, "the server to list no streams after Stop")
+    await eventually(no_streams, 10, interval=0.1, what="the server to list no streams after Stop")
     await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
     assert await page.is_disabled("#stop") and await page.is_enabled("#start")
     assert await page.evaluate("document.getElementById('output').srcObject") is None
@@ -153,7 +143,7 @@ async def test_page_reconnects_by_itself_after_a_server_restart(
             streams = (await get_json(running, "/api/streams"))["streams"]
             return len(streams) == 1 and streams[0]["id"] != first and streams[0]["stats"]["frames_out"] > 0
 
-        await eventually(streaming_again, "the page to stream to the restarted server", seconds=30)
+        await eventually(streaming_again, 30, interval=0.1, what="the page to stream to the restarted server")
         await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=10_000)
         assert await page.evaluate("window.stylize.connection.streamId") != first
         await page.click("#stop")
@@ -195,7 +185,7 @@ async def test_controls_drive_and_follow_global_settings(browser: Any, server_wi
     async def strength_sent() -> bool:
         return abs((await get_json(server, "/api/settings"))["strength"] - expected) < 1e-6
 
-    await eventually(strength_sent, f"strength {expected} in /api/settings")
+    await eventually(strength_sent, 10, interval=0.1, what=f"strength {expected} in /api/settings")
 
     # Typing a prompt sends it (debounced).
     await page.fill("#prompt", "a pencil sketch, cross hatching")
@@ -203,7 +193,7 @@ async def test_controls_drive_and_follow_global_settings(browser: Any, server_wi
     async def prompt_sent() -> bool:
         return (await get_json(server, "/api/settings"))["prompt"] == "a pencil sketch, cross hatching"
 
-    await eventually(prompt_sent, "the typed prompt in /api/settings")
+    await eventually(prompt_sent, 10, interval=0.1, what="the typed prompt in /api/settings")
 
     # A change made elsewhere over HTTP moves the page's controls (via /api/events).
     await page.click("h1")  # the user looks away from the controls
@@ -224,7 +214,7 @@ async def test_controls_drive_and_follow_global_settings(browser: Any, server_wi
     async def seed_changed() -> bool:
         return (await get_json(server, "/api/settings"))["seed"] != 7
 
-    await eventually(seed_changed, "a new seed from the dice")
+    await eventually(seed_changed, 10, interval=0.1, what="a new seed from the dice")
     seed = (await get_json(server, "/api/settings"))["seed"]
     assert await page.input_value("#seed") == str(seed)
 
@@ -308,7 +298,7 @@ async def test_unauthorized_refusal_is_shown_and_a_token_in_the_address_is_used(
         async def no_streams() -> bool:
             return (await get_json(running, "/api/streams"))["streams"] == []
 
-        await eventually(no_streams, "the server to list no streams after Stop")
+        await eventually(no_streams, 10, interval=0.1, what="the server to list no streams after Stop")
         assert with_token.unexpected_errors() == []
     finally:
         await stop_server(running)
@@ -323,7 +313,7 @@ async def test_preset_chips_apply_presets(browser: Any, server: RunningServer) -
     async def applied() -> bool:
         return (await get_json(server, "/api/settings"))["preset"] == "oil-painting"
 
-    await eventually(applied, "the oil-painting preset in /api/settings")
+    await eventually(applied, 10, interval=0.1, what="the oil-painting preset in /api/settings")
     await page.wait_for_function("document.getElementById('preset').value === 'oil-painting'")
     assert "active" in (await chip.get_attribute("class") or "")
     settings = await get_json(server, "/api/settings")

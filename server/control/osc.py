@@ -1,0 +1,217 @@
+"""OSC control over UDP on the server's own event loop.
+
+Addresses (and the same under `/stylize/stream/<id>/...` for one stream):
+`/stylize/prompt s`, `/stylize/prompt_b s`, `/stylize/negative_prompt s`, `/stylize/blend f`,
+`/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|i`,
+`/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev`.
+Ints pass where floats are expected. Anything malformed, out of range, unknown or from a source
+not on the allow-list is dropped, logged once per address and counted; nothing raises into the loop.
+Bundles are applied as they arrive (their time tags are ignored: late is worse than early here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from pythonosc.osc_message import ParseError as MessageParseError
+from pythonosc.osc_packet import OscPacket
+from pythonosc.osc_packet import ParseError as PacketParseError
+
+from server.config import OscConfig
+from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/stylize"
+# OSC name -> settings field, for the addresses that set one field from one argument.
+FIELDS = {
+    "prompt": "prompt",
+    "prompt_b": "prompt_b",
+    "negative_prompt": "negative_prompt",
+    "blend": "blend",
+    "strength": "strength",
+    "guidance_scale": "guidance_scale",
+    "seed": "seed",
+    "pause": "paused",
+}
+FLOAT_FIELDS = {"blend", "strength", "guidance_scale"}
+# Drops are logged once per address; a sender spraying random addresses must not grow this forever.
+LOGGED_ADDRESSES = 256
+
+
+class PresetControl(Protocol):
+    """What OSC needs from the presets feature (`server.control.presets.PresetLibrary`)."""
+
+    def apply(self, preset_id: str, subject: str | None = None, stream_id: str | None = None) -> Awaitable[object]: ...
+
+    def step(self, direction: int, stream_id: str | None = None) -> Awaitable[object]: ...
+
+
+class OscRejected(Exception):
+    """A message that cannot be applied; the text says why."""
+
+
+class OscListener(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        config: OscConfig,
+        settings: SettingsStore,
+        presets: PresetControl | None = None,
+        on_reject: Callable[[], None] | None = None,
+    ) -> None:
+        self._allow = [ipaddress.ip_network(entry, strict=False) for entry in config.allow]
+        self._settings = settings
+        self._presets = presets
+        self._on_reject = on_reject
+        self._logged: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+        self.rejected = 0
+        self.port = 0  # the UDP port bound, known once listening
+
+    # -- asyncio.DatagramProtocol --------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        host = str(addr[0])
+        if not self._allowed(host):
+            self._reject(f"source {host}", "source not on the allow-list")
+            return
+        try:
+            messages = [timed.message for timed in OscPacket(data).messages]
+        except (PacketParseError, MessageParseError, ValueError, IndexError) as e:
+            self._reject(f"garbage from {host}", f"unparseable datagram ({e})")
+            return
+        for message in messages:
+            try:
+                self.handle(message.address, list(message.params))
+            except OscRejected as e:
+                self._reject(message.address, str(e))
+
+    def error_received(self, exc: Exception) -> None:
+        logger.warning("OSC socket error: %s", exc)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def handle(self, address: str, args: list[Any]) -> None:
+        parts = address.split("/")
+        if parts[:2] != ["", PREFIX[1:]]:
+            raise OscRejected("unknown address")
+        rest = parts[2:]
+        stream_id: str | None = None
+        if rest[:1] == ["stream"]:
+            if len(rest) < 3 or not rest[1]:
+                raise OscRejected("stream address needs /stylize/stream/<id>/<name>")
+            stream_id = rest[1]
+            if not self._settings.has_stream(stream_id):
+                raise OscRejected(f"unknown stream {stream_id!r}")
+            rest = rest[2:]
+        name = "/".join(rest)
+        if name in ("preset", "preset/next", "preset/prev"):
+            self._preset(name, args, stream_id)
+            return
+        field = FIELDS.get(name)
+        if field is None:
+            raise OscRejected("unknown address")
+        if len(args) != 1:
+            raise OscRejected(f"expected one argument, got {len(args)}")
+        patch = self._patch(field, args[0])
+        try:
+            if stream_id is None:
+                self._settings.update_global(patch, "osc")
+            else:
+                self._settings.update_stream(stream_id, patch, "osc")
+        except UnknownStreamError as e:
+            raise OscRejected(f"unknown stream {stream_id!r}") from e
+        self.accepted += 1
+
+    @staticmethod
+    def _patch(field: str, value: Any) -> SettingsPatch:
+        if field in FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif field in FLOAT_FIELDS and isinstance(value, float):
+            # OSC floats are 32-bit: 0.3 arrives as 0.30000001192...; six decimals is what was meant.
+            value = round(value, 6)
+        elif field == "seed" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif field == "paused" and isinstance(value, int) and not isinstance(value, bool):
+            if value not in (0, 1):
+                raise OscRejected(f"pause takes T, F, 0 or 1, got {value!r}")
+            value = bool(value)
+        try:
+            return SettingsPatch.model_validate({field: value})
+        except ValidationError as e:
+            problem = e.errors(include_url=False)[0]["msg"]
+            raise OscRejected(f"{field}={value!r}: {problem}") from e
+
+    def _preset(self, name: str, args: list[Any], stream_id: str | None) -> None:
+        presets = self._presets
+        if presets is None:
+            raise OscRejected("presets are not available")
+        if name == "preset":
+            if len(args) != 1 or not isinstance(args[0], str):
+                raise OscRejected("/preset takes one string")
+            work = presets.apply(args[0], stream_id=stream_id)
+        else:
+            if args:
+                raise OscRejected(f"{name} takes no arguments")
+            work = presets.step(1 if name.endswith("next") else -1, stream_id=stream_id)
+        task = asyncio.ensure_future(self._finish(name, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, address: str, work: Awaitable[object]) -> None:
+        try:
+            await work
+            self.accepted += 1
+        except LookupError as e:
+            self._reject(address, f"unknown preset ({e})")
+        except Exception:
+            logger.exception("OSC %s failed", address)
+            self._reject(address, "failed")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._allow)
+
+    def _reject(self, address: str, reason: str) -> None:
+        self.rejected += 1
+        if self._on_reject is not None:
+            self._on_reject()
+        if address in self._logged or len(self._logged) > LOGGED_ADDRESSES:
+            return
+        self._logged.add(address)
+        if len(self._logged) > LOGGED_ADDRESSES:
+            logger.warning("OSC drops from more than %d addresses: no longer logged, still counted", LOGGED_ADDRESSES)
+        else:
+            logger.warning("OSC message dropped address=%s reason=%s (logged once per address)", address, reason)
+
+
+async def start_osc(
+    config: OscConfig,
+    settings: SettingsStore,
+    presets: PresetControl | None = None,
+    on_reject: Callable[[], None] | None = None,
+) -> tuple[asyncio.DatagramTransport, OscListener]:
+    loop = asyncio.get_running_loop()
+    listener = OscListener(config, settings, presets, on_reject)
+    transport, _ = await loop.create_datagram_endpoint(lambda: listener, local_addr=(config.host, config.port))
+    host, listener.port = transport.get_extra_info("sockname")[:2]
+    logger.info("OSC listening on udp %s:%d", host, listener.port)
+    return transport, listener

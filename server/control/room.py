@@ -1,0 +1,85 @@
+"""The control room as the app sees it: settings, presets, suggestions and events routes; OSC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from server import keys
+from server.control import preset_routes, settings_routes, suggestion_routes
+from server.control.osc import start_osc
+from server.control.presets import PresetLibrary, load_builtin_presets
+from server.control.settings import SettingsChange
+from server.control.suggestions import PromptSuggestions
+
+
+async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
+    builtins = await asyncio.to_thread(load_builtin_presets)
+    app[keys.PRESETS] = PresetLibrary(
+        builtins,
+        app[keys.DB],
+        app[keys.SETTINGS],
+        app[keys.EVENTS],
+        default_subject=app[keys.CONFIG].presets.default_subject,
+    )
+    app[keys.STATS].presets = app[keys.PRESETS].usage
+    yield
+
+
+async def _suggestions_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[keys.SUGGESTIONS] = await asyncio.to_thread(PromptSuggestions.load)
+    yield
+
+
+async def _settings_events_ctx(app: web.Application) -> AsyncIterator[None]:
+    events = app[keys.EVENTS]
+
+    def publish(change: SettingsChange) -> None:
+        events.publish(
+            "settings",
+            scope=change.scope,
+            source=change.source,
+            changed=change.changed,
+            settings=change.settings.model_dump(),
+        )
+
+    store = app[keys.SETTINGS]
+    store.add_listener(publish)
+    yield
+    store.remove_listener(publish)
+
+
+async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG].osc
+    if not config.enabled:
+        yield
+        return
+    transport, listener = await start_osc(
+        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_rejected.inc
+    )
+    app[keys.OSC] = listener
+    yield
+    transport.close()
+    await listener.close()
+
+
+async def _close_event_listeners(app: web.Application) -> None:
+    await app[keys.EVENTS].close()
+
+
+CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
+    _presets_ctx,
+    _suggestions_ctx,
+    _settings_events_ctx,
+    _osc_ctx,
+]
+
+
+def setup_routes(app: web.Application) -> None:
+    app.on_shutdown.append(_close_event_listeners)
+    app.router.add_get("/api/events", app[keys.EVENTS].handle)
+    app.add_routes(settings_routes.routes)
+    app.add_routes(preset_routes.routes)
+    app.add_routes(suggestion_routes.routes)

@@ -1,0 +1,25 @@
+"""The bounds of every style field, declared once and used wherever the field is carried.
+
+Settings, patches, presets, job forms, suggestions and the `[defaults]` config section all type
+their fields with these, so a bound cannot drift between the HTTP API, OSC and the config file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+MAX_PROMPT = 500
+MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 20.0
+
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT)]
+# 0 = the input untouched, 1 = fully generated.
+Strength = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# 0 = the embedding of `prompt`, 1 = that of `prompt_b`.
+Blend = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# 0 (or 1) runs without guidance, as turbo models want; above 1 doubles the UNet work.
+Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)]
+PresetId = Annotated[str, Field(max_length=64)]

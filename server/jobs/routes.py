@@ -1,0 +1,254 @@
+"""Offline render jobs over HTTP: upload (multipart), list, look at, download, cancel, delete.
+
+The upload streams to `<data dir>/jobs/<id>/input` chunk by chunk (writes off the loop), is
+probed by content and refused with 413/415/422 before a job exists. Job ids are validated and
+every file path comes from the job's row, never from the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+import unicodedata
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from aiohttp import BodyPartReader, hdrs, web
+from pydantic import BaseModel, ConfigDict, Field
+
+from server import keys
+from server.control.presets import UnknownPresetError
+from server.control.settings import StyleSettings
+from server.fields import Prompt, Seed, Strength
+from server.http.errors import ApiError, invalid, read_query, validate
+from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
+from server.jobs.store import Job, JobFinished, JobNotFound, Status
+from server.jobs.worker import JOBS_FOLDER
+
+routes = web.RouteTableDef()
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+CHUNK_BYTES = 256 * 1024
+# Room in a request's Content-Length for the multipart framing and the text fields beside the file.
+FORM_OVERHEAD_BYTES = 64 * 1024
+FIELD_LIMIT_BYTES = 4096
+MAX_FILENAME = 120
+
+
+class JobForm(BaseModel):
+    """The text fields of POST /api/jobs; what is left out comes from the global settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = Field(None, min_length=1, max_length=64)
+    prompt: Prompt | None = None
+    strength: Strength | None = None
+    seed: Seed | None = None
+
+
+class JobQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offset: int = Field(0, ge=0)
+    limit: int = Field(20, ge=1, le=100)
+    status: Status | None = None
+
+
+@routes.post("/api/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    config = request.app[keys.CONFIG].jobs
+    worker = request.app[keys.JOB_WORKER]
+    limit = int(config.max_upload_mb * 1024 * 1024)
+    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD_BYTES:
+        raise ApiError(413, "upload too large", {"limit_bytes": limit})
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, "send multipart/form-data with a file field", request.content_type)
+    job_id = uuid.uuid4().hex
+    folder = Path(JOBS_FOLDER) / job_id  # relative to the data dir, as the job's row keeps it
+    upload = worker.data_dir / folder / "input"
+    loop = asyncio.get_running_loop()
+    try:
+        fields, filename = await _receive(request, upload, limit)
+        form = validate(JobForm, fields)
+        limits = MediaLimits(config.max_duration_s, config.max_resolution)
+        try:
+            info = await loop.run_in_executor(None, probe, upload, limits)
+        except UnsupportedMedia as e:
+            raise ApiError(415, "unsupported media", str(e)) from e
+        except MediaRejected as e:
+            raise ApiError(422, "media refused", str(e)) from e
+        settings = await _job_settings(request.app, form)
+    except BaseException:
+        await loop.run_in_executor(None, lambda: shutil.rmtree(upload.parent, ignore_errors=True))
+        raise
+    job = _new_job(job_id, folder, filename, form.preset, settings, info)
+    await worker.submit(job)
+    return web.json_response(job.public(), status=202, headers={hdrs.LOCATION: f"/api/jobs/{job_id}"})
+
+
+async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict[str, str], str]:
+    """Stream the `file` part to `upload` and collect the text fields."""
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    filename: str | None = None
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(422, "nested multipart bodies are not taken")
+        name = part.name or ""
+        if name == "file":
+            if filename is not None:
+                raise invalid("file", "send one file per job")
+            filename = _clean_filename(part.filename or "")
+            await _save(part, upload, limit)
+        elif name in fields:
+            raise invalid(name, "sent twice")
+        else:
+            fields[name] = await _read_field(part, name)
+    if filename is None:
+        raise invalid("file", "a file field is required")
+    return fields, filename
+
+
+async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: path.parent.mkdir(parents=True, exist_ok=True))
+    handle = await loop.run_in_executor(None, path.open, "wb")
+    try:
+        size = 0
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "upload too large", {"limit_bytes": limit})
+            await loop.run_in_executor(None, handle.write, chunk)
+    finally:
+        await loop.run_in_executor(None, handle.close)
+
+
+async def _read_field(part: BodyPartReader, name: str) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(FIELD_LIMIT_BYTES):
+        data += chunk
+        if len(data) > FIELD_LIMIT_BYTES:
+            raise invalid(name, f"longer than {FIELD_LIMIT_BYTES} bytes")
+    try:
+        return data.decode(part.get_charset("utf-8"))
+    except (UnicodeDecodeError, LookupError) as e:
+        raise invalid(name, "not valid text") from e
+
+
+def _clean_filename(name: str) -> str:
+    """The uploaded name without folders or control characters; only ever shown, never opened.
+
+    Clients percent-escape awkward characters in a multipart filename (browsers `"` and line
+    breaks, aiohttp everything), so escapes are undone first.
+    """
+    name = unquote(name).replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
+    return name[-MAX_FILENAME:] or "upload"
+
+
+async def _job_settings(app: web.Application, form: JobForm) -> StyleSettings:
+    """Global settings, then the preset's, then the fields sent with the job."""
+    values: dict[str, Any] = app[keys.SETTINGS].global_settings.model_dump()
+    fields = form.model_dump(exclude_none=True, exclude={"preset"})
+    if form.preset is not None:
+        # As with POST /api/presets/{id}/apply, a prompt sent with a preset fills its {prompt} slot.
+        subject = fields.pop("prompt", None)
+        try:
+            patch = await app[keys.PRESETS].patch_for(form.preset, subject, app[keys.SETTINGS].global_settings)
+        except UnknownPresetError as e:
+            raise invalid("preset", f"no preset {form.preset!r}") from e
+        values.update({name: value for name, value in patch.values().items() if value is not None})
+    values.update(fields)
+    return validate(StyleSettings, values)
+
+
+def _new_job(
+    job_id: str, folder: Path, filename: str, preset: str | None, settings: StyleSettings, info: MediaInfo
+) -> Job:
+    return Job(
+        id=job_id,
+        status="pending",
+        filename=filename,
+        preset=preset,
+        params=settings.frame_params(),
+        media=info,
+        input_path=str(folder / "input"),
+        output_path=str(folder / f"output{SUFFIXES[info.output_format]}"),
+        frames_total=info.frames,
+        created=time.time(),
+    )
+
+
+@routes.get("/api/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    query = read_query(request, JobQuery)
+    jobs, total = await request.app[keys.JOBS].page(query.offset, query.limit, query.status)
+    return web.json_response(
+        {"jobs": [job.public() for job in jobs], "total": total, "offset": query.offset, "limit": query.limit}
+    )
+
+
+@routes.get("/api/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    return web.json_response((await _job(request)).public())
+
+
+@routes.get("/api/jobs/{job_id}/result")
+async def get_result(request: web.Request) -> web.FileResponse:
+    job = await _job(request)
+    if job.status != "completed":
+        raise ApiError(409, "job not completed", {"status": job.status})
+    path = request.app[keys.JOB_WORKER].data_dir / job.output_path
+    if not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+        raise ApiError(404, "result file missing", job.id)
+    return web.FileResponse(
+        path,
+        headers={hdrs.CONTENT_TYPE: job.content_type, hdrs.CONTENT_DISPOSITION: _attachment(job.download_name)},
+    )
+
+
+def _attachment(name: str) -> str:
+    fallback = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "result"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name)}"
+
+
+@routes.post("/api/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    try:
+        job = await request.app[keys.JOB_WORKER].cancel(job_id)
+    except JobNotFound as e:
+        raise ApiError(404, "unknown job", job_id) from e
+    except JobFinished as e:
+        raise ApiError(409, "job already finished", {"status": e.job.status}) from e
+    return web.json_response(job.public())
+
+
+@routes.delete("/api/jobs/{job_id}")
+async def delete_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    try:
+        await request.app[keys.JOB_WORKER].delete(job_id)
+    except JobNotFound as e:
+        raise ApiError(404, "unknown job", job_id) from e
+    return web.json_response({"deleted": job_id})
+
+
+def _job_id(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    if not JOB_ID.fullmatch(job_id):
+        raise ApiError(404, "unknown job", job_id)
+    return job_id
+
+
+async def _job(request: web.Request) -> Job:
+    job_id = _job_id(request)
+    try:
+        return await request.app[keys.JOBS].get(job_id)
+    except JobNotFound as e:
+        raise ApiError(404, "unknown job", job_id) from e

@@ -1,0 +1,58 @@
+"""POST /api/offer and the stream list: the WebRTC side of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field
+
+from server import keys
+from server.control.settings import SettingsPatch
+from server.engine_service import EngineNotReady
+from server.http.errors import ApiError, read_model
+from server.live.peers import OfferRejected, PeersFull
+
+routes = web.RouteTableDef()
+
+
+class OfferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sdp: str = Field(min_length=1)
+    type: Literal["offer"]
+    settings: SettingsPatch | None = None
+
+
+@routes.post("/api/offer")
+async def offer(request: web.Request) -> web.Response:
+    body = await read_model(request, OfferRequest)
+    peers = request.app[keys.PEERS]
+    try:
+        session, answer = await peers.create(RTCSessionDescription(sdp=body.sdp, type=body.type), body.settings)
+    except EngineNotReady as e:
+        raise ApiError(503, "model not ready", {"state": e.state, "reason": e.reason}) from e
+    except PeersFull as e:
+        raise ApiError(503, "server full", str(e)) from e
+    except OfferRejected as e:
+        raise ApiError(400, "offer rejected", str(e)) from e
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": session.id})
+
+
+@routes.get("/api/streams")
+async def list_streams(request: web.Request) -> web.Response:
+    peers = request.app[keys.PEERS]
+    settings = request.app[keys.SETTINGS]
+    streams = [
+        {**session.describe(), "overrides": settings.overrides(session.id)} for session in peers.sessions.values()
+    ]
+    return web.json_response({"streams": streams})
+
+
+@routes.delete("/api/streams/{stream_id}")
+async def hang_up(request: web.Request) -> web.Response:
+    stream_id = request.match_info["stream_id"]
+    if not await request.app[keys.PEERS].close(stream_id):
+        raise ApiError(404, "unknown stream", stream_id)
+    return web.json_response({"closed": stream_id})

@@ -1,0 +1,170 @@
+"""WebRTC peers: one `Session` per caller, created from an offer and closed on every way out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from pydantic import ValidationError
+
+from server.config import ServerConfig, TransportConfig
+from server.control.events import EventHub
+from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
+from server.engine_service import EngineService
+from server.http.errors import validation_detail
+from server.live.session import Session
+from server.live.track import StylizedTrack
+from server.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class PeersFull(Exception):
+    """Every slot (`[server] max_peers`) is taken."""
+
+
+class OfferRejected(Exception):
+    """aiortc refused the offer; the half-made peer has been closed."""
+
+
+def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for `codec` ("vp8" or "h264"): the only codec the answer will carry."""
+    mime_type = f"video/{codec}".lower()
+    return [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == mime_type]
+
+
+class PeerManager:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: EngineService,
+        settings: SettingsStore,
+        events: EventHub,
+        metrics: Metrics | None = None,
+        transport: TransportConfig | None = None,
+    ) -> None:
+        self._config = config
+        self._transport = transport or TransportConfig()
+        self._engine = engine
+        self._settings = settings
+        self._events = events
+        self._metrics = metrics if metrics is not None else Metrics()
+        self.sessions: dict[str, Session] = {}
+
+    def _rtc_configuration(self) -> RTCConfiguration:
+        servers = [
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in self._config.ice_servers
+        ]
+        return RTCConfiguration(iceServers=servers)
+
+    async def create(
+        self, offer: RTCSessionDescription, initial: SettingsPatch | None = None
+    ) -> tuple[Session, RTCSessionDescription]:
+        if len(self.sessions) >= self._config.max_peers:
+            raise PeersFull(f"{len(self.sessions)} of {self._config.max_peers} streams in use")
+        engine = self._engine.engine
+        session = Session(id=uuid.uuid4().hex[:12], pc=RTCPeerConnection(self._rtc_configuration()))
+        pc = session.pc
+        self.sessions[session.id] = session
+        self._settings.add_stream(session.id)
+        # The transceiver exists before the remote description so codec preferences take effect.
+        transceiver = pc.addTransceiver("video", direction="sendrecv")
+        transceiver.setCodecPreferences(codec_preferences(self._transport.codec))
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind != "video" or session.track is not None:
+                return
+            output = StylizedTrack(
+                track,
+                session.id,
+                engine,
+                lambda: self._settings.effective(session.id),
+                session.stats,
+                self._metrics,
+            )
+            session.track = output
+            transceiver.sender.replaceTrack(output)
+            output.start()
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != "control":
+                return
+
+            @channel.on("message")
+            def on_message(message: str | bytes) -> None:
+                channel.send(json.dumps(self._control(session.id, message)))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            logger.info("peer state stream=%s state=%s", session.id, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        try:
+            if initial is not None:
+                self._settings.update_stream(session.id, initial, "http")
+            await pc.setRemoteDescription(offer)
+            if session.track is None:
+                raise OfferRejected("the offer carries no video track")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:
+            await self.close(session.id)
+            if isinstance(e, OfferRejected):
+                raise
+            raise OfferRejected(str(e) or type(e).__name__) from e
+        logger.info("peer created stream=%s peers=%d", session.id, len(self.sessions))
+        session.announced = True
+        self._metrics.streams_active.set(len(self.sessions))
+        self._events.publish("stream", action="up", stream_id=session.id, streams=len(self.sessions))
+        local = pc.localDescription
+        return session, RTCSessionDescription(sdp=local.sdp, type=local.type)
+
+    def _control(self, stream_id: str, message: str | bytes) -> dict[str, object]:
+        """A data-channel message: the same JSON as PATCH settings, applied to this stream."""
+        try:
+            data = json.loads(message)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return {"type": "error", "error": "message is not valid JSON", "detail": str(e)}
+        if not isinstance(data, dict):
+            return {"type": "error", "error": "message must be a JSON object", "detail": type(data).__name__}
+        try:
+            patch = SettingsPatch.model_validate(data)
+            settings = self._settings.update_stream(stream_id, patch, "datachannel")
+        except ValidationError as e:
+            return {"type": "error", "error": "invalid fields", "detail": validation_detail(e)}
+        except UnknownStreamError:
+            return {"type": "error", "error": "stream closed", "detail": stream_id}
+        return {"type": "settings", "settings": settings.model_dump(), "overrides": self._settings.overrides(stream_id)}
+
+    async def close(self, stream_id: str) -> bool:
+        session = self.sessions.pop(stream_id, None)
+        if session is None:
+            return False
+        self._settings.remove_stream(stream_id)
+        if self._engine.ready:
+            self._engine.engine.forget(stream_id)
+        if session.track is not None:
+            await session.track.aclose()
+        await session.pc.close()
+        logger.info("peer closed stream=%s peers=%d", stream_id, len(self.sessions))
+        self._metrics.streams_active.set(len(self.sessions))
+        if session.announced:
+            self._events.publish("stream", action="down", stream_id=stream_id, streams=len(self.sessions))
+        return True
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(stream_id) for stream_id in list(self.sessions)))

@@ -1,0 +1,133 @@
+"""The package layout holds: import rules read from the source (AST), cheap imports, one config error line."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.config import ROOT
+
+ROOMS = ("live", "control", "jobs", "observe")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules `path` imports when it runs: `if TYPE_CHECKING:` blocks (names for the type checker) are left out."""
+    tree = ast.parse(path.read_text(), str(path))
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only.update(id(child) for statement in node.body for child in ast.walk(statement))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _sources(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def _is_routes_module(path: Path) -> bool:
+    """A module that declares HTTP routes, or a room's wiring (`room.py`)."""
+    return path.name == "room.py" or "RouteTableDef()" in path.read_text()
+
+
+def test_pipeline_imports_nothing_of_the_server_or_the_web_stack() -> None:
+    for path in _sources("pipeline"):
+        bad = {name for name in _runtime_imports(path) if name.split(".")[0] in {"server", "aiohttp", "aiortc"}}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_http_edge_imports_only_config_and_the_app_keys() -> None:
+    # keys.py declares typed names and imports nothing of the rooms when it runs.
+    allowed = {"server.config", "server.keys", "server.http"}
+    for path in _sources("server/http"):
+        imported = {name for name in _runtime_imports(path) if name.startswith("server")}
+        bad = {name for name in imported if name != "server" and not any(name.startswith(a) for a in allowed)}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_domain_modules_import_no_other_rooms_routes() -> None:
+    routes = {_module_name(path) for room in ROOMS for path in _sources(f"server/{room}") if _is_routes_module(path)}
+    assert "server.live.offer_routes" in routes and "server.jobs.routes" in routes
+    for room in ROOMS:
+        for path in _sources(f"server/{room}"):
+            if _is_routes_module(path):
+                continue
+            foreign = {
+                name for name in _runtime_imports(path) if name in routes and not name.startswith(f"server.{room}.")
+            }
+            assert not foreign, f"{path.relative_to(ROOT)} imports routes of another room: {sorted(foreign)}"
+
+
+def test_nothing_outside_tests_imports_tests() -> None:
+    for folder in ("pipeline", "server", "bench"):
+        for path in _sources(folder):
+            bad = {name for name in _runtime_imports(path) if name.split(".")[0] == "tests"}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_torch_is_imported_in_the_server_only_by_the_engine_loader() -> None:
+    for path in _sources("server"):
+        if path.name == "engine_service.py":
+            continue
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        heavy = {name for name in names if name.split(".")[0] in {"torch", "diffusers", "transformers"}}
+        heavy |= {name for name in names if name in {"pipeline.engine", "pipeline.models"}}
+        assert not heavy, f"{path.relative_to(ROOT)} imports {sorted(heavy)}"
+
+
+def _python(code: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *code],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("module", ["server.control.settings", "server.control.osc", "server.app", "pipeline"])
+def test_control_plane_modules_leave_torch_out(module: str) -> None:
+    result = _python(
+        ["-c", f"import sys, {module}; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"importing {module} loaded {result.stdout.strip()}"
+
+
+def test_help_parses_flags_without_importing_torch() -> None:
+    result = _python(["-X", "importtime", "-m", "server", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "--model" in result.stdout
+    imported = [
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    ]
+    assert imported and not [name for name in imported if name.split(".")[0] in {"torch", "diffusers", "aiortc"}]
+
+
+def test_a_bad_default_is_one_config_error_line_naming_the_key(tmp_path: Path) -> None:
+    result = _python(["-m", "server", "--data-dir", str(tmp_path)], env={"STYLIZE_DEFAULTS_SEED": "1099511627776"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "[defaults] seed (STYLIZE_DEFAULTS_SEED)" in lines[0] and "4294967295" in lines[0]
