@@ -1,14 +1,15 @@
-"""The bounds of every style field, declared once and used wherever the field is carried.
+"""The style fields: their bounds declared once, and the one shape of a bad-field report.
 
 Settings, patches, presets, job forms, suggestions and the `[defaults]` config section all type
 their fields with these, so a bound cannot drift between the HTTP API, OSC and the config file.
+Whichever path finds a bad field (HTTP, the data channel), it reports `{"field", "message", "type"}`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 MAX_PROMPT = 500
 MAX_SEED = 2**32 - 1
@@ -23,3 +24,16 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 # 0 (or 1) runs without guidance, as turbo models want; above 1 doubles the UNet work.
 Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)]
 PresetId = Annotated[str, Field(max_length=64)]
+
+
+def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, str]:
+    """One bad field, as every error detail lists it."""
+    return {"field": field, "message": message, "type": kind}
+
+
+def validation_detail(error: ValidationError) -> list[dict[str, str]]:
+    """A pydantic error as a list of `field_error` items."""
+    return [
+        field_error(".".join(str(part) for part in item["loc"]), item["msg"], item["type"])
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]

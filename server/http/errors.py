@@ -1,7 +1,6 @@
 """JSON errors at the edge: every 4xx is `{"error": ..., "detail": ...}`, never a 500 for bad input.
 
-A bad field is always reported the same way, whichever path found it (a pydantic model, a
-hand-written check, the data channel): `{"field", "message", "type"}` items made here.
+Bad fields are listed as `server.fields.field_error` items, whichever check found them.
 """
 
 from __future__ import annotations
@@ -14,23 +13,11 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from server import keys
+from server.fields import field_error, validation_detail
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, str]:
-    """One bad field, as every error detail lists it."""
-    return {"field": field, "message": message, "type": kind}
-
-
-def validation_detail(error: ValidationError) -> list[dict[str, str]]:
-    """A pydantic error as a list of `field_error` items."""
-    return [
-        field_error(".".join(str(part) for part in item["loc"]), item["msg"], item["type"])
-        for item in error.errors(include_url=False, include_context=False, include_input=False)
-    ]
 
 
 def json_error(status: int, error: str, detail: Any = None) -> web.Response:

@@ -23,7 +23,7 @@ from server.config import ServerConfig, TransportConfig
 from server.control.events import EventHub
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineService
-from server.http.errors import validation_detail
+from server.fields import validation_detail
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics

@@ -15,16 +15,22 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
 from server.engine_service import EngineService
-from server.live.session import Session
 from server.observe.metrics import DROP_REASONS, Metrics, cuda_memory_allocated
 from server.observe.recent_window import RECENT_S
 
 logger = logging.getLogger(__name__)
+
+
+class Stream(Protocol):
+    """What the stats need of a live stream (`server.live.session.Session`)."""
+
+    def describe(self) -> dict[str, object]: ...
+
 
 Counts = Callable[[], Mapping[str, int]]
 AsyncCounts = Callable[[], Awaitable[Mapping[str, int]]]
@@ -171,13 +177,13 @@ class StatsReporter:
         self._started = time.monotonic()
         self._started_at = time.time()
 
-    async def report(self, engine: EngineService, sessions: Iterable[Session]) -> dict[str, Any]:
+    async def report(self, engine: EngineService, sessions: Iterable[Stream]) -> dict[str, Any]:
         system = await self.probe.read()
         presets = dict(await self.presets()) if self.presets is not None else {}
         return self.snapshot(engine, sessions, system, presets)
 
     def snapshot(
-        self, engine: EngineService, sessions: Iterable[Session], system: dict[str, Any], presets: dict[str, int]
+        self, engine: EngineService, sessions: Iterable[Stream], system: dict[str, Any], presets: dict[str, int]
     ) -> dict[str, Any]:
         metrics = self.metrics
         return {
