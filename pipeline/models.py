@@ -1,8 +1,9 @@
 """Model specs -> loaded diffusers components, always through `from_pretrained`.
 
 Specs:
-- a Hugging Face id or a local diffusers folder (default `stabilityai/sd-turbo`), with the tiny VAE
-  named by `vae_id` (default `madebyollin/taesd`);
+- a Hugging Face id (default `stabilityai/sd-turbo`, with the tiny VAE `madebyollin/taesd`) or a
+  local diffusers folder (with its own VAE); `[model] vae` names another VAE for either. Hub files
+  come from the standard cache or are downloaded once (`pipeline.hub`); loading itself is offline;
 - `tiny`: a small random-weight model of the same family, built once under `<data_dir>/models/tiny`
   in diffusers format and loaded back from there, so tests exercise the real loading path;
 - `arch:<name>`: the real architecture from `configs/models/<name>/` with random weights, for
@@ -11,33 +12,57 @@ Specs:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
-from dataclasses import dataclass
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderTiny,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from pipeline import hub
+from pipeline.hub import Progress
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 DEFAULT_VAE = "madebyollin/taesd"
+AUTO_VAE = "auto"
 TINY = "tiny"
 ARCH_PREFIX = "arch:"
 ARCH_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+# What a diffusers Stable Diffusion repository must hold for the one-step transform (no safety checker).
+MODEL_PATTERNS = [
+    "unet/config.json",
+    "unet/*.safetensors",
+    "unet/*.bin",
+    "text_encoder/config.json",
+    "text_encoder/*.safetensors",
+    "text_encoder/*.bin",
+    "tokenizer/*",
+    "scheduler/*",
+]
+VAE_PATTERNS = ["vae/config.json", "vae/*.safetensors", "vae/*.bin"]
+OFFLINE_FIX = (
+    "Fetch it where there is network with `python -m server download` (it lands in the hub cache), "
+    "or run `--model tiny` (or STYLIZE_MODEL=tiny), or pass a local diffusers folder"
+)
+FOLDER_FIX = "Pass a diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/, vae/), a hub id, or `--model tiny`"
+# Without accelerate, asking diffusers for low-memory loading only earns a warning: ask for what works.
+_ACCELERATE = importlib.util.find_spec("accelerate") is not None
 
 
 class ModelUnavailableError(RuntimeError):
-    """The weights for a model spec cannot be had (offline, unknown id, broken folder)."""
+    """A model's files cannot be had or loaded: `problem` names the component, its source and why."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}. {fix}" if fix else problem)
+        self.problem = problem
 
 
 @dataclass
@@ -80,57 +105,141 @@ def load_model(
     data_dir: Path,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
-    vae_id: str = DEFAULT_VAE,
+    vae: str = AUTO_VAE,
     resolution: int | None = None,
+    progress: Progress | None = None,
 ) -> ModelBundle:
+    """Load `spec` (see the module docstring); `vae` is `AUTO_VAE`, "" (the model's own) or a hub id/folder.
+
+    Raises `ModelUnavailableError` naming the component that could not be had and why.
+    """
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    if spec == TINY:
-        folder = ensure_tiny_model(data_dir / "models" / "tiny")
-        parts = _load_folder(str(folder), vae_id="", dtype=dtype)
-    elif spec.startswith(ARCH_PREFIX):
+    if spec.startswith(ARCH_PREFIX):
         parts = _build_arch(spec[len(ARCH_PREFIX) :], dtype)
     else:
-        parts = _load_folder(spec, vae_id=vae_id, dtype=dtype)
-    unet, vae, text_encoder, tokenizer, scheduler = parts
+        parts = _load_files(
+            fetch_model(spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, progress=progress), dtype
+        )
+    unet, vae_model, text_encoder, tokenizer, scheduler = parts
     # from_pretrained already gave the dtype; moving without one keeps diffusers' fp32-only modules.
     unet.to(device=device, memory_format=torch.channels_last).eval()
-    vae.to(device=device, memory_format=torch.channels_last).eval()
+    vae_model.to(device=device, memory_format=torch.channels_last).eval()
     text_encoder.to(device=device).eval()
     latent_size = int(unet.config.sample_size)
-    scale = 2 ** (len(vae.config.encoder_block_out_channels) - 1) if isinstance(vae, AutoencoderTiny) else 8
+    scale = 2 ** (len(vae_model.config.encoder_block_out_channels) - 1) if isinstance(vae_model, AutoencoderTiny) else 8
     side = resolution or latent_size * scale
     logger.info("model loaded spec=%s device=%s dtype=%s resolution=%d", spec, device, dtype, side)
-    return ModelBundle(spec, unet, vae, text_encoder, tokenizer, scheduler, device, dtype, side, side)
+    return ModelBundle(spec, unet, vae_model, text_encoder, tokenizer, scheduler, device, dtype, side, side)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where one component's files are on this machine, and how the user named them (for messages)."""
+
+    component: str
+    name: str  # a hub id or a folder, as given
+    kind: Literal["hub", "folder", "built-in"]
+    folder: Path
+    subfolder: str | None
+
+    def __str__(self) -> str:
+        return f"{self.component} {self.name!r} ({self.kind})"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    model: Files  # the folder holding unet/, text_encoder/, tokenizer/, scheduler/
+    vae: Files
+
+
+def fetch_model(
+    spec: str, vae: str = AUTO_VAE, *, data_dir: Path, fp16: bool, progress: Progress | None = None
+) -> ModelFiles:
+    """Every file `spec` needs, on this machine: from its folder, the hub cache, or downloaded now.
+
+    `vae` `AUTO_VAE` means the tiny VAE `DEFAULT_VAE` for a hub model and the folder's own VAE for a
+    folder (and the built `tiny`); "" always the model's own. Raises `ModelUnavailableError`.
+    """
+    if spec == TINY:
+        model = Files("model", TINY, "built-in", ensure_tiny_model(data_dir / "models" / "tiny"), None)
+    else:
+        model = _locate("model", spec, MODEL_PATTERNS + (VAE_PATTERNS if vae == "" else []), fp16, progress)
+    if vae == AUTO_VAE:
+        vae = "" if model.kind != "hub" else DEFAULT_VAE
+    if vae == "":
+        return ModelFiles(model, Files("vae", model.name, model.kind, model.folder, "vae"))
+    return ModelFiles(model, _locate("vae", vae, [p.removeprefix("vae/") for p in VAE_PATTERNS], fp16, progress))
+
+
+def _locate(component: str, name: str, patterns: list[str], fp16: bool, progress: Progress | None) -> Files:
+    if not hub.is_hub_id(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelUnavailableError(f"{component} {name!r} (folder): no such folder", FOLDER_FIX)
+        return Files(component, name, "folder", folder, None)
+    try:
+        folder = hub.fetch(name, patterns, fp16=fp16, progress=progress)
+    except hub.HubUnavailable as e:
+        raise ModelUnavailableError(f"{component} {name!r} (hub): {e}", OFFLINE_FIX) from e
+    return Files(component, name, "hub", folder, None)
 
 
 _Parts = tuple[UNet2DConditionModel, Any, CLIPTextModel, CLIPTokenizer, EulerDiscreteScheduler]
 
 
-def _load_folder(source: str, *, vae_id: str, dtype: torch.dtype) -> _Parts:
-    """Load each component with diffusers/transformers `from_pretrained` (hub id or local folder)."""
-    try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-        scheduler = EulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
-        if vae_id:
-            vae: Any = AutoencoderTiny.from_pretrained(vae_id, torch_dtype=dtype)
-        else:
-            vae = _load_vae(source, dtype)
-    except (OSError, ValueError) as e:
-        raise ModelUnavailableError(
-            f"weights for {source!r} cannot be had ({type(e).__name__}): run with `--model tiny` "
-            "(or STYLIZE_MODEL=tiny) for the built-in test model, or pass a local diffusers folder"
-        ) from e
+def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
+    """Each component with diffusers' and transformers' `from_pretrained`, from folders on this machine."""
+
+    def part(component: str) -> Files:
+        return replace(files.model, component=component, subfolder=component)
+
+    unet = _load(
+        part("unet"),
+        lambda f, s, v: UNet2DConditionModel.from_pretrained(
+            f, subfolder=s, variant=v, torch_dtype=dtype, low_cpu_mem_usage=_ACCELERATE
+        ),
+        dtype,
+    )
+    text_encoder = _load(
+        part("text_encoder"),
+        lambda f, s, v: CLIPTextModel.from_pretrained(f, subfolder=s, variant=v, dtype=dtype),
+        dtype,
+    )
+    tokenizer = _load(part("tokenizer"), lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype)
+    scheduler = _load(part("scheduler"), lambda f, s, v: EulerDiscreteScheduler.from_pretrained(f, subfolder=s), dtype)
+    vae = _load(
+        files.vae,
+        lambda f, s, v: _vae_class(f, s).from_pretrained(
+            f, subfolder=s, variant=v, torch_dtype=dtype, low_cpu_mem_usage=_ACCELERATE
+        ),
+        dtype,
+    )
     return unet, vae, text_encoder, tokenizer, scheduler
 
 
-def _load_vae(source: str, dtype: torch.dtype) -> AutoencoderTiny | AutoencoderKL:
-    config = AutoencoderTiny.load_config(source, subfolder="vae")
-    if config.get("_class_name") == "AutoencoderKL":
-        return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
-    return AutoencoderTiny.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
+def _load(files: Files, loader: Callable[[str, str | None, str | None], Any], dtype: torch.dtype) -> Any:
+    """`loader(folder, subfolder, variant)`, its failure turned into one line naming the component."""
+    where = files.folder / files.subfolder if files.subfolder else files.folder
+    if not where.is_dir():
+        raise ModelUnavailableError(f"{files}: no {files.subfolder or 'model'} folder in {files.folder}", FOLDER_FIX)
+    try:
+        return loader(str(files.folder), files.subfolder, _variant(where, dtype))
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelUnavailableError(f"{files}: cannot load from {where} ({first})", FOLDER_FIX) from e
+
+
+def _variant(folder: Path, dtype: torch.dtype) -> str | None:
+    """ "fp16" when the folder's fp16 weights are wanted (a half-precision run) or are all it has."""
+    half = any(folder.glob("*.fp16.safetensors")) or any(folder.glob("*.fp16.bin"))
+    full = any(p for p in folder.iterdir() if p.name.endswith(hub.WEIGHTS) and ".fp16." not in p.name)
+    return "fp16" if half and (dtype != torch.float32 or not full) else None
+
+
+def _vae_class(folder: str, subfolder: str | None) -> type[AutoencoderTiny] | type[AutoencoderKL]:
+    config = AutoencoderTiny.load_config(folder, subfolder=subfolder)
+    return AutoencoderKL if config.get("_class_name") == "AutoencoderKL" else AutoencoderTiny
 
 
 def _build_arch(name: str, dtype: torch.dtype) -> _Parts:
@@ -204,6 +313,7 @@ def _visible_init(vae: AutoencoderTiny) -> None:
 def ensure_tiny_model(folder: Path) -> Path:
     """Build the `tiny` model once (seeded random weights) and save it in diffusers format."""
     if (folder / "model_index.json").is_file():
+        _drop_stale_vae_key(folder)  # folders built by earlier versions
         return folder
     logger.info("building the tiny model at %s", folder)
     torch.manual_seed(0)
@@ -247,17 +357,37 @@ def ensure_tiny_model(folder: Path) -> Path:
         timestep_spacing="trailing",
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=byte_level_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
     partial = folder.with_name(folder.name + ".partial")
-    pipe.save_pretrained(partial)
+    shutil.rmtree(partial, ignore_errors=True)
+    unet.save_pretrained(partial / "unet")
+    vae.save_pretrained(partial / "vae")
+    text_encoder.save_pretrained(partial / "text_encoder")
+    byte_level_tokenizer().save_pretrained(partial / "tokenizer")
+    scheduler.save_pretrained(partial / "scheduler")
+    _drop_stale_vae_key(partial)
+    (partial / "model_index.json").write_text(json.dumps(TINY_INDEX, indent=2))
     partial.rename(folder)
     return folder
+
+
+# model_index.json of the tiny model, so that diffusers' own pipelines load the folder too (the tests do).
+TINY_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderTiny"],
+}
+
+
+def _drop_stale_vae_key(folder: Path) -> None:
+    """AutoencoderTiny saves a `block_out_channels` it does not take back (a warning at every load): drop it."""
+    path = folder / "vae" / "config.json"
+    config = json.loads(path.read_text())
+    if config.pop("block_out_channels", None) is not None:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))

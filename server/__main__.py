@@ -1,6 +1,8 @@
-"""`python -m server`: parse flags, set up logging, serve until interrupted.
+"""`python -m server`: parse flags, set up logging, serve until interrupted; `python -m server download`.
 
-Flags are parsed before anything heavy is imported, so `--help` and a bad flag answer at once.
+Flags are parsed before anything heavy is imported, so `--help` and a bad flag answer at once. Every
+way start-up can fail for a reason the user can fix (a bad config value, a busy port, a certificate
+that cannot load, a model that cannot be had) is one line naming it and what to change, exit 2.
 """
 
 from __future__ import annotations
@@ -8,23 +10,39 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
+import socket
 import ssl
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from server.config import Config, ServerConfig
 
+PROG = "python -m server"
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Real-time WebRTC video stylization server")
+    parser = argparse.ArgumentParser(prog=PROG, description="Real-time WebRTC video stylization server")
     parser.add_argument("--config", type=Path, help="TOML file overriding configs/default.toml")
     parser.add_argument("--host", help="address to listen on")
     parser.add_argument("--port", type=int, help="HTTP port")
     parser.add_argument("--model", help='model spec: hub id, local folder, "tiny" or "arch:sd-turbo"')
     parser.add_argument("--data-dir", type=Path, help="where models, the database, jobs and logs live")
     parser.add_argument("--osc-port", type=int, help="UDP port for OSC control")
+    commands = parser.add_subparsers(dest="command", metavar="{download}")
+    download = commands.add_parser(
+        "download",
+        help="fetch every file a model needs into the hub cache, ahead of a show (then run with HF_HUB_OFFLINE=1)",
+    )
+    download.add_argument("model", nargs="?", help="model spec (default: the configured [model] id)")
+    download.add_argument("--vae", help='VAE: "auto", "" (the model\'s own), or a hub id/folder (default: [model] vae)')
+    download.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="also fetch the fp32 weights (fp16 is the default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -38,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         (args.model, "model", "id"),
         (args.data_dir, "server", "data_dir"),
         (args.osc_port, "osc", "port"),
+        (getattr(args, "vae", None), "model", "vae"),
     ):
         if value is not None:
             overrides.setdefault(section, {})[key] = value
@@ -81,32 +100,76 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts, so a busy port stops nothing half-made."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def serve(config: Config) -> None:
     # Only now the server itself: --help and a bad flag never wait for it.
     from aiohttp import web
 
     from server.app import create_app
+    from server.http.access_log import AccessLog
+
+    try:
+        ssl_context = tls_context(config.server)
+    except (OSError, ssl.SSLError) as e:
+        key = f" with the key {config.server.tls_key!r}" if config.server.tls_key else ""
+        fail(
+            f"cannot load the TLS certificate {config.server.tls_cert!r}{key} ({e}); "
+            "fix [server] tls_cert/tls_key (STYLIZE_SERVER_TLS_CERT, STYLIZE_SERVER_TLS_KEY)"
+        )
+    host, port = config.server.host, config.server.port
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        why = os.strerror(e.errno) if e.errno else str(e)
+        fail(f"cannot listen on {host}:{port} ({why}); choose another port with --port (or STYLIZE_PORT)")
+    setup_logging(config)
+    log = logging.getLogger("server")
+    web.run_app(
+        create_app(config),
+        sock=sock,
+        ssl_context=ssl_context,
+        print=lambda message: log.info(" ".join(message.split())),
+        access_log_class=AccessLog,
+        access_log_format=AccessLog.FORMAT,
+    )
+
+
+def download(config: Config, full_precision: bool) -> None:
+    """Fetch the configured model's files into the hub cache (or build `tiny`), with progress on stderr."""
+    from server.engine_service import ModelNotFetched, describe_download, download_model
+
+    def show(done: int, total: int) -> None:
+        print(f"\r{describe_download(done, total)}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    try:
+        where = download_model(config, full_precision=full_precision, progress=show)
+    except ModelNotFetched as e:
+        fail(str(e))
+    print(f"{config.model.id}: {where}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from server.config import ConfigError
 
     try:
         config = config_from_args(args)
     except ConfigError as e:
-        print(f"python -m server: {e}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging(config)
-    try:
-        ssl_context = tls_context(config.server)
-    except (OSError, ssl.SSLError) as e:
-        logging.getLogger("server").error("TLS off: cannot load tls_cert/tls_key: %s", e)
-        sys.exit(2)
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        ssl_context=ssl_context,
-        print=lambda message: logging.getLogger("server").info(message.strip()),
-    )
+        fail(str(e))
+    if args.command == "download":
+        download(config, args.full_precision)
+    else:
+        serve(config)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from server import keys
 from server.config import Config
-from server.control import presets
+from server.control import presets, saved_settings
 from server.control import room as control
 from server.control.events import EventHub
 from server.control.settings import SettingsStore, StyleSettings
@@ -25,7 +25,7 @@ from server.observe import room as observe
 from server.observe.metrics import Metrics
 
 # Each feature that keeps rows in the database adds its CREATE TABLE IF NOT EXISTS script here.
-SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA]
+SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA, saved_settings.SCHEMA]
 
 
 def create_app(config: Config) -> web.Application:

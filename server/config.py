@@ -83,7 +83,7 @@ class OutputsConfig(_Section):
 
 class ModelConfig(_Section):
     id: str = "stabilityai/sd-turbo"
-    vae: str = "madebyollin/taesd"
+    vae: str = "auto"
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     resolution: int = Field(0, ge=0, le=2048, multiple_of=8)

@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 State = Literal["loading", "warming", "ready", "failed", "stopped"]
 
 
+class ModelNotFetched(Exception):
+    """`download_model` could not fetch the model; the message says which part and why."""
+
+
 class EngineNotReady(Exception):
     def __init__(self, state: State, reason: str) -> None:
         super().__init__(reason)
@@ -38,6 +42,8 @@ class EngineService:
         self.state: State = "loading"
         self.reason = f"loading model {config.model.id!r}"
         self._engine: Engine | None = None
+        self.download: dict[str, int] | None = None  # bytes done and in all while model files download
+        self._download_logged = -1  # the last tenth of the download logged
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
@@ -61,6 +67,7 @@ class EngineService:
             "device": str(engine.model.device) if engine else None,
             "dtype": str(engine.model.dtype).removeprefix("torch.") if engine else None,
             "resolution": engine.model.width if engine else None,
+            "download": self.download,
         }
 
     def start(self) -> None:
@@ -82,6 +89,7 @@ class EngineService:
         from pipeline import Engine, ModelUnavailableError, load_model
         from pipeline.models import default_device, default_dtype
 
+        quiet_libraries()
         config = self._config
         try:
             device = default_device() if config.model.device == "auto" else torch.device(config.model.device)
@@ -90,9 +98,11 @@ class EngineService:
                 data_dir=Path(config.server.data_dir),
                 device=device,
                 dtype=default_dtype(device, config.model.dtype),
-                vae_id=config.model.vae,
+                vae=config.model.vae,
                 resolution=config.model.resolution or None,
+                progress=self._downloaded,
             )
+            self._set_download(None)
             engine = Engine(
                 model,
                 max_batch=config.engine.max_batch,
@@ -119,12 +129,71 @@ class EngineService:
             logger.exception("model load failed model=%s", config.model.id)
             self._set("failed", f"model load failed: {e}")
 
+    def _downloaded(self, done: int, total: int) -> None:
+        """Download progress (the loader thread): in /readyz, and in the log every tenth."""
+        progress = {"done_bytes": done, "total_bytes": total, "percent": round(100 * done / total) if total else 0}
+        self._set_download(progress)
+        self._set("loading", f"downloading {self._config.model.id!r}: {describe_download(done, total)}")
+        tenth = 10 * done // total if total else 0
+        if tenth > self._download_logged:
+            self._download_logged = tenth
+            logger.info("downloading model=%s %s", self._config.model.id, describe_download(done, total))
+
+    def _set_download(self, progress: dict[str, int] | None) -> None:
+        def apply() -> None:
+            self.download = progress
+
+        self._on_loop(apply)
+
     def _set(self, state: State, reason: str) -> None:
         def apply() -> None:
             if self.state != "stopped":
                 self.state = state
                 self.reason = reason
 
+        self._on_loop(apply)
+
+    def _on_loop(self, apply: Callable[[], None]) -> None:
+        """State is read on the event loop; the loader thread hands changes over to it."""
         assert self._loop is not None
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(apply)
+
+
+def download_model(config: Config, *, full_precision: bool, progress: Callable[[int, int], None]) -> str:
+    """Fetch every file `[model]` needs into the hub cache (or build `tiny`), ahead of an offline show.
+
+    fp16 weights (what a GPU runs, and what a CPU can load too); `full_precision` adds the fp32 ones.
+    Returns where the files are. Raises `ModelNotFetched`.
+    """
+    from pipeline import ModelUnavailableError
+    from pipeline.models import ARCH_PREFIX, fetch_model
+
+    quiet_libraries()
+    spec = config.model.id
+    if spec.startswith(ARCH_PREFIX):
+        return "nothing to fetch: the architecture is built with random weights"
+    try:
+        for fp16 in (True, False) if full_precision else (True,):
+            files = fetch_model(
+                spec, config.model.vae, data_dir=Path(config.server.data_dir), fp16=fp16, progress=progress
+            )
+    except ModelUnavailableError as e:
+        raise ModelNotFetched(e.problem) from e
+    return f"ready offline: model in {files.model.folder}, vae in {files.vae.folder}"
+
+
+def describe_download(done: int, total: int) -> str:
+    """`1.2 of 2.6 GB (46%)`, or just the bytes while the total is unknown."""
+    if not total:
+        return f"{done / 1e9:.2f} GB"
+    return f"{done / 1e9:.2f} of {total / 1e9:.2f} GB ({100 * done // total}%)"
+
+
+def quiet_libraries() -> None:
+    """Our log says what loading does; diffusers' and transformers' own progress bars only repeat it."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

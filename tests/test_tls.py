@@ -75,7 +75,7 @@ async def test_a_certificate_that_cannot_load_stops_the_server_with_the_reason(d
     async with server_process(data_dir, log, env=env) as running:
         async with asyncio.timeout(60):
             assert await running.process.wait() == 2
-    assert "TLS off: cannot load tls_cert/tls_key" in log.read_text()
+    assert "cannot load the TLS certificate" in log.read_text()
 
 
 def test_a_key_without_a_certificate_is_a_config_error() -> None:

@@ -11,8 +11,19 @@ from server import keys
 from server.control import preset_routes, settings_routes, suggestion_routes
 from server.control.osc import start_osc
 from server.control.presets import PresetLibrary, load_builtin_presets
+from server.control.saved_settings import SavedSettings
 from server.control.settings import SettingsChange
 from server.control.suggestions import PromptSuggestions
+
+
+async def _saved_settings_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[keys.SETTINGS]
+    saved = SavedSettings(app[keys.DB], store)
+    await saved.restore()
+    store.add_listener(saved.changed)
+    yield
+    store.remove_listener(saved.changed)
+    await saved.close()
 
 
 async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -70,6 +81,7 @@ async def _close_event_listeners(app: web.Application) -> None:
 
 
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
+    _saved_settings_ctx,
     _presets_ctx,
     _suggestions_ctx,
     _settings_events_ctx,

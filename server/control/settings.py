@@ -118,6 +118,10 @@ class SettingsStore:
             return self._global
         return self._global.model_copy(update=overrides)
 
+    def restore(self, settings: StyleSettings) -> None:
+        """Start from `settings` (saved by an earlier run); not a change, so nobody is told."""
+        self._global = settings
+
     def update_global(self, patch: SettingsPatch, source: Source) -> StyleSettings:
         changed = patch.values()
         nulls = [name for name, value in changed.items() if value is None and name != "preset"]

@@ -6,7 +6,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from server import keys
-from server.control.settings import SettingsPatch, UnknownStreamError
+from server.control.settings import SettingsPatch, StyleSettings, UnknownStreamError
 from server.fields import Prompt, Strength
 from server.http.errors import ApiError, read_model
 
@@ -32,6 +32,13 @@ async def get_settings(request: web.Request) -> web.Response:
 async def patch_settings(request: web.Request) -> web.Response:
     patch = await read_model(request, SettingsPatch)
     return _apply_global(request, patch)
+
+
+@routes.post("/api/settings/reset")
+async def reset_settings(request: web.Request) -> web.Response:
+    """Back to the `[defaults]` of the config (the saved look is replaced)."""
+    defaults = StyleSettings(**request.app[keys.CONFIG].defaults.model_dump())
+    return _apply_global(request, SettingsPatch.model_validate(defaults.model_dump()))
 
 
 @routes.post("/api/prompt")

@@ -1,0 +1,215 @@
+"""The first ten minutes: failures that say what to fix in one line, a quiet console, a look that survives a restart."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pipeline import hub
+from server import keys
+from server.config import ROOT, Config
+from server.testing.servers import server_process, start_server, stop_server, wait_ready
+from server.testing.waiting import eventually
+
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def _server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    variables = {**os.environ, "STYLIZE_OSC_ENABLED": "false", **(env or {})}
+    command = [sys.executable, "-m", "server", *args]
+    return subprocess.run(command, cwd=ROOT, env=variables, capture_output=True, text=True, timeout=180)
+
+
+def test_a_busy_port_is_one_line_naming_it_and_the_flag(data_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _server("--model", "tiny", "--data-dir", str(data_dir), "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"python -m server: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "choose another port with --port (or STYLIZE_PORT)"
+    ]
+
+
+def test_download_offline_names_the_component_and_the_source(data_dir: Path) -> None:
+    folder = data_dir / "models" / "tiny"
+    result = _server("--data-dir", str(data_dir), "download", str(folder), "--vae", "madebyollin/taesd", env=OFFLINE)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "python -m server: vae 'madebyollin/taesd' (hub): offline (HF_HUB_OFFLINE is set) and not in the hub cache "
+        f"{hub.constants.HF_HUB_CACHE}"
+    ]
+    assert _server("--data-dir", str(data_dir), "download", "tiny").returncode == 0
+
+
+async def test_a_folder_model_runs_offline_with_its_own_vae(
+    make_config: Callable[..., Config], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    running = await start_server(make_config(model={"id": str(data_dir / "models" / "tiny")}, engine={"warmup": False}))
+    try:
+        async with running.http.get(running.url("/readyz")) as response:
+            assert response.status == 200
+    finally:
+        await stop_server(running)
+
+
+async def test_a_vae_that_cannot_be_had_is_one_error_line_naming_it(
+    make_config: Callable[..., Config],
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    config = make_config(model={"id": str(data_dir / "models" / "tiny"), "vae": "madebyollin/taesd"})
+    running = await start_server(config, ready=False)
+    try:
+
+        async def failed() -> dict[str, Any] | None:
+            async with running.http.get(running.url("/readyz")) as response:
+                body: dict[str, Any] = await response.json()
+            return body if body["state"] == "failed" else None
+
+        body = await eventually(failed, 60, what="the engine in state failed")
+        assert body["reason"].startswith("vae 'madebyollin/taesd' (hub): offline (HF_HUB_OFFLINE is set)")
+        assert "python -m server download" in body["reason"]
+    finally:
+        await stop_server(running)
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "vae 'madebyollin/taesd' (hub)" in errors[0].getMessage()
+
+
+def _fake_hub(monkeypatch: pytest.MonkeyPatch, tiny: Path, snapshots: Path) -> list[str]:
+    """The hub's edge, replaced: a repository listing and snapshot downloads made of the tiny model's files."""
+    fetched: list[str] = []
+
+    class Api:
+        def list_repo_files(self, repo: str) -> list[str]:
+            root = tiny / "vae" if repo == "madebyollin/taesd" else tiny
+            return [path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()]
+
+    def snapshot_download(repo: str, *, allow_patterns: list[str], **options: Any) -> str:
+        folder = snapshots / repo.replace("/", "--")
+        if options.get("local_files_only"):
+            if not folder.is_dir():
+                raise hub.LocalEntryNotFoundError("not cached")
+            return str(folder)
+        root = tiny / "vae" if repo == "madebyollin/taesd" else tiny
+        files = [root / name for name in allow_patterns]
+        bar = options["tqdm_class"](name="huggingface_hub.snapshot_download", total=0, unit="B")
+        bar.total = sum(path.stat().st_size for path in files)
+        for path in files:
+            (folder / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.relative_to(root))
+            bar.update(path.stat().st_size)
+        fetched.append(repo)
+        return str(folder)
+
+    monkeypatch.setattr(hub, "HfApi", Api)
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+    return fetched
+
+
+async def test_a_hub_model_downloads_once_with_progress_then_loads_from_the_cache(
+    make_config: Callable[..., Config],
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fetched = _fake_hub(monkeypatch, data_dir / "models" / "tiny", tmp_path / "hub")
+    config = make_config(model={"id": "example/turbo"}, engine={"warmup": False})
+    with caplog.at_level(logging.INFO, logger="server.engine_service"):
+        for _ in range(2):
+            running = await start_server(config)
+            await stop_server(running)
+    assert fetched == ["example/turbo", "madebyollin/taesd"]  # the second start found both in the cache
+    progress = [
+        record.getMessage() for record in caplog.records if "downloading model=example/turbo" in record.getMessage()
+    ]
+    assert progress and progress[-1].endswith("(100%)"), progress
+
+
+def test_choose_files_takes_one_weights_variant_per_folder() -> None:
+    files = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.bin",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "safety_checker/model.safetensors",
+    ]
+    patterns = ["unet/config.json", "unet/*.safetensors", "unet/*.bin", "text_encoder/*", "tokenizer/*"]
+    assert hub.choose_files(files, patterns, fp16=True) == [
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",  # no fp16 variant there: the full weights
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    assert "unet/diffusion_pytorch_model.safetensors" in hub.choose_files(files, patterns, fp16=False)
+
+
+async def test_the_console_says_what_matters_and_nothing_else(data_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    async with aiohttp.ClientSession() as http, server_process(data_dir, log) as running:
+        await wait_ready(http, running.url)
+        for path in ("/readyz", "/health", "/api/settings", "/api/stats", "/static/style.css"):
+            async with http.get(f"{running.url}{path}") as response:
+                assert response.status == 200
+        async with http.patch(f"{running.url}/api/settings", json={"strength": 0.4}) as response:
+            assert response.status == 200
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    line_format = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
+    assert all(line_format.match(line) for line in lines), "\n".join(lines)
+    text = "\n".join(lines)
+    assert "engine ready" in text and "settings changed scope=global source=http" in text
+    assert '"PATCH /api/settings' in text  # a change is worth a line; polling is not
+    for noise in ("/readyz", "/health", "/api/stats", "/static/", "torchvision", "accelerate", "config attributes"):
+        assert noise not in text, f"{noise!r} on the console:\n{text}"
+
+
+async def test_the_look_survives_a_restart_until_reset(make_config: Callable[..., Config]) -> None:
+    config = make_config(engine={"warmup": False})
+    look = {"prompt": "a charcoal drawing", "strength": 0.72, "seed": 7, "paused": True}
+    first = await start_server(config)
+    try:
+        async with first.http.patch(first.url("/api/settings"), json=look) as response:
+            assert response.status == 200
+    finally:
+        await stop_server(first)
+    second = await start_server(config)
+    try:
+        async with second.http.get(second.url("/api/settings")) as response:
+            assert {name: value for name, value in (await response.json()).items() if name in look} == look
+        async with second.http.post(second.url("/api/settings/reset")) as response:
+            assert response.status == 200
+            reset = await response.json()
+        defaults = config.defaults.model_dump()
+        assert {name: reset[name] for name in defaults} == defaults and reset["paused"] is False
+        assert second.app[keys.SETTINGS].global_settings.prompt == defaults["prompt"]
+    finally:
+        await stop_server(second)
+    third = await start_server(config)
+    try:
+        async with third.http.get(third.url("/api/settings")) as response:
+            assert (await response.json())["prompt"] == config.defaults.prompt
+    finally:
+        await stop_server(third)
