@@ -1,4 +1,8 @@
-"""Loads the model and runs the engine without holding up the server: /readyz tells how far it got."""
+"""Loads the model and runs the engine without holding up the server: /readyz tells how far it got.
+
+A loader thread loads the model and starts the engine; the engine's own thread warms every bucket
+up (the thread that serves must be the one that records CUDA graphs) and then serves.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from pipeline import BatchReport, Engine, ModelUnavailableError, load_model
+from pipeline import BatchReport, Engine, EngineClosed, ModelUnavailableError, load_model
 from pipeline.models import default_device, default_dtype
 from server.config import Config
 
@@ -37,6 +41,9 @@ class EngineService:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
+        # Taken by stop() and by the loader around starting the engine: either the loader sees the
+        # stop and starts nothing, or stop() sees the engine and stops it.
+        self._lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -60,15 +67,21 @@ class EngineService:
         }
 
     def start(self) -> None:
-        """Load and warm up on a thread of its own; the loop keeps serving meanwhile."""
+        """Load on a thread of its own and warm up on the engine's; the loop keeps serving meanwhile."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._load, name="stylize-loader", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._engine is not None:
-            self._engine.stop()
+        """Stop the engine and wait for the loader (a model still loading is waited for)."""
+        with self._lock:
+            self._stopping.set()
+            engine = self._engine
+        if engine is not None:
+            engine.stop()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         self.state = "stopped"
         self.reason = "server shutting down"
 
@@ -91,24 +104,39 @@ class EngineService:
                 similarity_threshold=config.engine.similarity_threshold,
                 prompt_cache_size=config.engine.prompt_cache_size,
                 compile_mode=config.engine.compile,
+                cuda_graphs=config.engine.cuda_graphs,
                 cpu_threads=config.engine.cpu_threads,
                 on_batch=self._on_batch,
             )
-            if config.engine.warmup:
-                self._set("warming", "warming up batch buckets")
-                engine.warmup(lambda done, total: logger.info("warm-up %d/%d buckets", done, total))
-            if self._stopping.is_set():
-                return
-            engine.start()
-            self._engine = engine
-            self._set("ready", "ready")
-            logger.info("engine ready model=%s device=%s", config.model.id, model.device)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._engine = engine
+                if config.engine.warmup:
+                    self._set("warming", f"warming up: 0/{len(engine.buckets)} batch buckets")
+                engine.start(warmup=config.engine.warmup, progress=self._warm_progress)
         except ModelUnavailableError as e:
             logger.error("model unavailable: %s", e)
             self._set("failed", str(e))
+            return
         except Exception as e:
             logger.exception("model load failed model=%s", config.model.id)
             self._set("failed", f"model load failed: {e}")
+            return
+        try:
+            engine.wait_ready()
+        except EngineClosed:
+            return  # stop() came first
+        except Exception as e:  # the engine logged it with its traceback
+            self._set("failed", f"engine warm-up failed: {e}")
+            return
+        self._set("ready", "ready")
+        logger.info("engine ready model=%s device=%s cuda_graphs=%s", config.model.id, model.device, engine.cuda_graphs)
+
+    def _warm_progress(self, done: int, total: int) -> None:
+        """Called on the engine's thread after each bucket it warmed up."""
+        logger.info("warm-up %d/%d batch buckets", done, total)
+        self._set("warming", f"warming up: {done}/{total} batch buckets")
 
     def _set(self, state: State, reason: str) -> None:
         def apply() -> None:
