@@ -578,9 +578,8 @@ class Engine:
     def _bucket(self, size: int) -> _Bucket:
         bucket = self._buckets.get(size)
         if bucket is None:
-            config = self.model.text_encoder.config
-            bucket = _Bucket(size, self.model, self.model.tokenizer.model_max_length, int(config.hidden_size))
-            self._buckets[size] = bucket
+            sequence, embedding = self.prompts.get("").shape  # what the text encoder really gives
+            bucket = self._buckets[size] = _Bucket(size, self.model, sequence, embedding)
         return bucket
 
     def _transform(self, bucket: _Bucket, guided: bool) -> torch.Tensor:
