@@ -477,7 +477,7 @@ class Engine:
         if not flight.rows:
             return flight
         work = [batch[i] for i in flight.rows]
-        groups = [(shape, len(list(rows))) for shape, rows in groupby(r.frame.shape for r in work)]
+        groups = [(shape, len(list(same))) for shape, same in groupby(r.frame.shape for r in work)]
         bucket = self._bucket(next(b for b in self.buckets if b >= len(work)))
         padded = work + [work[-1]] * (bucket.size - len(work))
         guided = any(r.params.guidance_scale > 1.0 for r in work)
