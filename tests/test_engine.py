@@ -307,6 +307,23 @@ def test_warm_up_runs_every_bucket_on_the_thread_that_serves(model: ModelBundle)
     assert len(warm_threads) == 1 and threading.get_ident() not in warm_threads
 
 
+def test_out_of_memory_in_warm_up_drops_the_buckets_that_do_not_fit(model: ModelBundle) -> None:
+    engine = Engine(model, max_batch=8)
+
+    def refuse_large(images: torch.Tensor) -> Exception | None:
+        return torch.OutOfMemoryError("CUDA out of memory (simulated)") if images.shape[0] > 2 else None
+
+    engine.transform = _StandIn(engine.transform, refuse_large)  # type: ignore[assignment]
+    progress: list[tuple[int, int]] = []
+    engine.start(warmup=True, progress=lambda done, total: progress.append((done, total)))
+    try:
+        assert engine.wait_ready(timeout=60)
+        assert (engine.max_batch, engine.buckets) == (2, [1, 2])
+        assert progress == [(1, 4), (2, 4), (2, 2)]
+    finally:
+        engine.stop()
+
+
 def test_wait_ready_raises_what_kept_the_engine_from_serving(model: ModelBundle) -> None:
     engine = Engine(model, max_batch=2)
     engine.transform = _StandIn(engine.transform, lambda images: ValueError("broken model"))  # type: ignore[assignment]
