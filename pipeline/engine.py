@@ -245,7 +245,7 @@ class Engine:
         self._last: dict[str, _LastFrame] = {}
         self._noise: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
         self._buckets: dict[int, _Bucket] = {}
-        self._staging = torch.empty(0, dtype=torch.uint8)
+        self._staging = torch.empty(0, dtype=torch.uint8)  # grown (pinned on CUDA) by the first batch
         self._upload_stream: torch.cuda.Stream | None = None
         self._download_stream: torch.cuda.Stream | None = None
         self._uploaded: torch.cuda.Event | None = None  # the staging buffer's last copy up
@@ -380,7 +380,6 @@ class Engine:
         self._upload_stream = torch.cuda.Stream(device)
         self._download_stream = torch.cuda.Stream(device)
         self._uploaded = torch.cuda.Event()
-        self._staging = torch.empty(0, dtype=torch.uint8, pin_memory=True)
         with torch.cuda.stream(torch.cuda.Stream(device)):
             yield
 
