@@ -4,7 +4,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint bench bench-gpu system-deps clean
+.PHONY: run test lint bench bench-gpu system-deps wheelhouse clean
+
+# `make wheelhouse`: the project's dependencies but torch, as wheels for another machine's Python,
+# and installed from them into .whl/site, ready for PYTHONPATH there (README: "On an offline GPU box").
+PY_VERSION ?= 3.12
+PLATFORM ?= manylinux2014_x86_64
+ARCH := $(patsubst manylinux2014_%,%,$(PLATFORM))
+WHEELS ?= .whl
+WHEEL_TARGET := --only-binary=:all: --python-version $(PY_VERSION) --implementation cp \
+	--platform $(PLATFORM) --platform manylinux_2_17_$(ARCH) --platform manylinux_2_28_$(ARCH)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +51,20 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,8 --seconds 10 --compile reduce-overhead
+
+wheelhouse:
+	rm -rf $(WHEELS)/site
+	mkdir -p $(WHEELS)
+	python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		deps = p["dependencies"] + [d for d in p["optional-dependencies"]["dev"] if d.startswith("pytest")]; \
+		print("\n".join(d for d in deps if not d.startswith("torch")))' > $(WHEELS)/requirements.txt
+	# PyTurboJPEG ships no wheel: build its (pure Python) one here.
+	python3 -m pip wheel -q --no-deps -w $(WHEELS) "$$(grep -i '^pyturbojpeg' $(WHEELS)/requirements.txt)"
+	python3 -m pip download -q $(WHEEL_TARGET) -d $(WHEELS) --find-links $(WHEELS) -r $(WHEELS)/requirements.txt
+	# pip checks requires-python against this interpreter, not --python-version: the wheel tags decide.
+	python3 -m pip install -q $(WHEEL_TARGET) --ignore-requires-python --no-index --find-links $(WHEELS) \
+		--target $(WHEELS)/site -r $(WHEELS)/requirements.txt
+	@echo "wheels in $(WHEELS)/, installed for Python $(PY_VERSION) $(PLATFORM) in $(WHEELS)/site"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,13 @@
     python -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
     python -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10   # on a GPU
 
-Writes JSON (command line, device, versions, results) under bench/results/.
+Runs from the source tree with any Python that has torch, diffusers and transformers (no venv, no
+network): it imports nothing else but numpy and `pipeline/`. Each batch size is measured twice:
+"lockstep" (every stream sends a frame, waits for all of them: one batch at a time, the figure
+earlier runs reported) and "streaming" (every stream sends a new frame whenever a batch comes back,
+as cameras faster than the engine do: the next batch is always waiting, so batches are pipelined).
+On CUDA both run with the engine's CUDA graphs on and off. Writes JSON (command line, device,
+versions, results) under bench/results/.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import json
 import platform
 import statistics
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +30,119 @@ import numpy as np
 import torch
 from diffusers import AutoPipelineForImage2Image, StableDiffusionPipeline
 
-from pipeline.contract import FrameParams
+from pipeline.contract import BatchReport, FrameParams
 from pipeline.engine import Engine
 from pipeline.models import ModelBundle, default_device, default_dtype, load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+class _Streams:
+    """`streams` keys sending one frame each per round; records latency from submit to result."""
+
+    def __init__(self, engine: Engine, streams: int, frame: np.ndarray) -> None:
+        self._engine = engine
+        self._frame = frame
+        self.count = streams
+        self._params = [FrameParams(prompt="a watercolor painting", strength=0.5, seed=i) for i in range(streams)]
+        self._lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.futures: list[Future[np.ndarray]] = []
+
+    def send_round(self) -> list[Future[np.ndarray]]:
+        sent = time.perf_counter()
+        futures = [self._engine.submit(f"bench-{i}", self._frame, p) for i, p in enumerate(self._params)]
+        for future in futures:
+            future.add_done_callback(lambda f: self._landed(f, sent))
+        with self._lock:
+            self.futures.extend(futures)
+        return futures
+
+    def _landed(self, future: Future[np.ndarray], sent: float) -> None:
+        if future.exception() is None:
+            with self._lock:
+                self.latencies.append(time.perf_counter() - sent)
+
+
+class _Feeder:
+    """The engine's `on_batch`: keeps the batch reports and, while streaming, sends the next round."""
+
+    def __init__(self) -> None:
+        self.reports: list[BatchReport] = []
+        self.streams: _Streams | None = None  # set while streaming
+
+    def on_batch(self, report: BatchReport) -> None:
+        self.reports.append(report)
+        if self.streams is not None:
+            self.streams.send_round()
+
+
 def bench_engine(
-    model: ModelBundle, batch: int, seconds: float, frame: np.ndarray, compile_mode: str = "none"
-) -> dict[str, Any]:
-    engine = Engine(model, max_batch=batch, max_wait_ms=50.0, compile_mode=compile_mode)
-    engine.warmup()
-    engine.start()
-    latencies: list[float] = []
-    frames = 0
+    model: ModelBundle, batch: int, seconds: float, frame: np.ndarray, *, graphs: bool, compile_mode: str
+) -> list[dict[str, Any]]:
+    feeder = _Feeder()
+    engine = Engine(
+        model,
+        max_batch=batch,
+        max_wait_ms=50.0,
+        compile_mode=compile_mode,
+        cuda_graphs=graphs,
+        on_batch=feeder.on_batch,
+    )
+    began = time.perf_counter()
+    engine.start(warmup=True)
+    engine.wait_ready()
+    warmup_s = time.perf_counter() - began
+    rows = []
     try:
-        params = [FrameParams(prompt="a watercolor painting", strength=0.5, seed=i) for i in range(batch)]
+        # Lockstep: one round at a time.
+        streams = _Streams(engine, batch, frame)
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds or frames == 0:
-            sent = time.perf_counter()
-            futures = [engine.submit(f"bench-{i}", frame, params[i]) for i in range(batch)]
-            for future in futures:
+        while time.perf_counter() - start < seconds or not streams.latencies:
+            for future in streams.send_round():
                 future.result()
-            latencies.append(time.perf_counter() - sent)
-            frames += batch
-        elapsed = time.perf_counter() - start
+        rows.append(_row("lockstep", streams, feeder.reports, time.perf_counter() - start))
+
+        # Streaming: every batch that comes back sends the next round; two rounds go in at the start
+        # so one is always waiting behind the one in flight.
+        streams = _Streams(engine, batch, frame)
+        feeder.reports = []
+        start = time.perf_counter()
+        feeder.streams = streams
+        streams.send_round()
+        while engine.pending and time.perf_counter() - start < seconds:
+            time.sleep(0.0005)
+        streams.send_round()
+        time.sleep(seconds)
+        feeder.streams = None
+        for future in list(streams.futures):
+            future.exception()
+        rows.append(_row("streaming", streams, feeder.reports, time.perf_counter() - start))
     finally:
         engine.stop()
+    for row in rows:
+        row.update(graphs=engine.cuda_graphs, warmup_s=round(warmup_s, 3), cpu_threads=engine.cpu_threads)
+    return rows
+
+
+def _row(mode: str, streams: _Streams, reports: list[BatchReport], elapsed: float) -> dict[str, Any]:
+    latencies = streams.latencies
+    busy = sum(r.busy_s for r in reports)
     return {
-        "batch": batch,
-        "frames": frames,
-        "frames_per_s": round(frames / elapsed, 2),
-        "batch_latency_ms_p50": round(statistics.median(latencies) * 1000, 3),
-        "batch_latency_ms_p95": round(float(np.percentile(latencies, 95)) * 1000, 3),
-        "cpu_threads": engine.cpu_threads,
+        "mode": mode,
+        "batch": streams.count,
+        "frames": len(latencies),
+        "frames_per_s": round(len(latencies) / elapsed, 2),
+        "latency_ms_p50": round(statistics.median(latencies) * 1000, 3),
+        "latency_ms_p95": round(float(np.percentile(latencies, 95)) * 1000, 3),
+        "mean_batch": round(statistics.fmean(r.size for r in reports), 2) if reports else 0.0,
+        "busy_ratio": round(busy / elapsed, 3),
+        "idle_ms_p50": round(statistics.median(r.idle_s for r in reports) * 1000, 3) if reports else 0.0,
+        "stage_ms_p50": {
+            stage: round(statistics.median(r.stages[stage] for r in reports if stage in r.stages) * 1000, 3)
+            for stage in ("preprocess", "model", "postprocess")
+            if any(stage in r.stages for r in reports)
+        },
     }
 
 
@@ -119,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=["none", "default", "reduce-overhead", "max-autotune"],
         help="torch.compile mode",
     )
+    parser.add_argument("--no-graphs", action="store_true", help="on CUDA, skip the runs with CUDA graphs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -133,14 +220,20 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     frame = rng.integers(16, 236, (model.height * 3 // 2, model.width), dtype=np.uint8)
     baseline = bench_diffusers(model, args.seconds)
-    engine = [bench_engine(model, int(b), args.seconds, frame, args.compile) for b in args.batch_sizes.split(",")]
+    graph_modes = [True, False] if device.type == "cuda" and not args.no_graphs else [False]
+    engine = [
+        row
+        for graphs in graph_modes
+        for size in args.batch_sizes.split(",")
+        for row in bench_engine(model, int(size), args.seconds, frame, graphs=graphs, compile_mode=args.compile)
+    ]
     for row in engine:
         row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baseline["frames_per_s"], 2)
     result = {
         "command": " ".join(["python -m bench.engine", *(sys.argv[1:] if argv is None else argv)]),
         "model": args.model,
         "resolution": model.width,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).removeprefix("torch."),
         "compile": args.compile,
         "threads": torch.get_num_threads(),  # the baseline's; each engine row has its own

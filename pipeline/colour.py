@@ -1,58 +1,99 @@
-"""yuv420p <-> RGB on the model's device, BT.601 limited range as swscale does it.
+"""yuv420p <-> RGB on the model's device, BT.601 limited range as swscale does it, a batch at a time.
 
 Frames travel as av's `to_ndarray(format="yuv420p")` layout: a (H*3/2, W) uint8 array holding the
-Y plane followed by the U and V planes, so the CPU never converts colour.
+Y plane followed by the U and V planes, so the CPU never converts colour. A batch is (B, H*3/2, W).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # BT.601 limited range: Y in [16, 235], chroma in [16, 240] (swscale's default for yuv420p).
+# Maps RGB in [0, 1] to Y, U, V levels before the offsets below are added.
 _RGB_TO_YUV = torch.tensor(
     [
         [65.481, 128.553, 24.966],
         [-37.797, -74.203, 112.0],
         [112.0, -93.786, -18.214],
-    ]
+    ],
+    dtype=torch.float64,
 )
 _YUV_TO_RGB = torch.linalg.inv(_RGB_TO_YUV)
+_OFFSETS = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64)
 
 
-def split_planes(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Views of the Y, U and V planes of a (H*3/2, W) yuv420p tensor."""
-    rows, width = frame.shape
+def split_planes(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views of the Y, U and V planes of (..., H*3/2, W) yuv420p frames."""
+    *lead, rows, width = frames.shape
     height = rows * 2 // 3
-    flat = frame.reshape(-1)
+    flat = frames.reshape(*lead, rows * width)
     luma = height * width
     chroma = luma // 4
-    y = flat[:luma].view(height, width)
-    u = flat[luma : luma + chroma].view(height // 2, width // 2)
-    v = flat[luma + chroma : luma + 2 * chroma].view(height // 2, width // 2)
+    y = flat[..., :luma].view(*lead, height, width)
+    u = flat[..., luma : luma + chroma].view(*lead, height // 2, width // 2)
+    v = flat[..., luma + chroma : luma + 2 * chroma].view(*lead, height // 2, width // 2)
     return y, u, v
 
 
+class Yuv420pConverter:
+    """Converts batches between yuv420p frames and float RGB in [low, high] on one device.
+
+    The RGB range is folded into the matrices made here once: the engine asks for [-1, 1], what the
+    VAE takes and gives, so neither direction spends a pass on `* 2 - 1` or `/ 2 + 0.5`.
+    """
+
+    def __init__(self, device: torch.device, rgb_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        self.low, self.high = rgb_range
+        span = self.high - self.low
+        # rgb = span * YUV_TO_RGB (yuv - offsets) + low, split into a luma column and a chroma part.
+        to_rgb = _YUV_TO_RGB * span
+        self._luma_to_rgb = to_rgb[:, 0].view(1, 3, 1, 1).to(device, torch.float32)
+        self._chroma_to_rgb = to_rgb[:, 1:].to(device, torch.float32)
+        self._rgb_bias = (self.low - to_rgb @ _OFFSETS).view(1, 3, 1, 1).to(device, torch.float32)
+        # yuv = RGB_TO_YUV (rgb - low) / span + offsets
+        to_yuv = _RGB_TO_YUV / span
+        self._to_yuv = to_yuv.to(device, torch.float32)
+        self._yuv_bias = (_OFFSETS - to_yuv @ torch.full((3,), self.low, dtype=torch.float64)).to(device, torch.float32)
+
+    def to_rgb(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H*3/2, W) uint8 yuv420p -> (B, 3, H, W) float32 RGB in [low, high]."""
+        y, u, v = split_planes(frames)
+        # The chroma terms at quarter size, then nearest-neighbour upsampling as swscale's default
+        # yuv2rgb path does: the same sums as upsampling first, on a quarter of the pixels.
+        chroma = torch.einsum("ij,bjhw->bihw", self._chroma_to_rgb, torch.stack((u, v), 1).float())
+        chroma = (chroma + self._rgb_bias).repeat_interleave(2, 2).repeat_interleave(2, 3)
+        rgb = torch.addcmul(chroma, y.unsqueeze(1).float(), self._luma_to_rgb)
+        return rgb.clamp_(self.low, self.high)
+
+    def to_yuv(self, rgb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) float RGB in [low, high] -> (B, H*3/2, W) uint8 yuv420p, into `out` if given.
+
+        H and W must be even. Chroma is the mean of each 2x2 block (pooled before the matrix: the
+        same sums, on a quarter of the pixels).
+        """
+        batch, _, height, width = rgb.shape
+        if out is None:
+            out = torch.empty((batch, height * 3 // 2, width), dtype=torch.uint8, device=rgb.device)
+        elif not out.is_contiguous():
+            raise ValueError("out must be contiguous: its planes are written through views")
+        rgb = rgb.float()
+        y = torch.einsum("j,bjhw->bhw", self._to_yuv[0], rgb) + self._yuv_bias[0]
+        uv = torch.einsum("ij,bjhw->bihw", self._to_yuv[1:], F.avg_pool2d(rgb, 2))
+        uv = uv + self._yuv_bias[1:].view(1, 2, 1, 1)
+        out_y, out_u, out_v = split_planes(out)
+        out_y.copy_(y.round_().clamp_(0, 255))
+        uv = uv.round_().clamp_(0, 255)
+        out_u.copy_(uv[:, 0])
+        out_v.copy_(uv[:, 1])
+        return out
+
+
 def yuv420p_to_rgb(frame: torch.Tensor) -> torch.Tensor:
-    """(H*3/2, W) uint8 yuv420p -> (3, H, W) float32 RGB in [0, 1]."""
-    y, u, v = split_planes(frame)
-    y = y.float() - 16.0
-    # Nearest-neighbour chroma upsampling, as swscale's default yuv2rgb path does.
-    u = u.float().repeat_interleave(2, 0).repeat_interleave(2, 1) - 128.0
-    v = v.float().repeat_interleave(2, 0).repeat_interleave(2, 1) - 128.0
-    yuv = torch.stack((y, u, v))
-    matrix = _YUV_TO_RGB.to(frame.device)
-    rgb = torch.einsum("ij,jhw->ihw", matrix, yuv)
-    return rgb.clamp_(0.0, 1.0)
+    """One (H*3/2, W) uint8 yuv420p frame -> (3, H, W) float32 RGB in [0, 1]."""
+    return Yuv420pConverter(frame.device).to_rgb(frame.unsqueeze(0))[0]
 
 
 def rgb_to_yuv420p(rgb: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) float RGB in [0, 1] -> (H*3/2, W) uint8 yuv420p; H and W must be even."""
-    _, height, width = rgb.shape
-    matrix = _RGB_TO_YUV.to(rgb.device)
-    yuv = torch.einsum("ij,jhw->ihw", matrix, rgb.float())
-    y = (yuv[0] + 16.0).round_().clamp_(0, 255)
-    # Chroma is the mean of each 2x2 block.
-    chroma = torch.nn.functional.avg_pool2d(yuv[1:].unsqueeze(0), 2).squeeze(0) + 128.0
-    chroma = chroma.round_().clamp_(0, 255)
-    out = torch.cat((y.reshape(-1), chroma[0].reshape(-1), chroma[1].reshape(-1)))
-    return out.to(torch.uint8).view(height * 3 // 2, width)
+    """One (3, H, W) float RGB image in [0, 1] -> (H*3/2, W) uint8 yuv420p; H and W must be even."""
+    return Yuv420pConverter(rgb.device).to_yuv(rgb.unsqueeze(0))[0]

@@ -33,11 +33,19 @@ class Priority(enum.IntEnum):
 
 @dataclass
 class BatchReport:
-    """What one batch did, for metrics: frames in it, frames that reused an output, stage durations (s)."""
+    """What one batch did, for metrics: frames in it, frames that reused an output, stage durations (s).
+
+    `busy_s` is how long the device worked on the batch, from its colour conversion in to its colour
+    conversion out; `idle_s` is how long the device sat idle between the previous batch's work and
+    this one's (0 when the batch was queued behind the previous one). Summed over a window they give
+    the engine's busy ratio. A batch in which no frame needed the model has neither (both 0).
+    """
 
     size: int
     skipped: int
     stages: dict[str, float]
+    busy_s: float = 0.0
+    idle_s: float = 0.0
 
 
 class FrameReplaced(Exception):

@@ -39,26 +39,29 @@ class OneStepImg2Img:
         negative_embeds: torch.Tensor | None = None,
         guidance_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] -> stylized images (B, 3, H, W) in [0, 1].
+        """images (B, 3, H, W) in [-1, 1] -> stylized images (B, 3, H, W) float32 in [-1, 1].
 
-        timesteps: (B,) integer; noise: (B, C, H/f, W/f); guidance_scale: (B,) where rows > 1 use
-        classifier-free guidance against `negative_embeds`.
+        Pixels stay in the VAE's own range on both ends (the colour conversion folds the scaling in).
+        timesteps: (B,) integer; noise: (B, C, H/f, W/f). With `negative_embeds` and `guidance_scale`
+        (B,) the batch runs classifier-free guidance, and rows whose scale is <= 1 keep their
+        conditional prediction. The caller decides on the host, so nothing here waits for the device
+        and the whole call can be captured in a CUDA graph.
         """
-        # 1. Encode to latents (the VAE takes [-1, 1]).
-        latents = self._encode(images.to(self.device, self.dtype) * 2.0 - 1.0)
+        self.check_inputs(images, prompt_embeds, timesteps, noise, negative_embeds, guidance_scale)
+
+        # 1. Encode to latents.
+        latents = self._encode(images.to(self.device, self.dtype))
 
         # 2. Noise the latents to each row's timestep.
-        alpha = self.alphas_cumprod[timesteps.to(self.device)].view(-1, 1, 1, 1)
+        t = timesteps.to(self.device)
+        alpha = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         sqrt_alpha = alpha.sqrt()
         sqrt_one_minus_alpha = (1.0 - alpha).sqrt()
         x_t = sqrt_alpha * latents.float() + sqrt_one_minus_alpha * noise.to(self.device, torch.float32)
 
-        # 3. One UNet call; rows that ask for guidance get an unconditional twin in the same batch.
+        # 3. One UNet call; with guidance every row gets an unconditional twin in the same batch.
         model_input = x_t.to(self.dtype)
-        t = timesteps.to(self.device)
-        use_cfg = guidance_scale is not None and negative_embeds is not None and bool((guidance_scale > 1.0).any())
-        if use_cfg:
-            assert guidance_scale is not None and negative_embeds is not None
+        if negative_embeds is not None and guidance_scale is not None:
             both = self.unet(
                 torch.cat((model_input, model_input)),
                 torch.cat((t, t)),
@@ -83,9 +86,28 @@ class OneStepImg2Img:
         else:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
 
-        # 5. Decode back to [0, 1] pixels.
+        # 5. Decode back to pixels in [-1, 1].
         decoded = self.vae.decode(x0.to(self.dtype) / self.scaling_factor, return_dict=False)[0]
-        return (decoded.float() / 2.0 + 0.5).clamp(0.0, 1.0)
+        return decoded.float().clamp(-1.0, 1.0)
+
+    @staticmethod
+    def check_inputs(
+        images: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        timesteps: torch.Tensor,
+        noise: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        guidance_scale: torch.Tensor | None,
+    ) -> None:
+        """Every per-row input has one row per image (shapes only: nothing waits for the device)."""
+        if (negative_embeds is None) != (guidance_scale is None):
+            raise ValueError("negative_embeds and guidance_scale go together: pass both for guidance or neither")
+        rows = {"prompt_embeds": prompt_embeds, "timesteps": timesteps, "noise": noise}
+        if negative_embeds is not None and guidance_scale is not None:
+            rows |= {"negative_embeds": negative_embeds, "guidance_scale": guidance_scale}
+        for name, tensor in rows.items():
+            if tensor.shape[0] != images.shape[0]:
+                raise ValueError(f"{name} has {tensor.shape[0]} rows for {images.shape[0]} images")
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         encoded = self.vae.encode(images.contiguous(memory_format=torch.channels_last))

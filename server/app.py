@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -63,4 +64,5 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.ENGINE] = service
     service.start()
     yield
-    service.stop()
+    # Off the loop: stopping waits for the loader, which may be part-way through loading weights.
+    await asyncio.to_thread(service.stop)

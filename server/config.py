@@ -95,6 +95,7 @@ class EngineConfig(_Section):
     similarity_threshold: float = Field(0.0, ge=0.0, le=1.0)
     prompt_cache_size: int = Field(64, ge=1)
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    cuda_graphs: bool = True
     warmup: bool = True
     cpu_threads: int = Field(0, ge=0, le=256)
 

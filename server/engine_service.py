@@ -1,6 +1,8 @@
 """Loads the model and runs the engine without holding up the server: /readyz tells how far it got.
 
-The one place in `server/` that loads torch: on the loader thread, so importing the server (and
+A loader thread loads the model and starts the engine; the engine's own thread warms every bucket
+up (the thread that serves must be the one that records CUDA graphs) and then serves. The one place
+in `server/` that loads torch, on the loader thread, so importing the server (and
 `python -m server --help`) stays cheap.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.contract import BatchReport
+from pipeline.contract import BatchReport, EngineClosed
 from server.config import Config
 
 if TYPE_CHECKING:
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 State = Literal["loading", "warming", "ready", "failed", "stopped"]
+
+
+class _Stopping(Exception):
+    """The server stops while the loader downloads: the download is abandoned."""
 
 
 class ModelNotFetched(Exception):
@@ -47,6 +53,9 @@ class EngineService:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
+        # Taken by stop() and by the loader around starting the engine: either the loader sees the
+        # stop and starts nothing, or stop() sees the engine and stops it.
+        self._lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -71,15 +80,21 @@ class EngineService:
         }
 
     def start(self) -> None:
-        """Load and warm up on a thread of its own; the loop keeps serving meanwhile."""
+        """Load on a thread of its own and warm up on the engine's; the loop keeps serving meanwhile."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._load, name="stylize-loader", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._engine is not None:
-            self._engine.stop()
+        """Stop the engine and wait for the loader (a model still loading is waited for)."""
+        with self._lock:
+            self._stopping.set()
+            engine = self._engine
+        if engine is not None:
+            engine.stop()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         self.state = "stopped"
         self.reason = "server shutting down"
 
@@ -110,27 +125,47 @@ class EngineService:
                 similarity_threshold=config.engine.similarity_threshold,
                 prompt_cache_size=config.engine.prompt_cache_size,
                 compile_mode=config.engine.compile,
+                cuda_graphs=config.engine.cuda_graphs,
                 cpu_threads=config.engine.cpu_threads,
                 on_batch=self._on_batch,
             )
-            if config.engine.warmup:
-                self._set("warming", "warming up batch buckets")
-                engine.warmup(lambda done, total: logger.info("warm-up %d/%d buckets", done, total))
-            if self._stopping.is_set():
-                return
-            engine.start()
-            self._engine = engine
-            self._set("ready", "ready")
-            logger.info("engine ready model=%s device=%s", config.model.id, model.device)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._engine = engine
+                if config.engine.warmup:
+                    self._set("warming", f"warming up: 0/{len(engine.buckets)} batch buckets")
+                engine.start(warmup=config.engine.warmup, progress=self._warm_progress)
+        except _Stopping:
+            logger.info("model download abandoned: the server is stopping")
+            return
         except ModelUnavailableError as e:
             logger.error("model unavailable: %s", e)
             self._set("failed", str(e))
+            return
         except Exception as e:
             logger.exception("model load failed model=%s", config.model.id)
             self._set("failed", f"model load failed: {e}")
+            return
+        try:
+            engine.wait_ready()
+        except EngineClosed:
+            return  # stop() came first
+        except Exception as e:  # the engine logged it with its traceback
+            self._set("failed", f"engine warm-up failed: {e}")
+            return
+        self._set("ready", "ready")
+        logger.info("engine ready model=%s device=%s cuda_graphs=%s", config.model.id, model.device, engine.cuda_graphs)
+
+    def _warm_progress(self, done: int, total: int) -> None:
+        """Called on the engine's thread after each bucket it warmed up."""
+        logger.info("warm-up %d/%d batch buckets", done, total)
+        self._set("warming", f"warming up: {done}/{total} batch buckets")
 
     def _downloaded(self, done: int, total: int) -> None:
         """Download progress (the loader thread): in /readyz, and in the log every tenth."""
+        if self._stopping.is_set():
+            raise _Stopping  # out of the download, so that stop() need not wait for gigabytes
         progress = {"done_bytes": done, "total_bytes": total, "percent": round(100 * done / total) if total else 0}
         self._set_download(progress)
         self._set("loading", f"downloading {self._config.model.id!r}: {describe_download(done, total)}")

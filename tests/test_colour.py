@@ -10,7 +10,7 @@ import pytest
 import torch
 from av import VideoFrame
 
-from pipeline.colour import rgb_to_yuv420p, yuv420p_to_rgb
+from pipeline.colour import Yuv420pConverter, rgb_to_yuv420p, yuv420p_to_rgb
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -46,3 +46,18 @@ def test_primaries_land_where_swscale_puts_them(rgb: tuple[int, int, int], luma:
     image = torch.tensor(rgb, dtype=torch.float32, device=DEVICE).view(3, 1, 1).expand(3, 4, 4) / 255.0
     frame = rgb_to_yuv420p(image).cpu().numpy()
     assert abs(int(frame[0, 0]) - luma) <= 1
+
+
+def test_a_batch_converts_as_each_frame_alone_with_the_vae_range_folded_in() -> None:
+    pictures = [_smooth_rgb(), _smooth_rgb()[::-1, ::-1].copy(), 255 - _smooth_rgb()]
+    frames = [VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p").to_ndarray() for p in pictures]
+    batch = torch.from_numpy(np.stack(frames)).to(DEVICE)
+    vae = Yuv420pConverter(DEVICE, (-1.0, 1.0))
+    rgb = vae.to_rgb(batch)
+    assert rgb.shape == (3, 3, 96, 128) and rgb.min() >= -1 and rgb.max() <= 1
+    back = vae.to_yuv(rgb)
+    for i, frame in enumerate(batch):
+        alone = yuv420p_to_rgb(frame)
+        torch.testing.assert_close(rgb[i], alone * 2 - 1, atol=1e-4, rtol=0)
+        difference = (back[i].int() - rgb_to_yuv420p(alone).int()).abs().max()
+        assert difference <= 1

@@ -52,11 +52,12 @@ def test_one_step_equals_diffusers_img2img(model: ModelBundle, model_cache: Path
     embeds = model.text_encoder(
         model.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     )[0]
-    got = transform(image, embeds, torch.tensor([timestep]), noise)
+    # The transform works in the VAE's [-1, 1] on both ends; diffusers' "pt" output is in [0, 1].
+    got = transform(image * 2 - 1, embeds, torch.tensor([timestep]), noise) / 2 + 0.5
 
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    other = transform(image, embeds, torch.tensor([strength_to_timestep(0.1)]), noise)
+    other = transform(image * 2 - 1, embeds, torch.tensor([strength_to_timestep(0.1)]), noise) / 2 + 0.5
     assert (other - got).abs().mean() > 1e-3, "the timestep must matter"
 
 
@@ -81,7 +82,7 @@ def test_guided_row_matches_diffusers_classifier_free_guidance(model: ModelBundl
     negative = engine.prompts.get("blurry").unsqueeze(0)
     latent = model.width // model.vae_scale_factor
     noise = torch.randn((1, model.latent_channels, latent, latent), generator=torch.Generator().manual_seed(3))
-    got = engine.transform(image, embeds, torch.tensor([600]), noise, negative, torch.tensor([3.0]))
+    got = engine.transform(image * 2 - 1, embeds, torch.tensor([600]), noise, negative, torch.tensor([3.0])) / 2 + 0.5
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
