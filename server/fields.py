@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 MAX_PROMPT = 500
 MAX_SEED = 2**32 - 1
@@ -37,3 +37,21 @@ def validation_detail(error: ValidationError) -> list[dict[str, str]]:
         field_error(".".join(str(part) for part in item["loc"]), item["msg"], item["type"])
         for item in error.errors(include_url=False, include_context=False, include_input=False)
     ]
+
+
+# A stream's name: what outputs, per-name settings and OSC addresses (`/stylize/name/<name>/...`) are
+# keyed by, so they survive reconnects. Safe in a URL path segment and in an OSC address.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEFAULT_NAME = "default"
+# Not a name: the output of whichever stream started most recently.
+LATEST = "latest"
+
+
+def publishable(name: str) -> str:
+    """A name a stream may take: any but `latest`."""
+    if name == LATEST:
+        raise ValueError(f"{LATEST!r} stands for the most recently started stream; a stream cannot take it")
+    return name
+
+
+PublishName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(publishable)]

@@ -2,11 +2,16 @@
 
 HTTP, OSC and the data channel all validate with `SettingsPatch` and apply through `SettingsStore`,
 which tells its listeners (events, metrics) about every change with its source.
+
+Overrides have a scope: a stream id, or a stream name's scope `name:<name>` (`name_scope()`), so a
+show can style two cameras by name instead of by an id that changes on every reconnect. A stream's
+effective settings are the global ones, then its name's overrides, then its own.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,11 +19,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.contract import FrameParams
-from server.fields import Blend, Guidance, PresetId, Prompt, Seed, Strength
+from server.fields import DEFAULT_NAME, LATEST, NAME_PATTERN, Blend, Guidance, PresetId, Prompt, Seed, Strength
 
 logger = logging.getLogger(__name__)
 
 Source = Literal["http", "osc", "datachannel", "preset", "config"]
+NAME_SCOPE = "name:"
+
+
+def name_scope(name: str) -> str:
+    """The override scope of a stream name: settings, events and the database all key it this way."""
+    return NAME_SCOPE + name
+
+
+def scope_name(scope: str) -> str | None:
+    """The stream name a scope stands for, or None for "global" and stream ids."""
+    if not scope.startswith(NAME_SCOPE):
+        return None
+    name = scope[len(NAME_SCOPE) :]
+    return name if re.fullmatch(NAME_PATTERN, name) else None
 
 
 class StyleSettings(BaseModel):
@@ -75,7 +94,7 @@ class UnknownStreamError(KeyError):
 
 @dataclass(frozen=True)
 class SettingsChange:
-    scope: str  # "global" or a stream id
+    scope: str  # "global", a stream id or a name's scope (`name:<name>`)
     source: Source
     changed: dict[str, Any]
     settings: StyleSettings
@@ -87,7 +106,9 @@ Listener = Callable[[SettingsChange], None]
 class SettingsStore:
     def __init__(self, initial: StyleSettings) -> None:
         self._global = initial
+        # By scope: every registered stream (maybe empty), and each name that has overrides.
         self._overrides: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, str] = {}  # stream id -> its name
         self._listeners: list[Listener] = []
 
     @property
@@ -100,27 +121,58 @@ class SettingsStore:
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.remove(listener)
 
-    def add_stream(self, stream_id: str) -> None:
+    def add_stream(self, stream_id: str, name: str = DEFAULT_NAME) -> None:
         self._overrides[stream_id] = {}
+        self._names[stream_id] = name
 
     def remove_stream(self, stream_id: str) -> None:
-        self._overrides.pop(stream_id, None)
+        if scope_name(stream_id) is None:
+            self._overrides.pop(stream_id, None)
+            self._names.pop(stream_id, None)
 
     def has_stream(self, stream_id: str) -> bool:
-        return stream_id in self._overrides
+        """A registered stream; a name's scope always exists (a name can be styled before it streams)."""
+        return stream_id in self._overrides or scope_name(stream_id) is not None
+
+    @staticmethod
+    def scope_of_name(name: str) -> str | None:
+        """The override scope of `name`, or None when no stream can take that name."""
+        scope = name_scope(name)
+        return scope if name != LATEST and scope_name(scope) is not None else None
+
+    def stream_name(self, stream_id: str) -> str | None:
+        return self._names.get(stream_id)
+
+    def names(self) -> list[str]:
+        """Every name a registered stream has or that has overrides, sorted."""
+        return sorted(set(self._names.values()) | set(self.named_overrides()))
+
+    def named_overrides(self) -> dict[str, dict[str, Any]]:
+        """Every name that has overrides, with them."""
+        return {name: dict(values) for scope, values in self._overrides.items() if (name := scope_name(scope))}
 
     def overrides(self, stream_id: str) -> dict[str, Any]:
+        if scope_name(stream_id) is not None:
+            return dict(self._overrides.get(stream_id, {}))
         return dict(self._stream_overrides(stream_id))
 
     def effective(self, stream_id: str) -> StyleSettings:
-        overrides = self._overrides.get(stream_id)
-        if not overrides:
+        """Global, then the name's overrides, then the stream's own (`stream_id` may be a name's scope)."""
+        name = self._names.get(stream_id)
+        by_name = self._overrides.get(name_scope(name)) if name is not None else None
+        own = self._overrides.get(stream_id)
+        if not by_name and not own:
             return self._global
-        return self._global.model_copy(update=overrides)
+        return self._global.model_copy(update={**(by_name or {}), **(own or {})})
 
     def restore(self, settings: StyleSettings) -> None:
         """Start from `settings` (saved by an earlier run); not a change, so nobody is told."""
         self._global = settings
+
+    def restore_name(self, name: str, overrides: dict[str, Any]) -> None:
+        """Start a name with `overrides` (saved by an earlier run, validated); nobody is told."""
+        if overrides:
+            self._overrides[name_scope(name)] = dict(overrides)
 
     def update_global(self, patch: SettingsPatch, source: Source) -> StyleSettings:
         changed = patch.values()
@@ -139,6 +191,8 @@ class SettingsStore:
                 overrides.pop(name, None)
             else:
                 overrides[name] = value
+        if not overrides and scope_name(stream_id) is not None:
+            self._overrides.pop(stream_id, None)  # a name back to following global holds nothing
         settings = self.effective(stream_id)
         self._emit(SettingsChange(stream_id, source, changed, settings))
         return settings
@@ -147,6 +201,8 @@ class SettingsStore:
         try:
             return self._overrides[stream_id]
         except KeyError:
+            if scope_name(stream_id) is not None:
+                return self._overrides.setdefault(stream_id, {})
             raise UnknownStreamError(stream_id) from None
 
     def _emit(self, change: SettingsChange) -> None:
