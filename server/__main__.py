@@ -31,6 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", help='model spec: hub id, local folder, "tiny" or "arch:sd-turbo"')
     parser.add_argument("--data-dir", type=Path, help="where models, the database, jobs and logs live")
     parser.add_argument("--osc-port", type=int, help="UDP port for OSC control")
+    parser.add_argument("--osc-host", help="address the OSC listener binds (0.0.0.0 for controllers on the LAN)")
     commands = parser.add_subparsers(dest="command", metavar="{download}")
     download = commands.add_parser(
         "download",
@@ -56,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         (args.model, "model", "id"),
         (args.data_dir, "server", "data_dir"),
         (args.osc_port, "osc", "port"),
+        (args.osc_host, "osc", "host"),
         (getattr(args, "vae", None), "model", "vae"),
     ):
         if value is not None:

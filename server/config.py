@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from server.fields import Guidance, Prompt, Seed, Strength
 
@@ -79,6 +79,8 @@ class OutputsConfig(_Section):
     jpeg_quality: int = Field(85, ge=1, le=100)
     mjpeg_fps: float = Field(15.0, ge=1.0, le=60.0)
     mjpeg_max_fps: float = Field(30.0, ge=1.0, le=60.0)
+    max_viewers: int = Field(16, ge=1, le=1000)
+    viewer_connect_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
 
 
 class ModelConfig(_Section):
@@ -113,6 +115,26 @@ class OscConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9000, ge=0, le=65535)
     allow: list[str] = ["127.0.0.1", "::1"]
+    feedback: list[str] = []
+    feedback_rate_hz: float = Field(30.0, gt=0.0, le=1000.0)
+    query_port: int = Field(0, ge=0, le=65535)
+    mdns: bool = False
+
+    @field_validator("feedback")
+    @classmethod
+    def _targets(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            split_host_port(entry)
+        return entries
+
+
+def split_host_port(entry: str) -> tuple[str, int]:
+    """`"host:port"` (`"[::1]:9001"` for IPv6) as (host, port); ValueError naming the entry otherwise."""
+    host, sep, port = entry.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port (a port 1-65535; [v6]:port for IPv6)")
+    return host, int(port)
 
 
 class SecurityConfig(_Section):

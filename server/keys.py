@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from server.config import Config
     from server.control.events import EventHub
     from server.control.osc import OscListener
+    from server.control.osc_feedback import OscFeedback
+    from server.control.oscquery import OscQueryServer
     from server.control.presets import PresetLibrary
     from server.control.settings import SettingsStore
     from server.control.suggestions import PromptSuggestions
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
     from server.jobs.store import JobStore
     from server.jobs.worker import JobWorker
     from server.jpeg import JpegOutput
+    from server.live.outputs import NamedOutputs
     from server.live.peers import PeerManager
+    from server.live.viewers import ViewerManager
     from server.observe.metrics import Metrics
     from server.observe.stats import StatsReporter
 
@@ -33,6 +37,8 @@ PEERS: web.AppKey[PeerManager] = web.AppKey("peers")
 EVENTS: web.AppKey[EventHub] = web.AppKey("events")
 DB: web.AppKey[Database] = web.AppKey("db")
 OSC: web.AppKey[OscListener] = web.AppKey("osc")
+OSC_FEEDBACK: web.AppKey[OscFeedback] = web.AppKey("osc_feedback")
+OSC_QUERY: web.AppKey[OscQueryServer] = web.AppKey("osc_query")
 PRESETS: web.AppKey[PresetLibrary] = web.AppKey("presets")
 SUGGESTIONS: web.AppKey[PromptSuggestions] = web.AppKey("suggestions")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
@@ -40,3 +46,5 @@ STATS: web.AppKey[StatsReporter] = web.AppKey("stats")
 JOBS: web.AppKey[JobStore] = web.AppKey("jobs")
 JOB_WORKER: web.AppKey[JobWorker] = web.AppKey("job_worker")
 JPEG: web.AppKey[JpegOutput] = web.AppKey("jpeg")
+OUTPUTS: web.AppKey[NamedOutputs] = web.AppKey("outputs")
+VIEWERS: web.AppKey[ViewerManager] = web.AppKey("viewers")

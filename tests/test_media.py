@@ -17,7 +17,7 @@ from turbojpeg import TJPF_RGB, TurboJPEG
 from server import keys
 from server.app import create_app
 from server.config import Config
-from server.live.output_routes import BOUNDARY
+from server.live.mjpeg import BOUNDARY
 from server.live.session import Session
 from server.testing.rtc_client import HEIGHT, WIDTH, connect, read_index
 from server.testing.servers import RunningServer, start_server, stop_server, wait_ready
@@ -87,7 +87,7 @@ async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, seconds: flo
 
 
 async def test_mjpeg_yields_successive_newer_frames(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="server.live.output_routes")
+    caplog.set_level(logging.INFO, logger="server.live.mjpeg")
     # At strength 0 the output is the input, so each part's frame index can be read from its pixels.
     async with server.http.patch(server.url("/api/settings"), json={"strength": 0.0}) as response:
         assert response.status == 200
@@ -113,7 +113,7 @@ async def test_mjpeg_notices_the_viewer_leave_where_handlers_are_not_cancelled(
     make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     """`web.run_app` (what `python -m server` uses) does not cancel a handler when its client leaves."""
-    caplog.set_level(logging.INFO, logger="server.live.output_routes")
+    caplog.set_level(logging.INFO, logger="server.live.mjpeg")
     runner = web.AppRunner(create_app(make_config(engine={"max_batch": 1})), handler_cancellation=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server import keys
 from server.control.settings import SettingsPatch
 from server.engine_service import EngineNotReady
+from server.fields import DEFAULT_NAME, PublishName
 from server.http.errors import ApiError, read_model
 from server.live.peers import OfferRejected, PeersFull
 
@@ -23,6 +24,7 @@ class OfferRequest(BaseModel):
     sdp: str = Field(min_length=1)
     type: Literal["offer"]
     settings: SettingsPatch | None = None
+    name: PublishName = DEFAULT_NAME  # outputs and per-name settings follow it across reconnects
 
 
 @routes.post("/api/offer")
@@ -30,7 +32,8 @@ async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
     peers = request.app[keys.PEERS]
     try:
-        session, answer = await peers.create(RTCSessionDescription(sdp=body.sdp, type=body.type), body.settings)
+        description = RTCSessionDescription(sdp=body.sdp, type=body.type)
+        session, answer = await peers.create(description, body.settings, name=body.name)
     except EngineNotReady as e:
         raise ApiError(503, "model not ready", {"state": e.state, "reason": e.reason}) from e
     except PeersFull as e:

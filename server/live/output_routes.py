@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from aiohttp import web
 from av import VideoFrame
 
 from server import keys
-from server.http.errors import ApiError, invalid
+from server.http.errors import ApiError
+from server.live.mjpeg import requested_fps, serve_mjpeg
 from server.live.session import Session
 from server.live.track import StylizedTrack
 
-logger = logging.getLogger(__name__)
-
 routes = web.RouteTableDef()
-
-BOUNDARY = "stylize-frame"
-MIN_FPS = 1.0
 
 
 @routes.get("/api/streams/{stream_id}/snapshot.jpg")
@@ -31,47 +24,17 @@ async def snapshot(request: web.Request) -> web.Response:
 @routes.get("/api/streams/{stream_id}/mjpeg")
 async def mjpeg(request: web.Request) -> web.StreamResponse:
     """multipart/x-mixed-replace: a new JPEG part whenever the stream has a newer output, at most `?fps=`."""
-    fps = _fps(request)
+    outputs = request.app[keys.CONFIG].outputs
+    fps = requested_fps(request, outputs.mjpeg_fps, outputs.mjpeg_max_fps)
     track, _ = _latest_output(request)
-    encoder = request.app[keys.JPEG]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-            "Cache-Control": "no-store",
-        }
+    return await serve_mjpeg(
+        request,
+        request.app[keys.JPEG],
+        fps,
+        picture=lambda: track.latest_output,
+        live=lambda: track.readyState == "live",
+        label=f"stream={request.match_info['stream_id']}",
     )
-    await response.prepare(request)
-    loop = asyncio.get_running_loop()
-    interval = 1.0 / fps
-    sent = None
-    parts = 0
-    ended = "stream closed"
-    try:
-        while track.readyState == "live" and not encoder.stopping.is_set():
-            if request.transport is None or request.transport.is_closing():
-                ended = "viewer left"
-                return response
-            started = loop.time()
-            frame = track.latest_output
-            if frame is not None and frame is not sent:
-                jpeg = await encoder.encode(frame)
-                header = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                await response.write(header.encode() + jpeg + b"\r\n")
-                sent = frame
-                parts += 1
-            await asyncio.sleep(max(0.0, started + interval - loop.time()))
-        if encoder.stopping.is_set():
-            ended = "server stopping"
-        await response.write(f"--{BOUNDARY}--\r\n".encode())
-        await response.write_eof()
-    except ConnectionError:
-        ended = "viewer left"
-    except asyncio.CancelledError:
-        ended = "cancelled"  # the viewer left (where aiohttp cancels handlers then) or the server stops
-        raise
-    finally:
-        logger.info("mjpeg ended stream=%s parts=%d reason=%s", request.match_info["stream_id"], parts, ended)
-    return response
 
 
 def _session(request: web.Request) -> Session:
@@ -90,18 +53,3 @@ def _latest_output(request: web.Request) -> tuple[StylizedTrack, VideoFrame]:
     if track is None or frame is None:
         raise ApiError(503, "no frame yet", {"stream_id": session.id, "frames_out": session.stats.frames_out})
     return track, frame
-
-
-def _fps(request: web.Request) -> float:
-    """`?fps=` within [1, mjpeg_max_fps] (higher asks are capped); the configured default without it."""
-    outputs = request.app[keys.CONFIG].outputs
-    raw = request.query.get("fps")
-    if raw is None:
-        return min(outputs.mjpeg_fps, outputs.mjpeg_max_fps)
-    try:
-        fps = float(raw)
-    except ValueError:
-        fps = float("nan")
-    if not fps >= MIN_FPS:  # also catches nan
-        raise invalid("fps", f"must be a number >= {MIN_FPS:g}, got {raw!r}")
-    return min(fps, outputs.mjpeg_max_fps)

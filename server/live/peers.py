@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiortc import (
     MediaStreamTrack,
@@ -23,10 +25,13 @@ from server.config import ServerConfig, TransportConfig
 from server.control.events import EventHub
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineService
-from server.fields import validation_detail
+from server.fields import DEFAULT_NAME, validation_detail
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from server.live.outputs import NamedOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class PeerManager:
         events: EventHub,
         metrics: Metrics | None = None,
         transport: TransportConfig | None = None,
+        outputs: NamedOutputs | None = None,
     ) -> None:
         self._config = config
         self._transport = transport or TransportConfig()
@@ -62,6 +68,7 @@ class PeerManager:
         self._events = events
         self._metrics = metrics if metrics is not None else Metrics()
         self.sessions: dict[str, Session] = {}
+        self._outputs = outputs  # told when a stream starts and ends, so outputs follow its name
 
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
@@ -70,15 +77,20 @@ class PeerManager:
         return RTCConfiguration(iceServers=servers)
 
     async def create(
-        self, offer: RTCSessionDescription, initial: SettingsPatch | None = None
+        self,
+        offer: RTCSessionDescription,
+        initial: SettingsPatch | None = None,
+        name: str = DEFAULT_NAME,
+        prepare: Callable[[RTCPeerConnection], None] | None = None,
     ) -> tuple[Session, RTCSessionDescription]:
+        """`prepare(pc)` runs before the offer is read (WHIP: more codecs, audio declined)."""
         if len(self.sessions) >= self._config.max_peers:
             raise PeersFull(f"{len(self.sessions)} of {self._config.max_peers} streams in use")
         engine = self._engine.engine
-        session = Session(id=uuid.uuid4().hex[:12], pc=RTCPeerConnection(self._rtc_configuration()))
+        session = Session(id=uuid.uuid4().hex[:12], pc=RTCPeerConnection(self._rtc_configuration()), name=name)
         pc = session.pc
         self.sessions[session.id] = session
-        self._settings.add_stream(session.id)
+        self._settings.add_stream(session.id, name)
         # The transceiver exists before the remote description so codec preferences take effect.
         transceiver = pc.addTransceiver("video", direction="sendrecv")
         transceiver.setCodecPreferences(codec_preferences(self._transport.codec))
@@ -98,6 +110,8 @@ class PeerManager:
             session.track = output
             transceiver.sender.replaceTrack(output)
             output.start()
+            if self._outputs is not None:
+                self._outputs.stream_started(session.id, session.name, output)
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -115,6 +129,8 @@ class PeerManager:
                 await self.close(session.id)
 
         try:
+            if prepare is not None:
+                prepare(pc)
             if initial is not None:
                 self._settings.update_stream(session.id, initial, "http")
             await pc.setRemoteDescription(offer)
@@ -155,6 +171,8 @@ class PeerManager:
         if session is None:
             return False
         self._settings.remove_stream(stream_id)
+        if self._outputs is not None:
+            await self._outputs.stream_ended(stream_id)
         if self._engine.ready:
             self._engine.engine.forget(stream_id)
         if session.track is not None:

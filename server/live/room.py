@@ -1,4 +1,7 @@
-"""The live room as the app sees it: offers, streams, outputs and client config; peers and encoders."""
+"""The live room as the app sees it: offers, streams, outputs and client config; peers and encoders.
+
+Outputs by name (MJPEG, snapshot, WHEP viewers, /view/{name}) and WHIP publishers live here too.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,18 @@ from aiohttp import web
 
 from server import keys
 from server.jpeg import JpegOutput
-from server.live import bitrate, client_config, offer_routes, output_routes
+from server.live import (
+    bitrate,
+    client_config,
+    named_output_routes,
+    offer_routes,
+    output_routes,
+    whep_routes,
+    whip_routes,
+)
+from server.live.outputs import NamedOutputs, waiting_card
 from server.live.peers import PeerManager
+from server.live.viewers import ViewerManager
 
 
 async def _bitrate_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -25,25 +38,56 @@ async def _jpeg_ctx(app: web.Application) -> AsyncIterator[None]:
     encoder.close()
 
 
+async def _outputs_ctx(app: web.Application) -> AsyncIterator[None]:
+    outputs = NamedOutputs()
+    outputs.waiting_jpeg = await app[keys.JPEG].encode(waiting_card())
+    app[keys.OUTPUTS] = outputs
+    yield
+    await outputs.close()
+
+
 async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     peers = PeerManager(
-        config.server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], app[keys.METRICS], config.transport
+        config.server,
+        app[keys.ENGINE],
+        app[keys.SETTINGS],
+        app[keys.EVENTS],
+        app[keys.METRICS],
+        config.transport,
+        outputs=app[keys.OUTPUTS],
     )
     app[keys.PEERS] = peers
     yield
     await peers.close_all()
 
 
+async def _viewers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    viewers = ViewerManager(config.server, config.outputs, config.transport, app[keys.OUTPUTS])
+    app[keys.VIEWERS] = viewers
+    yield
+    await viewers.close_all()
+
+
 async def _end_mjpeg_streams(app: web.Application) -> None:
     app[keys.JPEG].stop_streams()
 
 
-CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [_bitrate_ctx, _jpeg_ctx, _peers_ctx]
+CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
+    _bitrate_ctx,
+    _jpeg_ctx,
+    _outputs_ctx,
+    _peers_ctx,
+    _viewers_ctx,
+]
 
 
 def setup_routes(app: web.Application) -> None:
     app.on_shutdown.append(_end_mjpeg_streams)
     app.add_routes(offer_routes.routes)
     app.add_routes(output_routes.routes)
+    app.add_routes(named_output_routes.routes)
+    app.add_routes(whip_routes.routes)
+    app.add_routes(whep_routes.routes)
     app.add_routes(client_config.routes)

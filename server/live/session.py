@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection
 
+from server.fields import DEFAULT_NAME
 from server.live.stream_stats import StreamStats
 from server.live.track import StylizedTrack
 
@@ -19,10 +20,12 @@ class Session:
     track: StylizedTrack | None = None
     created: float = field(default_factory=time.time)
     announced: bool = False  # the offer succeeded and listeners were told the stream is up
+    name: str = DEFAULT_NAME  # outputs and per-name settings follow the name, not the id
 
     def describe(self) -> dict[str, object]:
         return {
             "id": self.id,
+            "name": self.name,
             "state": self.pc.connectionState,
             "created": self.created,
             "stats": self.stats.as_dict(),

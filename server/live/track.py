@@ -59,6 +59,8 @@ class StylizedTrack(MediaStreamTrack):
         self._outputs: LatestMailbox[_Result] = LatestMailbox()
         self._tasks: list[asyncio.Task[None]] = []
         self.latest_output: VideoFrame | None = None
+        # Told of every stylized frame as it is made (the name's outputs: MJPEG, WHEP viewers); must not block.
+        self.output_listeners: list[Callable[[VideoFrame], None]] = []
 
     def start(self) -> None:
         self._tasks = [
@@ -125,6 +127,8 @@ class StylizedTrack(MediaStreamTrack):
                 result.pts = frame.pts
                 result.time_base = frame.time_base
                 self.latest_output = result
+                for listener in self.output_listeners:
+                    listener(result)
                 if self._outputs.put((arrived, ready, result)):
                     self._drop("send")
         except (MailboxClosed, EngineClosed):

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import yarl
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
@@ -87,19 +88,32 @@ class NumberedTrack(MediaStreamTrack):
 class Received:
     pts: int
     frame: VideoFrame
-    latest_sent: int  # the newest index the client had sent when this frame arrived
+    latest_sent: int  # the newest index the client had sent when this frame arrived (-1: it sends none)
     at: float
 
 
-@dataclass
-class RtcClient:
+@dataclass(kw_only=True)
+class Receiver:
+    """A peer connection whose incoming video is read as it comes, into `received`."""
+
     pc: RTCPeerConnection
-    source: NumberedTrack
-    stream_id: str
-    answer: dict[str, Any]
-    channel: RTCDataChannel | None = None
     received: list[Received] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
+
+    def newest_sent(self) -> int:
+        return -1
+
+    def read(self, remote: MediaStreamTrack) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    frame = await remote.recv()
+                except MediaStreamError:
+                    return
+                assert isinstance(frame, VideoFrame)
+                self.received.append(Received(frame.pts or 0, frame, self.newest_sent(), time.monotonic()))
+
+        self._reader = asyncio.create_task(loop())
 
     async def wait_frames(self, count: int, timeout: float = 60.0) -> None:
         target = len(self.received) + count
@@ -109,8 +123,53 @@ class RtcClient:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-        self.source.stop()
         await self.pc.close()
+
+
+@dataclass(kw_only=True)
+class RtcClient(Receiver):
+    """A camera stand-in: sends numbered frames, over POST /api/offer or WHIP, and reads what comes back."""
+
+    source: NumberedTrack
+    stream_id: str
+    answer: dict[str, Any]  # the offer route's JSON; for WHIP {"sdp", "location"}
+    channel: RTCDataChannel | None = None
+
+    def newest_sent(self) -> int:
+        return self.source.sent
+
+    async def close(self) -> None:
+        self.source.stop()
+        await super().close()
+
+
+@dataclass(kw_only=True)
+class WhepViewer(Receiver):
+    """A receive-only viewer of a name's output, over WHEP."""
+
+    location: str  # the session to DELETE
+
+
+def _publisher(fps: float, receive: bool) -> tuple[RTCPeerConnection, NumberedTrack, asyncio.Future[MediaStreamTrack]]:
+    """A connection sending numbered frames (and receiving video when `receive`), and its incoming track."""
+    pc = RTCPeerConnection()
+    source = NumberedTrack(fps)
+    if receive:
+        pc.addTrack(source)
+    else:
+        pc.addTransceiver(source, direction="sendonly")
+    return pc, source, _incoming_track(pc)
+
+
+def _incoming_track(pc: RTCPeerConnection) -> asyncio.Future[MediaStreamTrack]:
+    track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "video" and not track_ready.done():
+            track_ready.set_result(track)
+
+    return track_ready
 
 
 async def connect(
@@ -120,39 +179,78 @@ async def connect(
     fps: float = 30.0,
     settings: dict[str, Any] | None = None,
     negotiate_channel: bool = False,
+    name: str | None = None,
 ) -> RtcClient:
-    pc = RTCPeerConnection()
-    source = NumberedTrack(fps)
-    pc.addTrack(source)
+    """The page's way in: POST /api/offer with JSON."""
+    pc, source, track_ready = _publisher(fps, receive=True)
     channel = pc.createDataChannel("control") if negotiate_channel else None
-    track_ready: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-
-    @pc.on("track")
-    def on_track(track: MediaStreamTrack) -> None:
-        if not track_ready.done():
-            track_ready.set_result(track)
-
     await pc.setLocalDescription(await pc.createOffer())
     body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": "offer"}
     if settings is not None:
         body["settings"] = settings
+    if name is not None:
+        body["name"] = name
     async with http.post(offer_url, json=body) as response:
         answer = await response.json()
         if response.status != 200:
             await pc.close()
             raise RuntimeError(f"offer refused: {response.status} {answer}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-    client = RtcClient(pc, source, answer["stream_id"], answer, channel)
-    remote = await asyncio.wait_for(track_ready, 10)
-
-    async def read() -> None:
-        while True:
-            try:
-                frame = await remote.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, VideoFrame)
-            client.received.append(Received(frame.pts or 0, frame, source.sent, time.monotonic()))
-
-    client._reader = asyncio.create_task(read())
+    client = RtcClient(pc=pc, source=source, stream_id=answer["stream_id"], answer=answer, channel=channel)
+    client.read(await asyncio.wait_for(track_ready, 10))
     return client
+
+
+class SdpRefused(RuntimeError):
+    """A WHIP or WHEP endpoint answered something other than 201."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"offer refused: {status} {body}")
+        self.status = status
+        self.body = body
+
+
+async def _post_sdp(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, token: str | None) -> tuple[str, str]:
+    """Offer over WHIP/WHEP (`application/sdp`, the Bearer token if any): (answer SDP, absolute Location)."""
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+        body = await response.text()
+        if response.status != 201:
+            await pc.close()
+            raise SdpRefused(response.status, body)
+        location = str(response.url.join(yarl.URL(response.headers["Location"])))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return body, location
+
+
+async def whip_publish(
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    fps: float = 30.0,
+    receive: bool = True,
+    token: str | None = None,
+) -> RtcClient:
+    """OBS's way in: WHIP (RFC 9725) to `url`; with `receive`, the stylized video comes back on it."""
+    pc, source, track_ready = _publisher(fps, receive)
+    sdp, location = await _post_sdp(http, url, pc, token)
+    client = RtcClient(
+        pc=pc, source=source, stream_id=location.rsplit("/", 1)[-1], answer={"sdp": sdp, "location": location}
+    )
+    if receive:
+        client.read(await asyncio.wait_for(track_ready, 10))
+    return client
+
+
+async def whep_view(http: aiohttp.ClientSession, url: str, *, token: str | None = None) -> WhepViewer:
+    """A player's way to watch: WHEP to `url`, receive-only; frames arrive once the name streams."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    track_ready = _incoming_track(pc)
+    _, location = await _post_sdp(http, url, pc, token)
+    viewer = WhepViewer(pc=pc, location=location)
+    viewer.read(await asyncio.wait_for(track_ready, 10))
+    return viewer

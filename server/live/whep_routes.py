@@ -1,0 +1,52 @@
+"""WHEP: `POST /api/outputs/{name}/whep` plays a name's stylized output to any number of viewers.
+
+The offer (`application/sdp`, receive-only) is answered 201 with the SDP answer and a `Location` to
+`DELETE` to stop. Viewers share the name's frames; they start no model work, may connect before the
+name streams, and keep playing across the performer's reconnects. `[outputs] max_viewers` bounds
+them (503 past it). Like WHIP: no trickle ICE (PATCH is 405), the Bearer token when one is set.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+
+from server import keys
+from server.http.errors import ApiError
+from server.http.names import path_name
+from server.http.sdp import ice_server_links, read_sdp, sdp_created
+from server.live.viewers import ViewerRejected, ViewersFull
+from server.live.whip_routes import NO_PATCH
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/outputs/{name}/whep")
+async def watch(request: web.Request) -> web.Response:
+    name = path_name(request)
+    sdp = await read_sdp(request)
+    try:
+        viewer, answer = await request.app[keys.VIEWERS].create(name, RTCSessionDescription(sdp=sdp, type="offer"))
+    except ViewersFull as e:
+        raise ApiError(503, "too many viewers", str(e)) from e
+    except ViewerRejected as e:
+        raise ApiError(400, "offer rejected", str(e)) from e
+    links = ice_server_links(request.app[keys.CONFIG].server.ice_servers)
+    return sdp_created(answer.sdp, f"/api/outputs/{name}/whep/{viewer.id}", links)
+
+
+@routes.delete("/api/outputs/{name}/whep/{viewer_id}")
+async def stop_watching(request: web.Request) -> web.Response:
+    name = path_name(request)
+    viewer_id = request.match_info["viewer_id"]
+    viewers = request.app[keys.VIEWERS]
+    viewer = viewers.viewers.get(viewer_id)
+    if viewer is None or viewer.name != name:
+        raise ApiError(404, "unknown viewer", {"name": name, "viewer_id": viewer_id})
+    await viewers.close(viewer_id)
+    return web.json_response({"closed": viewer_id})
+
+
+@routes.patch("/api/outputs/{name}/whep/{viewer_id}")
+async def no_patch(request: web.Request) -> web.Response:
+    raise ApiError(405, "method not allowed", NO_PATCH)
