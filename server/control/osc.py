@@ -1,6 +1,7 @@
 """OSC control over UDP on the server's own event loop.
 
-Addresses (and the same under `/stylize/stream/<id>/...` for one stream):
+Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/name/<name>/...` for a name;
+`/stylize/feedback/subscribe i` is `server.control.osc_feedback`'s):
 `/stylize/prompt s`, `/stylize/prompt_b s`, `/stylize/negative_prompt s`, `/stylize/blend f`,
 `/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|i`,
 `/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev`.
@@ -52,6 +53,12 @@ class PresetControl(Protocol):
     def step(self, direction: int, stream_id: str | None = None) -> Awaitable[object]: ...
 
 
+class FeedbackControl(Protocol):
+    """What OSC needs from feedback (`server.control.osc_feedback.OscFeedback`)."""
+
+    def handle(self, name: str, args: list[Any]) -> bool: ...
+
+
 class OscRejected(Exception):
     """A message that cannot be applied; the text says why."""
 
@@ -73,10 +80,13 @@ class OscListener(asyncio.DatagramProtocol):
         self.accepted = 0
         self.rejected = 0
         self.port = 0  # the UDP port bound, known once listening
+        self.sender: tuple[str, int] | None = None  # the source of the datagram being applied
+        self.feedback: FeedbackControl | None = None  # /stylize/feedback/(un)subscribe, when set
 
     # -- asyncio.DatagramProtocol --------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.sender = (str(addr[0]), int(addr[1]))
         host = str(addr[0])
         if not self._allowed(host):
             self._reject(f"source {host}", "source not on the allow-list")
@@ -110,7 +120,16 @@ class OscListener(asyncio.DatagramProtocol):
             if not self._settings.has_stream(stream_id):
                 raise OscRejected(f"unknown stream {stream_id!r}")
             rest = rest[2:]
+        elif rest[:1] == ["name"]:
+            # A name's overrides are a settings scope of their own (`name:<name>`), served like a stream's.
+            stream_id = self._settings.scope_of_name(rest[1]) if len(rest) >= 3 else None
+            if stream_id is None:
+                raise OscRejected("name address needs /stylize/name/<name>/<setting>, a name a stream can take")
+            rest = rest[2:]
         name = "/".join(rest)
+        if stream_id is None and self.feedback is not None and self.feedback.handle(name, args):
+            self.accepted += 1
+            return
         if name in ("preset", "preset/next", "preset/prev"):
             self._preset(name, args, stream_id)
             return
@@ -180,6 +199,10 @@ class OscListener(asyncio.DatagramProtocol):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def allows(self, host: str) -> bool:
+        """`host` is on `[osc] allow` (OSCQuery answers the same senders)."""
+        return self._allowed(host)
 
     def _allowed(self, host: str) -> bool:
         try:

@@ -1,19 +1,28 @@
-"""The control room as the app sees it: settings, presets, suggestions and events routes; OSC."""
+"""The control room as the app sees it: settings, presets, suggestions and events routes; OSC.
+
+OSC goes both ways: the listener, feedback to controllers, OSCQuery and its mDNS advertisement.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from server import keys
-from server.control import preset_routes, settings_routes, suggestion_routes
+from server.control import name_settings_routes, preset_routes, settings_routes, suggestion_routes
+from server.control.mdns import MdnsAdvertiser, service_infos
 from server.control.osc import start_osc
+from server.control.osc_feedback import OscFeedback
+from server.control.oscquery import OscQueryServer
 from server.control.presets import PresetLibrary, load_builtin_presets
 from server.control.saved_settings import SavedSettings
 from server.control.settings import SettingsChange
 from server.control.suggestions import PromptSuggestions
+
+logger = logging.getLogger(__name__)
 
 
 async def _saved_settings_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -76,6 +85,57 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
     await listener.close()
 
 
+async def _osc_feedback_ctx(app: web.Application) -> AsyncIterator[None]:
+    if keys.OSC not in app:
+        yield
+        return
+    config, listener, store = app[keys.CONFIG].osc, app[keys.OSC], app[keys.SETTINGS]
+    feedback = OscFeedback(config.feedback, config.feedback_rate_hz, store, sender=lambda: listener.sender)
+    await feedback.start()
+    app[keys.OSC_FEEDBACK] = listener.feedback = feedback
+    store.add_listener(feedback.changed)
+    yield
+    store.remove_listener(feedback.changed)
+    listener.feedback = None
+    await feedback.close()
+
+
+async def _oscquery_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG].osc
+    if not config.query_port:
+        yield
+        return
+    if keys.OSC not in app:
+        logger.warning("[osc] query_port is set but OSC is off ([osc] enabled = false): no OSCQuery server")
+        yield
+        return
+    presets, store = app[keys.PRESETS], app[keys.SETTINGS]
+
+    async def preset_ids() -> list[str]:
+        return [preset.id for preset in await presets.presets()]
+
+    server = OscQueryServer(config, store, app[keys.OSC], preset_ids)
+    await server.start()
+    app[keys.OSC_QUERY] = server
+    store.add_listener(server.changed)
+    yield
+    store.remove_listener(server.changed)
+    await server.close()
+
+
+async def _mdns_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG].osc
+    if not config.mdns or keys.OSC_QUERY not in app:
+        if config.mdns:
+            logger.warning("[osc] mdns needs the OSCQuery server ([osc] query_port): nothing advertised")
+        yield
+        return
+    advertiser = MdnsAdvertiser(config.host, service_infos(config.host, app[keys.OSC_QUERY].port, app[keys.OSC].port))
+    advertiser.start()
+    yield
+    await advertiser.close()
+
+
 async def _close_event_listeners(app: web.Application) -> None:
     await app[keys.EVENTS].close()
 
@@ -86,6 +146,9 @@ CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     _suggestions_ctx,
     _settings_events_ctx,
     _osc_ctx,
+    _osc_feedback_ctx,
+    _oscquery_ctx,
+    _mdns_ctx,
 ]
 
 
@@ -93,5 +156,6 @@ def setup_routes(app: web.Application) -> None:
     app.on_shutdown.append(_close_event_listeners)
     app.router.add_get("/api/events", app[keys.EVENTS].handle)
     app.add_routes(settings_routes.routes)
+    app.add_routes(name_settings_routes.routes)
     app.add_routes(preset_routes.routes)
     app.add_routes(suggestion_routes.routes)
