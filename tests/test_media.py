@@ -7,18 +7,18 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import numpy as np
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
 from av import VideoFrame
-from turbojpeg import TJPF_RGB, TurboJPEG
 
 from server import keys
 from server.app import create_app
 from server.config import Config
 from server.live.mjpeg import BOUNDARY
 from server.live.session import Session
+from server.testing.mjpeg import MjpegReader
+from server.testing.mjpeg import decode_jpeg as decode
 from server.testing.rtc_client import HEIGHT, WIDTH, connect, read_index
 from server.testing.servers import RunningServer, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
@@ -32,36 +32,8 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
     await stop_server(running)
 
 
-def decode(jpeg: bytes) -> np.ndarray:
-    assert jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9", "not a whole JPEG"
-    rgb: np.ndarray = TurboJPEG().decode(jpeg, pixel_format=TJPF_RGB)
-    return rgb
-
-
 async def read_parts(response: aiohttp.ClientResponse, count: int) -> list[bytes]:
-    """The first `count` JPEG parts of a multipart/x-mixed-replace body."""
-    buffer = b""
-    parts: list[bytes] = []
-    delimiter = f"--{BOUNDARY}\r\n".encode()
-    while len(parts) < count:
-        start = buffer.find(delimiter)
-        header_end = buffer.find(b"\r\n\r\n", start)
-        if start >= 0 and header_end >= 0:
-            headers = dict(
-                line.split(": ", 1) for line in buffer[start + len(delimiter) : header_end].decode().split("\r\n")
-            )
-            assert headers["Content-Type"] == "image/jpeg"
-            length = int(headers["Content-Length"])
-            body_start = header_end + 4
-            if len(buffer) >= body_start + length + 2:
-                parts.append(buffer[body_start : body_start + length])
-                assert buffer[body_start + length : body_start + length + 2] == b"\r\n"
-                buffer = buffer[body_start + length + 2 :]
-                continue
-        chunk = await asyncio.wait_for(response.content.readany(), 20)
-        assert chunk, f"the stream ended after {len(parts)} parts"
-        buffer += chunk
-    return parts
+    return await MjpegReader(response).parts(count)
 
 
 async def test_snapshot_decodes_to_the_stream_output_size(server: RunningServer) -> None:

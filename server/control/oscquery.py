@@ -105,6 +105,10 @@ class OscQueryServer:
         for client in self._clients:
             client.update(self._settings)
 
+    def listened(self) -> set[str]:
+        """Every path some WebSocket client listens to now."""
+        return {path for client in self._clients for path in client.values}
+
     def host_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "NAME": "Stylize",

@@ -1,4 +1,5 @@
-"""An in-process aiortc client: sends numbered test frames, records the frames that come back.
+"""In-process aiortc clients: a camera stand-in that sends numbered test frames and records the frames
+that come back (over POST /api/offer like the page, or WHIP like OBS), and a WHEP viewer.
 
 Each sent frame carries its index twice: as pts (index * 3000 at 90 kHz, i.e. 30 fps) and as a
 16-bit pattern of black and white blocks that survives VP8, so at strength 0 the index can be read
@@ -16,8 +17,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import yarl
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import VideoFrame
 
 from server.testing.waiting import eventually
@@ -150,14 +151,23 @@ class WhepViewer(Receiver):
     location: str  # the session to DELETE
 
 
-def _publisher(fps: float, receive: bool) -> tuple[RTCPeerConnection, NumberedTrack, asyncio.Future[MediaStreamTrack]]:
-    """A connection sending numbered frames (and receiving video when `receive`), and its incoming track."""
+def _publisher(
+    fps: float, receive: bool, codec: str | None = None, audio: bool = False
+) -> tuple[RTCPeerConnection, NumberedTrack, asyncio.Future[MediaStreamTrack]]:
+    """A connection sending numbered frames (and receiving video when `receive`), and its incoming track.
+
+    `codec` ("vp8", "h264") offers only that video codec; `audio` sends silence too, as OBS sends sound.
+    """
     pc = RTCPeerConnection()
     source = NumberedTrack(fps)
-    if receive:
-        pc.addTrack(source)
-    else:
-        pc.addTransceiver(source, direction="sendonly")
+    transceiver = pc.addTransceiver(source, direction="sendrecv" if receive else "sendonly")
+    if codec is not None:
+        wanted = f"video/{codec}".lower()
+        transceiver.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == wanted]
+        )
+    if audio:
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
     return pc, source, _incoming_track(pc)
 
 
@@ -233,9 +243,11 @@ async def whip_publish(
     fps: float = 30.0,
     receive: bool = True,
     token: str | None = None,
+    codec: str | None = None,
+    audio: bool = False,
 ) -> RtcClient:
     """OBS's way in: WHIP (RFC 9725) to `url`; with `receive`, the stylized video comes back on it."""
-    pc, source, track_ready = _publisher(fps, receive)
+    pc, source, track_ready = _publisher(fps, receive, codec, audio)
     sdp, location = await _post_sdp(http, url, pc, token)
     client = RtcClient(
         pc=pc, source=source, stream_id=location.rsplit("/", 1)[-1], answer={"sdp": sdp, "location": location}

@@ -1,0 +1,125 @@
+"""OSCQuery: the JSON namespace and HOST_INFO over HTTP, LISTEN over a WebSocket, mDNS with zeroconf.
+
+The client speaks what TouchDesigner's and Chataigne's OSCQuery clients speak: GET the tree, read
+HOST_INFO for the OSC port, send OSC there over UDP, LISTEN for values over the WebSocket.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from pythonosc.osc_message import OscMessage
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+from server import keys
+from server.config import Config
+from server.control.mdns import OSC_SERVICE, OSCQUERY_SERVICE, service_infos
+from server.control.osc import FIELDS
+from server.control.osc_namespace import LEAVES
+from server.testing.osc_controller import OscController
+from server.testing.servers import RunningServer, free_port, start_server, stop_server
+from server.testing.waiting import eventually
+
+
+@pytest.fixture
+async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_config(osc={"query_port": free_port()}), ready=False)
+    yield running
+    await stop_server(running)
+
+
+def query_url(server: RunningServer, path: str = "/") -> str:
+    return f"http://127.0.0.1:{server.app[keys.OSC_QUERY].port}{path}"
+
+
+async def get(server: RunningServer, path: str) -> tuple[int, Any]:
+    async with server.http.get(query_url(server, path)) as response:
+        return response.status, (await response.json() if response.status == 200 else None)
+
+
+async def test_the_namespace_describes_every_address_with_its_type_range_and_value(server: RunningServer) -> None:
+    async with server.http.patch(server.url("/api/outputs/cam/settings"), json={"strength": 0.2}) as r:
+        assert r.status == 200
+    status, root = await get(server, "/")
+    assert status == 200 and root["FULL_PATH"] == "/"
+    stylize = root["CONTENTS"]["stylize"]["CONTENTS"]
+    strength = stylize["strength"]
+    assert strength["FULL_PATH"] == "/stylize/strength" and strength["TYPE"] == "f" and strength["ACCESS"] == 3
+    assert strength["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}] and strength["VALUE"] == [0.5] and strength["DESCRIPTION"]
+    assert stylize["seed"]["TYPE"] == "i" and stylize["prompt"]["TYPE"] == "s"
+    assert "watercolor" in stylize["preset"]["RANGE"][0]["VALS"]
+    assert set(stylize["preset"]["CONTENTS"]) == {"next", "prev"}
+    assert stylize["feedback"]["CONTENTS"]["subscribe"]["TYPE"] == "i"
+    assert stylize["name"]["CONTENTS"]["cam"]["CONTENTS"]["strength"]["VALUE"] == [0.2]
+
+    assert await get(server, "/stylize/name/cam/strength?VALUE") == (200, {"VALUE": [0.2]})
+    assert await get(server, "/stylize/strength?RANGE") == (200, {"RANGE": [{"MIN": 0.0, "MAX": 1.0}]})
+    assert (await get(server, "/stylize/nothing"))[0] == 404
+    assert (await get(server, "/stylize/strength?TAGS"))[0] == 400
+    assert (await get(server, "/stylize?VALUE"))[0] == 204, "a container holds no value"
+
+    status, info = await get(server, "/?HOST_INFO")
+    assert info["OSC_PORT"] == server.app[keys.OSC].port and info["OSC_TRANSPORT"] == "UDP"
+    assert info["OSC_IP"] == "127.0.0.1" and info["EXTENSIONS"]["LISTEN"] is True
+
+
+async def test_listen_streams_each_change_of_a_listened_value_as_osc(server: RunningServer) -> None:
+    """The TouchDesigner recipe: find the OSC port in HOST_INFO, LISTEN, send OSC, see values come back."""
+    _, info = await get(server, "/?HOST_INFO")
+    panel = OscController(info["OSC_PORT"])
+    async with server.http.ws_connect(query_url(server)) as ws:
+        for path in ("/stylize/strength", "/stylize/name/cam/prompt", "/stylize/seed"):
+            await ws.send_str(json.dumps({"COMMAND": "LISTEN", "DATA": path}))
+        await ws.send_str(json.dumps({"COMMAND": "IGNORE", "DATA": "/stylize/seed"}))
+        await ws.send_str("not json")  # ignored, as is anything that is not a command
+
+        wanted = {"/stylize/strength", "/stylize/name/cam/prompt"}
+        await eventually(lambda: server.app[keys.OSC_QUERY].listened() == wanted, what="LISTEN and IGNORE applied")
+        panel.send("/stylize/seed", 99)  # ignored path: not sent
+        panel.send("/stylize/strength", 0.75)
+        message = await ws.receive(timeout=10)
+        assert message.type == aiohttp.WSMsgType.BINARY
+        osc = OscMessage(message.data)
+        assert osc.address == "/stylize/strength" and abs(osc.params[0] - 0.75) < 1e-6
+
+        # A name's value moves when the name is styled over HTTP.
+        async with server.http.patch(server.url("/api/outputs/cam/settings"), json={"prompt": "cam only"}) as r:
+            assert r.status == 200
+        osc = OscMessage((await ws.receive(timeout=10)).data)
+        assert (osc.address, osc.params) == ("/stylize/name/cam/prompt", ["cam only"])
+    panel.close()
+
+
+def test_the_osc_leaves_are_the_addresses_the_listener_takes() -> None:
+    assert {osc: leaf.field for osc, leaf in LEAVES.items() if osc != "preset"} == FIELDS
+
+
+def test_the_mdns_records_name_both_services_and_ports() -> None:
+    infos = service_infos("192.168.1.20", 9010, 9000, machine="stage-pc.example")
+    assert [(info.type, info.port) for info in infos] == [(OSCQUERY_SERVICE, 9010), (OSC_SERVICE, 9000)]
+    assert infos[0].name == f"Stylize on stage-pc.{OSCQUERY_SERVICE}" and infos[0].server == "stage-pc.local."
+    assert infos[0].parsed_addresses() == ["192.168.1.20"]
+
+
+async def test_oscquery_is_advertised_over_mdns_when_enabled(make_config: Callable[..., Config]) -> None:
+    running = await start_server(make_config(osc={"query_port": free_port(), "mdns": True}), ready=False)
+    browser = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        name = f"Stylize on {socket.gethostname().split('.')[0]}"[:63] + "." + OSCQUERY_SERVICE
+
+        async def found() -> AsyncServiceInfo | None:
+            info = AsyncServiceInfo(OSCQUERY_SERVICE, name)
+            return info if await info.async_request(browser.zeroconf, 500) else None
+
+        info = await eventually(found, 20, what="the _oscjson._tcp service on loopback")
+        assert info.port == running.app[keys.OSC_QUERY].port
+        assert info.parsed_addresses() == ["127.0.0.1"]
+    finally:
+        await browser.async_close()
+        await stop_server(running)

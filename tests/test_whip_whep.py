@@ -1,0 +1,160 @@
+"""WHIP in (RFC 9725) and WHEP out, spoken by aiortc peers with application/sdp against the running app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection
+
+from server import keys
+from server.config import Config
+from server.testing.rtc_client import SdpRefused, whep_view, whip_publish
+from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
+
+SDP = {"Content-Type": "application/sdp"}
+
+
+@pytest.fixture
+async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_config(engine={"max_batch": 2}))
+    yield running
+    await stop_server(running)
+
+
+async def outputs(server: RunningServer) -> dict[str, dict[str, Any]]:
+    async with server.http.get(server.url("/api/outputs")) as response:
+        return {output["name"]: output for output in (await response.json())["outputs"]}
+
+
+def media_sections(sdp: str) -> dict[str, str]:
+    """Each m= section of an SDP by kind ("audio", "video")."""
+    sections = sdp.replace("\r\n", "\n").split("\nm=")[1:]
+    return {section.split(" ", 1)[0]: section for section in sections}
+
+
+async def test_obs_publishes_over_whip_and_players_watch_over_whep(server: RunningServer) -> None:
+    """OBS recipe: WHIP output (H.264 and sound, receiving nothing) into a name; players on WHEP."""
+    peers = server.app[keys.PEERS]
+    # A projector pointed at the name before the performer starts waits for it.
+    early = await whep_view(server.http, server.url("/api/outputs/stage/whep"))
+    viewers = [early]
+    obs = await whip_publish(server.http, server.url("/api/whip/stage"), receive=False, codec="h264", audio=True)
+    publishers = [obs]
+    try:
+        assert obs.answer["location"].endswith(f"/api/whip/stage/{obs.stream_id}")
+        answer = media_sections(obs.answer["sdp"])
+        assert "H264/90000" in answer["video"] and "a=recvonly" in answer["video"]
+        assert "a=inactive" in answer["audio"], "sound is declined, not decoded into a queue nobody reads"
+        await early.wait_frames(10)
+        viewers.append(await whep_view(server.http, server.url("/api/outputs/stage/whep")))
+        await viewers[1].wait_frames(5)
+        listed = await outputs(server)
+        assert listed["stage"]["viewers"] == 2 and listed["stage"]["stream_id"] == obs.stream_id
+        assert list(peers.sessions) == [obs.stream_id], "viewers are not streams: they start no model work"
+        # Nobody reads the stylized video back from OBS: it is still sent (to the name), not dropped at send.
+        stats = peers.sessions[obs.stream_id].stats
+        await eventually(lambda: stats.frames_out >= 10, what="OBS's stream to be stylized")
+
+        # OBS stops (DELETE its session) and starts again: the viewers stay and play the new stream.
+        async with server.http.delete(obs.answer["location"]) as response:
+            assert response.status == 200
+        assert obs.stream_id not in peers.sessions
+        again = await whip_publish(server.http, server.url("/api/whip/stage"))
+        publishers.append(again)
+        await again.wait_frames(5)  # this one receives: its stylized video comes back on the same connection
+        seen = len(early.received)
+        await early.wait_frames(10)
+        assert early.pc.connectionState == "connected"
+        assert (await outputs(server))["stage"]["stream_id"] == again.stream_id
+        pts = [received.pts for received in early.received]
+        assert pts == sorted(set(pts)), f"one continuous stream across the reconnect: {pts[seen - 3 : seen + 3]}"
+
+        async with server.http.delete(viewers[1].location) as response:
+            assert response.status == 200
+        assert (await outputs(server))["stage"]["viewers"] == 1
+    finally:
+        for client in [*publishers, *viewers]:
+            await client.close()
+
+
+async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
+    make_config: Callable[..., Config],
+) -> None:
+    running = await start_server(
+        make_config(engine={"max_batch": 1}, server={"max_peers": 1}, outputs={"max_viewers": 1})
+    )
+    http, url = running.http, running.url
+    peers, viewers = running.app[keys.PEERS], running.app[keys.VIEWERS]
+    clients: list[Any] = []
+    try:
+        for path in ("/api/whip/stage", "/api/outputs/stage/whep"):
+            async with http.post(url(path), json={"sdp": "v=0"}) as response:
+                assert response.status == 415
+                assert (await response.json())["error"] == "unsupported media type"
+            async with http.post(url(path), data="hello", headers=SDP) as response:
+                assert response.status == 400
+            async with http.post(url(path), data="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", headers=SDP) as response:
+                assert response.status == 400, "aiortc refuses it: no ICE, no DTLS"
+        for path in ("/api/whip/latest", "/api/whip/bad!", "/api/outputs/bad!/whep"):
+            async with http.post(url(path), data="v=0", headers=SDP) as response:
+                assert response.status == 422
+                assert (await response.json())["detail"][0]["field"] == "name"
+
+        # A WHEP offer that takes no video (sound only) has nothing to play.
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(url("/api/outputs/stage/whep"), data=pc.localDescription.sdp, headers=SDP) as response:
+            assert response.status == 400
+        await pc.close()
+
+        for path in ("/api/whip/stage/nope", "/api/outputs/stage/whep/nope"):
+            async with http.delete(url(path)) as response:
+                assert response.status == 404
+            async with http.patch(
+                url(path), data="a=candidate", headers={"Content-Type": "application/trickle-ice-sdpfrag"}
+            ) as r:
+                assert r.status == 405
+
+        # The limits: publishers count against [server] max_peers, viewers against [outputs] max_viewers.
+        clients.append(await whep_view(http, url("/api/outputs/stage/whep")))
+        with pytest.raises(SdpRefused) as refused:
+            clients.append(await whep_view(http, url("/api/outputs/stage/whep")))
+        assert refused.value.status == 503 and "too many viewers" in refused.value.body
+        clients.append(await whip_publish(http, url("/api/whip/stage"), receive=False))
+        with pytest.raises(SdpRefused) as refused:
+            clients.append(await whip_publish(http, url("/api/whip/other"), receive=False))
+        assert refused.value.status == 503 and "server full" in refused.value.body
+        # A session is deleted under its own name only.
+        async with http.delete(url(f"/api/whip/other/{clients[1].stream_id}")) as response:
+            assert response.status == 404
+        assert len(peers.sessions) == 1 and len(viewers.viewers) == 1
+    finally:
+        for client in clients:
+            await client.close()
+        await stop_server(running)
+
+
+async def test_whip_and_whep_take_the_bearer_token(make_config: Callable[..., Config]) -> None:
+    running = await start_server(make_config(engine={"max_batch": 1}, security={"api_token": "s3cret"}))
+    clients: list[Any] = []
+    try:
+        for path in ("/api/whip/stage", "/api/outputs/stage/whep"):
+            async with running.http.post(running.url(path), data="v=0", headers=SDP) as response:
+                assert response.status == 401
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        clients.append(await whip_publish(running.http, running.url("/api/whip/stage"), token="s3cret"))
+        clients.append(await whep_view(running.http, running.url("/api/outputs/stage/whep"), token="s3cret"))
+        await clients[1].wait_frames(3)
+        async with running.http.delete(clients[0].answer["location"]) as response:
+            assert response.status == 401, "hanging up needs the token too"
+        headers = {"Authorization": "Bearer s3cret"}
+        async with running.http.delete(clients[0].answer["location"], headers=headers) as response:
+            assert response.status == 200
+    finally:
+        for client in clients:
+            await client.close()
+        await stop_server(running)
