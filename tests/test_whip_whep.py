@@ -111,6 +111,8 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
             assert response.status == 400
         await pc.close()
 
+        async with http.get(url("/api/outputs/stage/whep/nope")) as response:
+            assert response.status == 404
         for path in ("/api/whip/stage/nope", "/api/outputs/stage/whep/nope"):
             async with http.delete(url(path)) as response:
                 assert response.status == 404

@@ -15,7 +15,7 @@ from server import keys
 from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.sdp import ice_server_links, read_sdp, sdp_created
-from server.live.viewers import ViewerRejected, ViewersFull
+from server.live.viewers import Viewer, ViewerRejected, ViewersFull
 from server.live.whip_routes import NO_PATCH
 
 routes = web.RouteTableDef()
@@ -35,18 +35,28 @@ async def watch(request: web.Request) -> web.Response:
     return sdp_created(answer.sdp, f"/api/outputs/{name}/whep/{viewer.id}", links)
 
 
+@routes.get("/api/outputs/{name}/whep/{viewer_id}")
+async def viewer_state(request: web.Request) -> web.Response:
+    """Not part of WHEP: lets a player that gets no frames tell "no stream now" from "server restarted" (404)."""
+    return web.json_response(_viewer(request).describe())
+
+
 @routes.delete("/api/outputs/{name}/whep/{viewer_id}")
 async def stop_watching(request: web.Request) -> web.Response:
-    name = path_name(request)
-    viewer_id = request.match_info["viewer_id"]
-    viewers = request.app[keys.VIEWERS]
-    viewer = viewers.viewers.get(viewer_id)
-    if viewer is None or viewer.name != name:
-        raise ApiError(404, "unknown viewer", {"name": name, "viewer_id": viewer_id})
-    await viewers.close(viewer_id)
-    return web.json_response({"closed": viewer_id})
+    viewer = _viewer(request)
+    await request.app[keys.VIEWERS].close(viewer.id)
+    return web.json_response({"closed": viewer.id})
 
 
 @routes.patch("/api/outputs/{name}/whep/{viewer_id}")
 async def no_patch(request: web.Request) -> web.Response:
     raise ApiError(405, "method not allowed", NO_PATCH)
+
+
+def _viewer(request: web.Request) -> Viewer:
+    name = path_name(request)
+    viewer_id = request.match_info["viewer_id"]
+    viewer = request.app[keys.VIEWERS].viewers.get(viewer_id)
+    if viewer is None or viewer.name != name:
+        raise ApiError(404, "unknown viewer", {"name": name, "viewer_id": viewer_id})
+    return viewer

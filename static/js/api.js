@@ -53,6 +53,11 @@ function describe(status, error, detail) {
 }
 
 // options: timeoutMs (give up after), keepalive (let the request outlive the page, e.g. on pagehide).
+// For requests that are not JSON (WHEP's application/sdp): the Authorization api() sends.
+export function authHeaders() {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 export async function api(method, path, body, options = {}) {
   const headers = {};
   // FormData (file uploads) goes as multipart, with the boundary the browser picks.

@@ -5,6 +5,7 @@ import { cameraSupported, listCameras, openCamera } from "./camera.js";
 import { StyleControls } from "./controls.js";
 import { EventFeed } from "./events.js";
 import { JobsPanel } from "./jobs.js";
+import { OutputLinks, streamName } from "./outputs.js";
 import { LiveConnection } from "./rtc.js";
 import { StatsMeter } from "./stats.js";
 import { attachAutocomplete } from "./suggestions.js";
@@ -82,7 +83,10 @@ const jobs = new JobsPanel({
   list: $("job-list"),
 });
 attachAutocomplete(ui.prompt);
+const name = streamName(showError);
+const outputs = new OutputLinks({ name, label: $("stream-name"), list: $("output-links") });
 const connection = new LiveConnection({
+  name,
   rtcConfig: {},
   onStatus: setStatus,
   onError: showError,
@@ -211,5 +215,5 @@ window.addEventListener("pagehide", () => {
   }
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs };
+  window.stylize = { connection, controls, stats, events, jobs, outputs };
 })();

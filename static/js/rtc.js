@@ -10,8 +10,10 @@ const ICE_GATHER_TIMEOUT_MS = 3000; // an unreachable STUN/TURN server must not 
 export class LiveConnection {
   // rtcConfig: RTCConfiguration for the browser side (ICE servers from /api/client-config).
   // onStatus(state, text) · onError(Error | null) · onOutput(MediaStream | null) · onStream(id | null)
-  constructor({ rtcConfig, onStatus, onError, onOutput, onStream }) {
+  // name: the stream's name; outputs and per-name settings follow it across reconnects.
+  constructor({ rtcConfig, onStatus, onError, onOutput, onStream, name = "default" }) {
     this.rtcConfig = rtcConfig;
+    this.name = name;
     this.onStatus = onStatus;
     this.onError = onError;
     this.onOutput = onOutput;
@@ -94,7 +96,7 @@ export class LiveConnection {
       await pc.setLocalDescription(await pc.createOffer());
       await iceGatheringComplete(pc, ICE_GATHER_TIMEOUT_MS);
       if (generation !== this.generation) return;
-      answer = await api("POST", "/api/offer", { sdp: pc.localDescription.sdp, type: "offer" });
+      answer = await api("POST", "/api/offer", { sdp: pc.localDescription.sdp, type: "offer", name: this.name });
     } catch (error) {
       if (generation === this.generation) this.#failed(error);
       return;
@@ -167,7 +169,7 @@ export class LiveConnection {
 }
 
 // aiortc takes no trickled candidates: wait until gathering is done (or give up waiting).
-function iceGatheringComplete(pc, timeoutMs) {
+export function iceGatheringComplete(pc, timeoutMs) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {

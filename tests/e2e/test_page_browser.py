@@ -79,8 +79,11 @@ OUTPUT_PLAYBACK = """
 async def test_start_plays_stylized_video_and_stop_hangs_up(
     browser: Any, server: RunningServer, tmp_path: Path
 ) -> None:
-    under_test = await open_page(browser, server)
+    under_test = await open_page(browser, server, "/?name=stage")
     page = under_test.page
+    assert await page.text_content("#stream-name") == "stage"
+    links = await page.locator("#output-links code").all_text_contents()
+    assert server.url("/api/outputs/stage/mjpeg") in links and server.url("/view/stage") in links
     await page.select_option("#resolution", "320x240")  # the fake camera's frames, kept cheap for 2 CPU cores
     await page.click("#start")
     await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
@@ -98,6 +101,7 @@ async def test_start_plays_stylized_video_and_stop_hangs_up(
 
     streams = (await get_json(server, "/api/streams"))["streams"]
     assert len(streams) == 1 and streams[0]["stats"]["frames_out"] > 0
+    assert streams[0]["name"] == "stage", "the page streams under the name it was opened with"
 
     # The readouts fill in from getStats and the server's stream stats.
     await page.wait_for_function("/^\\d+ ms$/.test(document.getElementById('latency').textContent)", timeout=10_000)
