@@ -49,6 +49,12 @@ class _Listening:
         self.values: dict[str, Any] = {}
         self.pending: dict[str, Any] = {}
         self.wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write(), name="oscquery-listen")
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+        await self.ws.close()
 
     def update(self, store: SettingsStore) -> None:
         for path, last in self.values.items():
@@ -58,7 +64,7 @@ class _Listening:
         if self.pending:
             self.wake.set()
 
-    async def write(self) -> None:
+    async def _write(self) -> None:
         """Send what changed, newest value per path: a slow client skips values, it never queues them."""
         while True:
             await self.wake.wait()
@@ -96,7 +102,7 @@ class OscQueryServer:
 
     async def close(self) -> None:
         for client in list(self._clients):
-            await client.ws.close()
+            await client.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -145,20 +151,21 @@ class OscQueryServer:
         await ws.prepare(request)
         client = _Listening(ws)
         self._clients.add(client)
-        writer = asyncio.create_task(client.write(), name="oscquery-listen")
         try:
-            async for message in ws:
-                if message.type == WSMsgType.TEXT:
-                    self._command(client, message.data)
-                elif message.type == WSMsgType.ERROR:
-                    break
-                # Binary OSC from clients is not applied here: send OSC over UDP, like every controller.
+            await self._read_commands(client)
         finally:
             self._clients.discard(client)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            await ws.close()
+            await client.close()
         return ws
+
+    async def _read_commands(self, client: _Listening) -> None:
+        """Until the client goes: its text messages are commands; binary OSC from it is not applied here
+        (send OSC over UDP, like every controller)."""
+        async for message in client.ws:
+            if message.type == WSMsgType.TEXT:
+                self._command(client, message.data)
+            elif message.type == WSMsgType.ERROR:
+                return
 
     def _command(self, client: _Listening, text: str) -> None:
         try:

@@ -10,10 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
 from server.control.settings import SettingsPatch
-from server.engine_service import EngineNotReady
 from server.fields import DEFAULT_NAME, PublishName
 from server.http.errors import ApiError, read_model
-from server.live.peers import OfferRejected, PeersFull
+from server.live.refusals import refusals_as_http
 
 routes = web.RouteTableDef()
 
@@ -31,15 +30,9 @@ class OfferRequest(BaseModel):
 async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
     peers = request.app[keys.PEERS]
-    try:
+    with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)
         session, answer = await peers.create(description, body.settings, name=body.name)
-    except EngineNotReady as e:
-        raise ApiError(503, "model not ready", {"state": e.state, "reason": e.reason}) from e
-    except PeersFull as e:
-        raise ApiError(503, "server full", str(e)) from e
-    except OfferRejected as e:
-        raise ApiError(400, "offer rejected", str(e)) from e
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": session.id})
 
 

@@ -13,12 +13,11 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server import keys
-from server.engine_service import EngineNotReady
 from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.sdp import SDP, ice_server_links, read_sdp, sdp_created
 from server.live.negotiation import open_to_other_software, video_direction
-from server.live.peers import OfferRejected, PeersFull
+from server.live.refusals import refusals_as_http
 
 routes = web.RouteTableDef()
 
@@ -34,16 +33,10 @@ async def publish(request: web.Request) -> web.Response:
     def prepare(pc: RTCPeerConnection) -> None:
         open_to_other_software(pc, sdp, config.transport.codec)
 
-    try:
+    with refusals_as_http():
         session, answer = await request.app[keys.PEERS].create(
             RTCSessionDescription(sdp=sdp, type="offer"), name=name, prepare=prepare
         )
-    except EngineNotReady as e:
-        raise ApiError(503, "model not ready", {"state": e.state, "reason": e.reason}) from e
-    except PeersFull as e:
-        raise ApiError(503, "server full", str(e)) from e
-    except OfferRejected as e:
-        raise ApiError(400, "offer rejected", str(e)) from e
     if video_direction(session.pc) == "recvonly" and session.track is not None:
         request.app[keys.OUTPUTS].drain(session.id, session.track)  # nobody reads it back: outputs only
     location = f"/api/whip/{name}/{session.id}"

@@ -2,30 +2,24 @@
 // and automatic reconnect with back-off when the connection drops or the server is busy.
 
 import { api, ApiError } from "./api.js";
+import { Redialer, iceGatheringComplete, lowLatency } from "./redial.js";
 
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
 const DISCONNECTED_GRACE_MS = 4000; // "disconnected" often heals by itself; give it this long
 const ICE_GATHER_TIMEOUT_MS = 3000; // an unreachable STUN/TURN server must not hold up the offer
 
-export class LiveConnection {
+export class LiveConnection extends Redialer {
   // rtcConfig: RTCConfiguration for the browser side (ICE servers from /api/client-config).
   // onStatus(state, text) · onError(Error | null) · onOutput(MediaStream | null) · onStream(id | null)
   // name: the stream's name; outputs and per-name settings follow it across reconnects.
   constructor({ rtcConfig, onStatus, onError, onOutput, onStream, name = "default" }) {
-    this.rtcConfig = rtcConfig;
+    super({ backoffMs: BACKOFF_MS, graceMs: DISCONNECTED_GRACE_MS, rtcConfig, onStatus });
     this.name = name;
-    this.onStatus = onStatus;
     this.onError = onError;
     this.onOutput = onOutput;
     this.onStream = onStream;
-    this.pc = null;
     this.streamId = null;
     this.localStream = null;
-    this.wanted = false; // the user pressed Start and not Stop
-    this.failures = 0;
-    this.generation = 0; // bumps on every new attempt; late callbacks from older ones are ignored
-    this.retryTimer = null;
-    this.graceTimer = null;
   }
 
   get active() {
@@ -33,10 +27,8 @@ export class LiveConnection {
   }
 
   start(localStream) {
-    this.wanted = true;
     this.localStream = localStream;
-    this.failures = 0;
-    return this.#connect();
+    return super.start();
   }
 
   // Hang up for good: nothing reconnects. The server hears it first (DELETE) so that the stream
@@ -49,7 +41,7 @@ export class LiveConnection {
       const hangUp = api("DELETE", `/api/streams/${streamId}`, undefined, { timeoutMs: 2000, keepalive: leavingPage });
       if (!leavingPage) await hangUp.catch(() => {});
     }
-    this.#close();
+    this.close();
     this.onStatus("idle", "idle");
   }
 
@@ -64,7 +56,7 @@ export class LiveConnection {
   streamDown(streamId) {
     if (!this.wanted || streamId !== this.streamId) return;
     this.wanted = false;
-    this.#close();
+    this.close();
     this.onError(new Error("the server closed this stream"));
     this.onStatus("closed", "closed by server");
   }
@@ -73,22 +65,15 @@ export class LiveConnection {
   streamLost(streamId) {
     if (!this.wanted || streamId !== this.streamId) return;
     this.streamId = null; // nothing left to hang up
-    this.#dropped("the server lost this stream");
+    this.dropped("the server lost this stream");
   }
 
-  async #connect() {
-    this.#close();
-    const generation = ++this.generation;
-    this.onStatus("connecting", "connecting");
-    const pc = new RTCPeerConnection(this.rtcConfig);
-    this.pc = pc;
+  async attempt() {
+    const { pc, generation } = this.newPeer();
     pc.addEventListener("track", (event) => {
-      // Show frames as soon as they decode: no extra jitter buffering (where the browser lets us).
-      if ("jitterBufferTarget" in event.receiver) event.receiver.jitterBufferTarget = 0;
-      if ("playoutDelayHint" in event.receiver) event.receiver.playoutDelayHint = 0;
+      lowLatency(event.receiver);
       this.onOutput(event.streams[0] || new MediaStream([event.track]));
     });
-    pc.addEventListener("connectionstatechange", () => this.#onState(pc, generation));
     for (const track of this.localStream.getVideoTracks()) pc.addTrack(track, this.localStream);
 
     let answer;
@@ -115,24 +100,16 @@ export class LiveConnection {
     }
   }
 
-  #onState(pc, generation) {
-    if (generation !== this.generation) return;
-    const state = pc.connectionState;
-    if (state === "connected") {
-      clearTimeout(this.graceTimer);
-      this.failures = 0;
-      this.onError(null);
-      this.onStatus("connected", "connected");
-    } else if (state === "disconnected") {
-      this.onStatus("reconnecting", "connection unstable");
-      clearTimeout(this.graceTimer);
-      this.graceTimer = setTimeout(() => this.#dropped("the connection was lost"), DISCONNECTED_GRACE_MS);
-    } else if (state === "failed") {
-      this.#dropped("the connection failed");
-    }
+  connected() {
+    this.onError(null);
+    this.onStatus("connected", "connected");
   }
 
-  #dropped(reason) {
+  unstable() {
+    this.onStatus("reconnecting", "connection unstable");
+  }
+
+  dropped(reason) {
     if (!this.wanted) return;
     const streamId = this.streamId;
     if (streamId) api("DELETE", `/api/streams/${streamId}`).catch(() => {});
@@ -140,47 +117,22 @@ export class LiveConnection {
   }
 
   #failed(error) {
-    this.#close();
-    this.onError(error);
-    const retryable = !(error instanceof ApiError) || error.retryable;
-    if (!this.wanted || !retryable) {
-      this.wanted = false;
-      this.onStatus("error", "refused");
-      return;
-    }
-    const delay = BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)];
-    this.failures += 1;
-    this.onStatus("retrying", `retrying in ${Math.round(delay / 1000)} s`);
-    this.retryTimer = setTimeout(() => {
-      if (this.wanted) this.#connect();
-    }, delay);
+    this.failed(error, !(error instanceof ApiError) || error.retryable);
   }
 
-  #close() {
-    this.generation += 1;
-    clearTimeout(this.retryTimer);
-    clearTimeout(this.graceTimer);
-    if (this.pc) this.pc.close();
-    this.pc = null;
+  retrying(error, delay) {
+    this.onError(error);
+    this.onStatus("retrying", `retrying in ${Math.round(delay / 1000)} s`);
+  }
+
+  refused(error) {
+    this.onError(error);
+    this.onStatus("error", "refused");
+  }
+
+  closed() {
     if (this.streamId) this.onStream(null);
     this.streamId = null;
     this.onOutput(null);
   }
-}
-
-// aiortc takes no trickled candidates: wait until gathering is done (or give up waiting).
-export function iceGatheringComplete(pc, timeoutMs) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", check);
-      resolve();
-    };
-    const check = () => {
-      if (pc.iceGatheringState === "complete") done();
-    };
-    const timer = setTimeout(done, timeoutMs);
-    pc.addEventListener("icegatheringstatechange", check);
-  });
 }

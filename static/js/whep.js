@@ -3,61 +3,40 @@
 // connection fails or the server restarts, connect again with back-off (0.5, 1, 2, 4, 5 s).
 
 import { authHeaders } from "./api.js";
-import { iceGatheringComplete } from "./rtc.js";
+import { Redialer, iceGatheringComplete, lowLatency } from "./redial.js";
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 5000];
 const DISCONNECTED_GRACE_MS = 3000; // "disconnected" often heals by itself
 const ICE_GATHER_TIMEOUT_MS = 3000;
 const STALL_CHECK_MS = 1000; // how often decoded frames are counted
 
-export class WhepPlayer {
-  // url: the name's /whep endpoint · onStream(MediaStream | null) · onStatus(state, text):
+export class WhepPlayer extends Redialer {
+  // url: the name's /whep endpoint · onStream(MediaStream) · onStatus(state, text):
   // "connecting", "playing", "waiting" (connected, no frames: the name is not streaming), "retrying", "refused".
   constructor({ url, rtcConfig = {}, onStream, onStatus }) {
+    super({ backoffMs: BACKOFF_MS, graceMs: DISCONNECTED_GRACE_MS, rtcConfig, onStatus });
     this.url = url;
-    this.rtcConfig = rtcConfig;
     this.onStream = onStream;
-    this.onStatus = onStatus;
-    this.pc = null;
     this.location = null;
-    this.wanted = false;
-    this.failures = 0;
-    this.generation = 0;
-    this.timer = null;
     this.stallTimer = null;
     this.framesDecoded = 0;
   }
 
-  start() {
-    this.wanted = true;
-    this.failures = 0;
-    return this.#connect();
-  }
-
   async stop({ leavingPage = false } = {}) {
     this.wanted = false;
-    const location = this.location;
-    this.#close();
-    if (location) {
-      const hangUp = fetch(location, { method: "DELETE", headers: authHeaders(), keepalive: leavingPage });
-      if (!leavingPage) await hangUp.catch(() => {});
-    }
+    const forgotten = forget(this.location, leavingPage);
+    this.close();
+    if (!leavingPage) await forgotten;
     this.onStatus("stopped", "stopped");
   }
 
-  async #connect() {
-    this.#close();
-    const generation = ++this.generation;
-    this.onStatus("connecting", "connecting");
-    const pc = new RTCPeerConnection(this.rtcConfig);
-    this.pc = pc;
+  async attempt() {
+    const { pc, generation } = this.newPeer();
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addEventListener("track", (event) => {
-      if ("jitterBufferTarget" in event.receiver) event.receiver.jitterBufferTarget = 0;
-      if ("playoutDelayHint" in event.receiver) event.receiver.playoutDelayHint = 0;
+      lowLatency(event.receiver);
       this.onStream(new MediaStream([event.track]));
     });
-    pc.addEventListener("connectionstatechange", () => this.#onState(pc, generation));
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await iceGatheringComplete(pc, ICE_GATHER_TIMEOUT_MS);
@@ -77,29 +56,36 @@ export class WhepPlayer {
       const answer = await response.text();
       const location = new URL(response.headers.get("Location"), response.url).href;
       if (generation !== this.generation) {
-        fetch(location, { method: "DELETE", headers: authHeaders() }).catch(() => {});
+        forget(location); // stopped or restarted while the offer was out: nobody watches this one
         return;
       }
       this.location = location;
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
     } catch (error) {
-      if (generation === this.generation) this.#failed(error, error.retry !== false); // network errors: retry
+      if (generation === this.generation) this.#hangUp(error, error.retry !== false); // network errors: retry
     }
   }
 
-  #onState(pc, generation) {
-    if (generation !== this.generation) return;
-    const state = pc.connectionState;
-    if (state === "connected") {
-      clearTimeout(this.timer);
-      this.failures = 0;
-      this.#watchFrames(pc, generation);
-    } else if (state === "disconnected") {
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => this.#failed(new Error("connection lost"), true), DISCONNECTED_GRACE_MS);
-    } else if (state === "failed" || state === "closed") {
-      this.#failed(new Error(`connection ${state}`), true);
-    }
+  connected() {
+    this.#watchFrames(this.pc, this.generation);
+  }
+
+  dropped(reason) {
+    this.#hangUp(new Error(reason), true);
+  }
+
+  retrying(error, delay) {
+    this.onStatus("retrying", `${error.message}: retrying in ${(delay / 1000).toFixed(1)} s`);
+  }
+
+  refused(error) {
+    this.onStatus("refused", error.message);
+  }
+
+  closed() {
+    clearInterval(this.stallTimer);
+    this.location = null;
+    this.framesDecoded = 0;
   }
 
   // Connected but no new frames: the name has no stream now (the viewer stays and plays when it is back),
@@ -116,7 +102,7 @@ export class WhepPlayer {
       this.framesDecoded = decoded;
       this.onStatus(playing ? "playing" : "waiting", playing ? "playing" : "waiting for the stream");
       if (!playing && !(await this.#sessionKnown()) && generation === this.generation) {
-        this.#failed(new Error("the server no longer knows this viewer"), true);
+        this.#hangUp(new Error("the server no longer knows this viewer"), true);
       }
     }, STALL_CHECK_MS);
   }
@@ -130,31 +116,15 @@ export class WhepPlayer {
     }
   }
 
-  #failed(error, retry) {
-    const location = this.location;
-    this.#close();
-    if (location) fetch(location, { method: "DELETE", headers: authHeaders() }).catch(() => {});
-    if (!this.wanted) return;
-    if (!retry) {
-      this.wanted = false;
-      this.onStatus("refused", error.message);
-      return;
-    }
-    const delay = BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)];
-    this.failures += 1;
-    this.onStatus("retrying", `${error.message}: retrying in ${(delay / 1000).toFixed(1)} s`);
-    this.timer = setTimeout(() => {
-      if (this.wanted) this.#connect();
-    }, delay);
+  // Let the server forget this viewer (if it still knows it), then try again or stop.
+  #hangUp(error, retry) {
+    forget(this.location);
+    this.failed(error, retry);
   }
+}
 
-  #close() {
-    this.generation += 1;
-    clearTimeout(this.timer);
-    clearInterval(this.stallTimer);
-    if (this.pc) this.pc.close();
-    this.pc = null;
-    this.location = null;
-    this.framesDecoded = 0;
-  }
+// DELETE a WHEP session; failures are no news (the server may be gone, or have forgotten it already).
+function forget(location, keepalive = false) {
+  if (!location) return Promise.resolve();
+  return fetch(location, { method: "DELETE", headers: authHeaders(), keepalive }).catch(() => {});
 }
