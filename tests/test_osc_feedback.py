@@ -13,7 +13,7 @@ import pytest
 
 from server import keys
 from server.__main__ import config_from_args, parse_args
-from server.config import Config
+from server.config import Config, ConfigError, load_config
 from server.control.settings import SettingsPatch
 from server.testing.osc_controller import OscController
 from server.testing.servers import RunningServer, start_server, stop_server
@@ -123,3 +123,10 @@ async def test_bad_feedback_and_name_messages_are_dropped_counted_and_change_not
 
 def test_osc_host_flag_sets_the_listener_address() -> None:
     assert config_from_args(parse_args(["--osc-host", "0.0.0.0"])).osc.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("entry", ["no-port", "host:0", "host:70000", ":9001", "[::1]"])
+def test_a_bad_feedback_target_is_a_config_error_naming_the_key(entry: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[osc\] feedback"):
+        load_config(env={}, overrides={"osc": {"feedback": [entry]}})
+    assert load_config(env={}, overrides={"osc": {"feedback": ["[::1]:9001", "ipad.local:9001"]}}).osc.feedback

@@ -98,6 +98,8 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
                 assert response.status == 400
             async with http.post(url(path), data="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", headers=SDP) as response:
                 assert response.status == 400, "aiortc refuses it: no ICE, no DTLS"
+        async with http.options(url("/api/whip/stage")) as response:
+            assert response.status == 204 and response.headers["Accept-Post"] == "application/sdp"
         for path in ("/api/whip/latest", "/api/whip/bad!", "/api/outputs/bad!/whep"):
             async with http.post(url(path), data="v=0", headers=SDP) as response:
                 assert response.status == 422
