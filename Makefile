@@ -44,7 +44,7 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
-	$(PY) -m bench.live --model tiny --peers 1,4 --seconds 15
+	$(PY) -m bench.live --model tiny --resolution 256 --size 256 --peers 1,4 --engine-batch 4 --seconds 15
 	$(PY) -m bench.jobs --model tiny --seconds 10
 
 # On a CUDA machine: the real SD-Turbo architecture (random weights, nothing to download), fp16, 512².

@@ -30,7 +30,9 @@ async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
     peers = request.app[keys.PEERS]
     try:
-        session, answer = await peers.create(RTCSessionDescription(sdp=body.sdp, type=body.type), body.settings)
+        session, answer = await peers.create(
+            RTCSessionDescription(sdp=body.sdp, type=body.type), body.settings, remote=request.remote
+        )
     except EngineNotReady as e:
         raise ApiError(503, "model not ready", {"state": e.state, "reason": e.reason}) from e
     except PeersFull as e:

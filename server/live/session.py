@@ -19,6 +19,7 @@ class Session:
     track: StylizedTrack | None = None
     created: float = field(default_factory=time.time)
     announced: bool = False  # the offer succeeded and listeners were told the stream is up
+    remote: str | None = None  # the caller's address, for the log
 
     def describe(self) -> dict[str, object]:
         return {

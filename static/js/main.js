@@ -169,7 +169,7 @@ async function loadSettings() {
 
 function onEvent(event) {
   if (event.type === "settings" && event.scope === "global") controls.render(event.settings);
-  else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id);
+  else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
   else if (event.type === "preset" && event.action !== "applied") loadPresets();
   else if (event.type === "job") jobs.onEvent(event);
 }

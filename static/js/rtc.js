@@ -58,9 +58,16 @@ export class LiveConnection {
     if (sender) await sender.replaceTrack(localStream.getVideoTracks()[0]);
   }
 
-  // The server says a stream went down; if it is ours and we did not ask, it was hung up there.
-  streamDown(streamId) {
+  // The server says a stream went down. If it is ours and we did not ask: hung up there (an
+  // operator's DELETE) means stay closed; any other reason (frames failing, the server stopping)
+  // is shown and the page connects again.
+  streamDown(streamId, reason) {
     if (!this.wanted || streamId !== this.streamId) return;
+    if (reason && reason !== "hung up") {
+      this.streamId = null; // already gone there: nothing to hang up
+      this.#dropped(`the server closed this stream: ${reason}`);
+      return;
+    }
     this.wanted = false;
     this.#close();
     this.onError(new Error("the server closed this stream"));
