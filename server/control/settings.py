@@ -18,7 +18,8 @@ from server.fields import Blend, Guidance, PresetId, Prompt, Seed, Strength
 
 logger = logging.getLogger(__name__)
 
-Source = Literal["http", "osc", "datachannel", "preset", "config"]
+# Who made a change: "page" is the server's own page (over HTTP, marked `?source=page`).
+Source = Literal["http", "page", "osc", "datachannel", "preset", "config"]
 
 
 class StyleSettings(BaseModel):

@@ -74,6 +74,14 @@ export class LiveConnection {
     this.onStatus("closed", "closed by server");
   }
 
+  // The server stopped answering: the connection is not worth waiting on (WebRTC would say
+  // "connected" for seconds more); drop it and connect again once it answers.
+  serverLost() {
+    if (!this.wanted || !this.streamId) return;
+    this.streamId = null; // nothing to hang up there
+    this.#dropped("the server is unreachable");
+  }
+
   // The server no longer knows our stream (restarted, or dropped it without telling): connect again.
   streamLost(streamId) {
     if (!this.wanted || streamId !== this.streamId) return;
@@ -147,7 +155,9 @@ export class LiveConnection {
   #failed(error) {
     this.#close();
     this.onError(error);
-    const retryable = !(error instanceof ApiError) || error.retryable;
+    // A model that failed to load stays failed: retrying would only keep the camera on.
+    const failedModel = error instanceof ApiError && error.detail && error.detail.state === "failed";
+    const retryable = !failedModel && (!(error instanceof ApiError) || error.retryable);
     if (!this.wanted || !retryable) {
       this.wanted = false;
       this.onStatus("error", "refused");
