@@ -1,7 +1,9 @@
 # `make run` and `make test` set up everything they need (idempotent) and then do their job.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# What running needs, and on top of it what testing needs (pytest, ruff, mypy, playwright).
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 ARGS ?=
 
 .PHONY: run test lint bench bench-gpu system-deps wheelhouse clean
@@ -18,8 +20,12 @@ WHEEL_TARGET := --only-binary=:all: --python-version $(PY_VERSION) --implementat
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
 
 # Debian packages the tests need: Chromium for the browser tests, libturbojpeg for JPEG output.
 system-deps:
@@ -34,17 +40,17 @@ system-deps:
 run: $(STAMP)
 	$(PY) -m server $(ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check pipeline server tests bench
 	$(VENV)/bin/ruff format --check pipeline server tests bench
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint
+test: $(DEV_STAMP) system-deps lint
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
-	$(PY) -m bench.live --model tiny --peers 1,4 --seconds 15
+	$(PY) -m bench.live --model tiny --resolution 256 --size 256 --peers 1,4 --engine-batch 4 --seconds 15
 	$(PY) -m bench.jobs --model tiny --seconds 10
 
 # On a CUDA machine: the real SD-Turbo architecture (random weights, nothing to download), fp16, 512².

@@ -1,12 +1,17 @@
-"""The live path under load: N aiortc peers over loopback at 30 fps against a real server.
+"""The live path under load, measured from outside: the server in a process of its own, its peers in others.
 
-    python -m bench.live --model tiny --peers 1,4 --seconds 15
+    python -m bench.live --model tiny --peers 1,2,4,8,12,16 --seconds 15 --size 512
+    python -m bench.live --model tiny --resolution 256 --size 256 --peers 1,4 --engine-batch 4   # the CPU target
 
-Per peer: output fps, round trip p50/p95 (camera frame sent -> its stylized frame received, matched
-by pts after a short strength-0 phase reads each peer's pts offset from the pictures) and dropped
-frames; latency in the first and the last third of the run, to show it stays flat. Also the
-control-to-pixel latency: from an OSC or HTTP strength change to the first frame that obeys it.
-Writes JSON with the command line under bench/results/.
+A load generator must never share the server's GIL or its process, so `python -m server` runs as a
+subprocess and the peers are spread over `bench.live_client` processes. For each peer count it runs
+twice: at strength 0 (the model is skipped: the transport floor) and at `--strength`. Per run: output
+fps per peer and in all, round trip p50/p95 (matched by pts) and its first vs last third, the
+server's CPU-ms per output frame (from /proc), the engine's busy ratio, mean batch and idle gap
+(from /metrics). `--engine-batch N` also measures the engine alone at batch N in the same run, so the
+server's throughput can be put against what its engine can do. Then the control-to-pixel latency: an
+OSC or HTTP strength change to the first frame that obeys it. JSON with the command line goes under
+bench/results/.
 """
 
 from __future__ import annotations
@@ -14,152 +19,279 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
-import torch
+from prometheus_client.parser import text_string_to_metric_families
 from pythonosc.udp_client import SimpleUDPClient
 
-from server import keys
-from server.config import load_config
-from server.testing.rtc_client import TICKS_PER_FRAME, RtcClient, connect, pattern_frame, read_index
-from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.rtc_client import RtcClient, connect, pattern_frame, read_index
+from server.testing.servers import ROOT, free_port, server_process, wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SETTLE_S = 1.0  # after a strength change, before measuring
+START_MARGIN_S = 1.0  # time for every client process to read its `go` line
 
 
-def _is_plain(received: Any) -> bool:
-    """True when a frame is the untouched camera picture (strength 0)."""
-    expected = pattern_frame(read_index(received.frame)).astype(np.int16)
-    return float(np.abs(received.frame.to_ndarray(format="rgb24").astype(np.int16) - expected).mean()) < 12
+class Server:
+    """The server process under test, with what the benchmark reads of it."""
 
+    def __init__(self, http: aiohttp.ClientSession, url: str, pid: int, osc_port: int) -> None:
+        self.http = http
+        self.url = url
+        self.pid = pid
+        self.osc_port = osc_port
 
-async def _calibrate(client: RtcClient) -> int:
-    await client.wait_frames(10, timeout=60)
-    sample = client.received[-6:]
-    return int(np.median([r.pts - read_index(r.frame) * TICKS_PER_FRAME for r in sample]))
+    async def patch(self, body: dict[str, Any]) -> None:
+        async with self.http.patch(f"{self.url}/api/settings", json=body) as response:
+            response.raise_for_status()
 
-
-async def run_peers(running: RunningServer, peers: int, seconds: float, strength: float) -> dict[str, Any]:
-    await _patch(running, {"strength": 0.0})
-    clients = [await connect(running.http, running.url("/api/offer")) for _ in range(peers)]
-    try:
-        offsets = [await _calibrate(c) for c in clients]
-        await _patch(running, {"strength": strength})
-        await asyncio.sleep(1.0)
-        starts = [len(c.received) for c in clients]
-        began = time.monotonic()
-        await asyncio.sleep(seconds)
-        elapsed = time.monotonic() - began
-        rows = []
-        for client, offset, start in zip(clients, offsets, starts, strict=True):
-            got = client.received[start:]
-            trips = []
-            for r in got:
-                sent = client.source.sent_at.get(round((r.pts - offset) / TICKS_PER_FRAME))
-                if sent is not None:
-                    trips.append(r.at - sent)
-            third = max(1, len(trips) // 3)
-            stats = running.app[keys.PEERS].sessions[client.stream_id].stats
-            rows.append(
-                {
-                    "fps_out": round(len(got) / elapsed, 2),
-                    "round_trip_ms_p50": round(statistics.median(trips) * 1000, 1) if trips else None,
-                    "round_trip_ms_p95": round(float(np.percentile(trips, 95)) * 1000, 1) if trips else None,
-                    "round_trip_ms_first_third_p50": round(statistics.median(trips[:third]) * 1000, 1)
-                    if trips
-                    else None,
-                    "round_trip_ms_last_third_p50": round(statistics.median(trips[-third:]) * 1000, 1)
-                    if trips
-                    else None,
-                    "frames_dropped_server": stats.frames_dropped,
-                }
-            )
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with self.http.get(f"{self.url}/metrics") as response:
+            text = await response.text()
         return {
-            "peers": peers,
-            "aggregate_fps_out": round(sum(float(r["fps_out"] or 0) for r in rows), 2),
-            "per_peer": rows,
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
         }
+
+    def cpu_s(self) -> float:
+        """User + system seconds the server process has used (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _start_clients(server: Server, peers: int, processes: int, args: argparse.Namespace) -> list[Any]:
+    shares = [peers // processes + (1 if i < peers % processes else 0) for i in range(processes)]
+    clients = []
+    for share in (s for s in shares if s):
+        command = [sys.executable, "-m", "bench.live_client", "--url", server.url, "--peers", str(share)]
+        command += ["--size", str(args.size), "--fps", str(args.fps)]
+        clients.append(
+            await asyncio.create_subprocess_exec(
+                *command, cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            )
+        )
+    return clients
+
+
+async def run_peers(server: Server, peers: int, strength: float, args: argparse.Namespace) -> dict[str, Any]:
+    await server.patch({"strength": 0.0})  # clients calibrate on the untouched pictures
+    clients = await _start_clients(server, peers, min(peers, args.clients), args)
+    try:
+        for client in clients:
+            assert client.stdout is not None
+            line = await asyncio.wait_for(client.stdout.readline(), 300)
+            if line.strip() != b"calibrated":
+                raise RuntimeError(f"a client process failed before measuring: {line!r}")
+        await server.patch({"strength": strength})
+        await asyncio.sleep(SETTLE_S)
+        start_at = time.time() + START_MARGIN_S
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write(f"go {start_at} {args.seconds}\n".encode())
+            await client.stdin.drain()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        metrics_before, cpu_before = await server.metrics(), server.cpu_s()
+        await asyncio.sleep(args.seconds)
+        metrics_after, cpu_after = await server.metrics(), server.cpu_s()
+        reports = []
+        for client in clients:
+            out, _ = await asyncio.wait_for(client.communicate(), 120)
+            reports.append(json.loads(out.decode().strip().splitlines()[-1]))
     finally:
         for client in clients:
-            await client.close()
+            if client.returncode is None:
+                client.kill()
+                await client.wait()
+    per_peer = [peer for report in reports for peer in report["peers"]]
+    return {
+        "peers": peers,
+        "strength": strength,
+        "client_processes": len(clients),
+        **_latency([trip for peer in per_peer for trip in peer["round_trips_s"]]),
+        "fps_out_total": round(sum(peer["fps_out"] for peer in per_peer), 2),
+        "fps_out_per_peer": [round(peer["fps_out"], 2) for peer in per_peer],
+        "latency_ms_p50_per_peer": [_ms(_median(peer["round_trips_s"])) for peer in per_peer],
+        **_server_side(metrics_before, metrics_after, cpu_after - cpu_before, args.seconds),
+    }
 
 
-async def control_to_pixel(running: RunningServer, changes: int) -> dict[str, Any]:
-    """Alternate strength 0.8 -> 0 over OSC and 0 -> 0.8 over HTTP; time to the first obeying frame."""
-    await _patch(running, {"strength": 0.8})
-    client = await connect(running.http, running.url("/api/offer"))
-    osc = SimpleUDPClient("127.0.0.1", running.app[keys.OSC].port)
+def _latency(trips: list[float]) -> dict[str, Any]:
+    """p50/p95 over every matched frame; p50 of the first and the last third (in arrival order per peer)."""
+    if not trips:
+        return {"latency_ms_p50": None, "latency_ms_p95": None}
+    third = max(1, len(trips) // 3)
+    return {
+        "latency_ms_p50": _ms(statistics.median(trips)),
+        "latency_ms_p95": _ms(float(np.percentile(trips, 95))),
+        "latency_ms_first_third_p50": _ms(statistics.median(trips[:third])),
+        "latency_ms_last_third_p50": _ms(statistics.median(trips[-third:])),
+    }
+
+
+def _server_side(before: dict[Any, float], after: dict[Any, float], cpu_s: float, seconds: float) -> dict[str, Any]:
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    frames_out = delta("stylize_frames_out_total")
+    batches = delta("stylize_batch_size_count")
+    gaps = delta("stylize_engine_idle_gap_seconds_count")
+    return {
+        "server_frames_out": int(frames_out),
+        "server_cpu_ms_per_frame": round(cpu_s * 1000 / frames_out, 2) if frames_out else None,
+        "server_cpu_percent": round(100 * cpu_s / seconds, 1),
+        "engine_busy_ratio": round(delta("stylize_engine_busy_seconds_total") / seconds, 3),
+        "engine_mean_batch": round(delta("stylize_batch_size_sum") / batches, 2) if batches else None,
+        "engine_idle_gap_ms_mean": round(delta("stylize_engine_idle_gap_seconds_sum") * 1000 / gaps, 3)
+        if gaps
+        else None,
+        "engine_idle_gap_ms_p50_at_most": _bucket_median(before, after, "stylize_engine_idle_gap_seconds_bucket"),
+        "frames_dropped": {
+            reason: int(delta("stylize_frames_dropped_total", reason=reason)) for reason in ("engine", "send", "error")
+        },
+    }
+
+
+def _bucket_median(before: dict[Any, float], after: dict[Any, float], name: str) -> float | None:
+    """The upper bound (ms) of the histogram bucket holding the median of what the window added."""
+    bounds = sorted(
+        (float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0.0))
+        for (n, labels) in after
+        if n == name
+    )
+    total = bounds[-1][1] if bounds else 0.0
+    if not total:
+        return None
+    return next(round(le * 1000, 3) for le, count in bounds if count >= total / 2)
+
+
+async def engine_alone(args: argparse.Namespace) -> dict[str, Any]:
+    """`bench.engine` at `--engine-batch` with the same model and size, as a process of its own."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "bench.engine", "--model", args.model, "--data-dir", str(args.data_dir)]
+        command += ["--resolution", str(args.resolution), "--batch-sizes", str(args.engine_batch)]
+        command += ["--seconds", str(args.seconds), "--out", out]
+        process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL)
+        if await process.wait() != 0:
+            raise RuntimeError(f"{' '.join(command)} failed")
+        result = await asyncio.to_thread(_read_result, Path(out))
+    rows = {row["mode"]: row for row in result["engine"] if not row.get("graphs")}
+    return {mode: {k: row[k] for k in ("frames_per_s", "mean_batch", "busy_ratio")} for mode, row in rows.items()}
+
+
+def _read_result(folder: Path) -> Any:
+    return json.loads(next(folder.glob("engine-*.json")).read_text())
+
+
+async def control_to_pixel(server: Server, changes: int, size: int) -> dict[str, Any]:
+    """Alternate strength 0.8 -> 0 over OSC and 0 -> 0.8 over HTTP; time to the first frame that obeys."""
+    await server.patch({"strength": 0.8})
+    client = await connect(server.http, f"{server.url}/api/offer", size=(size, size))
+    osc = SimpleUDPClient("127.0.0.1", server.osc_port)
     timings: dict[str, list[float]] = {"osc": [], "http": []}
     try:
-        await client.wait_frames(10, timeout=60)
+        await client.wait_frames(10, timeout=120)
         for i in range(changes):
             source = "osc" if i % 2 == 0 else "http"
-            want_plain = source == "osc"
             seen = len(client.received)
             changed = time.monotonic()
             if source == "osc":
                 osc.send_message("/stylize/strength", 0.0)
             else:
-                await _patch(running, {"strength": 0.8})
-            deadline = changed + 10
-            while time.monotonic() < deadline:
-                fresh = client.received[seen:]
-                hit = next((r for r in fresh if _is_plain(r) == want_plain), None)
-                if hit is not None:
-                    timings[source].append(hit.at - changed)
-                    break
-                await asyncio.sleep(0.002)
+                await server.patch({"strength": 0.8})
+            hit = await _first_obeying(client, seen, want_plain=source == "osc")
+            if hit is not None:
+                timings[source].append(hit - changed)
             await asyncio.sleep(0.3)
     finally:
         await client.close()
     every = timings["osc"] + timings["http"]
     return {
         "changes": changes,
-        "p50_ms": round(statistics.median(every) * 1000, 1),
-        "osc_p50_ms": round(statistics.median(timings["osc"]) * 1000, 1),
-        "http_p50_ms": round(statistics.median(timings["http"]) * 1000, 1),
+        "p50_ms": _ms(_median(every)),
+        "osc_p50_ms": _ms(_median(timings["osc"])),
+        "http_p50_ms": _ms(_median(timings["http"])),
     }
 
 
-async def _patch(running: RunningServer, body: dict[str, Any]) -> None:
-    async with running.http.patch(running.url("/api/settings"), json=body) as response:
-        response.raise_for_status()
+async def _first_obeying(client: RtcClient, seen: int, want_plain: bool, within_s: float = 10.0) -> float | None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for received in client.received[seen:]:
+            if _is_plain(received.frame) == want_plain:
+                return received.at
+        seen = len(client.received)
+        await asyncio.sleep(0.002)
+    return None
+
+
+def _is_plain(frame: Any) -> bool:
+    """True when a frame is the untouched camera picture (strength 0)."""
+    expected = pattern_frame(read_index(frame), frame.width, frame.height).astype(np.int16)
+    return float(np.abs(frame.to_ndarray(format="rgb24").astype(np.int16) - expected).mean()) < 12
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    config = load_config(
-        overrides={
-            "server": {"port": 0, "data_dir": str(args.data_dir), "max_peers": 16},
-            "model": {"id": args.model, "resolution": args.resolution},
-            "osc": {"port": 0},
-            "security": {"rate_limit_per_s": 0},
-        }
-    )
-    running = await start_server(config)
-    try:
-        runs = [await run_peers(running, int(n), args.seconds, args.strength) for n in args.peers.split(",")]
-        control = await control_to_pixel(running, args.changes)
-        engine = running.app[keys.ENGINE].describe()
-    finally:
-        await stop_server(running)
-    if len(runs) > 1:
-        ratio = runs[-1]["aggregate_fps_out"] / max(runs[0]["aggregate_fps_out"], 1e-9)
-    else:
-        ratio = None
+    peer_counts = [int(n) for n in args.peers.split(",")]
+    osc_port = free_port()
+    env = {
+        "STYLIZE_SERVER_MAX_PEERS": str(max(peer_counts) + 1),
+        "STYLIZE_SECURITY_RATE_LIMIT_PER_S": "0",
+        "STYLIZE_MODEL_RESOLUTION": str(args.resolution),
+        "STYLIZE_OSC_ENABLED": "true",
+        "STYLIZE_OSC_PORT": str(osc_port),
+    }
+    alone = await engine_alone(args) if args.engine_batch else None
+    log = Path(tempfile.mkdtemp(prefix="bench-live-")) / "server.log"
+    async with aiohttp.ClientSession() as http, server_process(args.data_dir, log, model=args.model, env=env) as proc:
+        await wait_ready(http, proc.url, within_s=600)
+        server = Server(http, proc.url, proc.process.pid, osc_port)
+        async with http.get(f"{proc.url}/readyz") as response:
+            engine = await response.json()
+        runs = [
+            await run_peers(server, peers, strength, args) for peers in peer_counts for strength in (0.0, args.strength)
+        ]
+        control = await control_to_pixel(server, args.changes, args.size) if args.changes else None
+    stylized = [run for run in runs if run["strength"] > 0]
+    summary: dict[str, Any] = {}
+    if len(stylized) > 1:
+        summary["fps_ratio_most_vs_fewest_peers"] = round(
+            stylized[-1]["fps_out_total"] / max(stylized[0]["fps_out_total"], 1e-9), 2
+        )
+    if alone is not None:
+        best = max(row["frames_per_s"] for row in alone.values())
+        at_batch = next((run for run in stylized if run["peers"] == args.engine_batch), None)
+        if at_batch is not None:
+            summary[f"server_vs_engine_alone_at_{args.engine_batch}"] = round(at_batch["fps_out_total"] / best, 3)
     return {
         "command": " ".join(["python -m bench.live", *argv]),
-        "engine": engine,
         "device": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "server_engine": engine,
+        "camera": {"size": args.size, "fps": args.fps},
+        "engine_alone": alone,
         "runs": runs,
-        "aggregate_ratio_last_vs_first": round(ratio, 2) if ratio is not None else None,
+        "summary": summary,
         "control_to_pixel": control,
+        "server_log": str(log),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -169,11 +301,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--resolution", type=int, default=0)
-    parser.add_argument("--peers", default="1,4")
+    parser.add_argument("--resolution", type=int, default=0, help="model resolution; 0 = the model's native size")
+    parser.add_argument("--size", type=int, default=512, help="camera frames are size x size")
+    parser.add_argument("--fps", type=float, default=30.0, help="camera frames per second of each peer")
+    parser.add_argument("--peers", default="1,2,4,8,12,16")
+    parser.add_argument("--clients", type=int, default=4, help="client processes the peers are spread over")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--engine-batch", type=int, default=0, help="also measure the engine alone at this batch")
+    parser.add_argument("--changes", type=int, default=20, help="control-to-pixel changes (0 = skip)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = asyncio.run(amain(args, argv))

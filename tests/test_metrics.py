@@ -17,6 +17,7 @@ from server.observe.metrics import DROP_REASONS, STAGES, Metrics
 from server.observe.recent_window import RecentWindow
 from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -184,7 +185,13 @@ async def test_counters_and_histograms_move_with_a_streaming_peer(warmed_server:
             assert response.status == 200
     finally:
         await client.close()
-    after = await scrape(server)
+
+    async def settled() -> Samples | None:
+        # A batch still in flight when the stream closed lands a moment later: wait for the engine's count.
+        samples = await scrape(server)
+        return samples if value(samples, "stylize_batch_size_count") == engine.batches - batches_before else None
+
+    after = await eventually(settled, what="the engine's batches all in the histogram")
     delta = changes(before, after)
 
     received = len(client.received)
@@ -209,6 +216,9 @@ async def test_counters_and_histograms_move_with_a_streaming_peer(warmed_server:
         assert delta("stylize_stage_seconds_sum", stage=stage) > 0
     assert delta("stylize_frames_skipped_total") == 0  # the similarity filter is off by default
     assert value(after, "stylize_streams_active") == 0
+    # The engine's busy time and the idle gaps between its batches: one gap per batch.
+    assert delta("stylize_engine_busy_seconds_total") > 0
+    assert delta("stylize_engine_idle_gap_seconds_count") == batches
 
 
 async def test_control_updates_count_each_http_change_once(quick_server: RunningServer) -> None:

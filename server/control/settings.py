@@ -23,7 +23,8 @@ from server.fields import DEFAULT_NAME, LATEST, NAME_PATTERN, Blend, Guidance, P
 
 logger = logging.getLogger(__name__)
 
-Source = Literal["http", "osc", "datachannel", "preset", "config"]
+# Who made a change: "page" is the server's own page (over HTTP, marked `?source=page`).
+Source = Literal["http", "page", "osc", "datachannel", "preset", "config"]
 NAME_SCOPE = "name:"
 
 

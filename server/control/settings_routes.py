@@ -6,7 +6,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from server import keys
-from server.control.settings import SettingsPatch, StyleSettings, UnknownStreamError
+from server.control.settings import SettingsPatch, Source, StyleSettings, UnknownStreamError
 from server.fields import Prompt, Strength
 from server.http.errors import ApiError, read_model
 
@@ -55,7 +55,7 @@ async def set_strength(request: web.Request) -> web.Response:
 
 def _apply_global(request: web.Request, patch: SettingsPatch) -> web.Response:
     try:
-        settings = request.app[keys.SETTINGS].update_global(patch, "http")
+        settings = request.app[keys.SETTINGS].update_global(patch, _source(request))
     except ValueError as e:
         raise ApiError(422, "invalid fields", str(e)) from e
     return web.json_response(settings.model_dump())
@@ -79,5 +79,10 @@ async def patch_stream_settings(request: web.Request) -> web.Response:
     if not store.has_stream(stream_id):
         raise ApiError(404, "unknown stream", stream_id)
     patch = await read_model(request, SettingsPatch)
-    settings = store.update_stream(stream_id, patch, "http")
+    settings = store.update_stream(stream_id, patch, _source(request))
     return web.json_response({"settings": settings.model_dump(), "overrides": store.overrides(stream_id)})
+
+
+def _source(request: web.Request) -> Source:
+    """The page marks its own changes (`?source=page`), so that others can tell who paused the look."""
+    return "page" if request.query.get("source") == "page" else "http"

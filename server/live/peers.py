@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiortc import (
+    InvalidAccessError,
+    InvalidStateError,
     MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
@@ -44,6 +46,10 @@ class OfferRejected(Exception):
     """aiortc refused the offer; the half-made peer has been closed."""
 
 
+# What aiortc raises for an offer it cannot take (bad SDP, a description in the wrong state).
+SDP_ERRORS = (ValueError, InvalidStateError, InvalidAccessError)
+
+
 def codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
     """aiortc's capabilities for `codec` ("vp8" or "h264"): the only codec the answer will carry."""
     mime_type = f"video/{codec}".lower()
@@ -69,6 +75,7 @@ class PeerManager:
         self._metrics = metrics if metrics is not None else Metrics()
         self.sessions: dict[str, Session] = {}
         self._outputs = outputs  # told when a stream starts and ends, so outputs follow its name
+        self._closing: set[asyncio.Task[bool]] = set()
 
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
@@ -80,10 +87,14 @@ class PeerManager:
         self,
         offer: RTCSessionDescription,
         initial: SettingsPatch | None = None,
+        remote: str | None = None,
         name: str = DEFAULT_NAME,
         prepare: Callable[[RTCPeerConnection], None] | None = None,
     ) -> tuple[Session, RTCSessionDescription]:
-        """`prepare(pc)` runs before the offer is read (WHIP: more codecs, audio declined)."""
+        """Answer `offer` with a new stream. Raises `PeersFull`, `EngineNotReady`, `OfferRejected` (the SDP).
+
+        `prepare(pc)` runs before the offer is read (WHIP: any video codec, sound declined).
+        """
         if len(self.sessions) >= self._config.max_peers:
             raise PeersFull(f"{len(self.sessions)} of {self._config.max_peers} streams in use")
         engine = self._engine.engine
@@ -106,6 +117,8 @@ class PeerManager:
                 lambda: self._settings.effective(session.id),
                 session.stats,
                 self._metrics,
+                max_failed=self._config.max_failed_frames,
+                on_failed=lambda reason: self._close_later(session.id, reason),
             )
             session.track = output
             transceiver.sender.replaceTrack(output)
@@ -126,7 +139,7 @@ class PeerManager:
         async def on_state() -> None:
             logger.info("peer state stream=%s state=%s", session.id, pc.connectionState)
             if pc.connectionState in ("failed", "closed"):
-                await self.close(session.id)
+                await self.close(session.id, f"connection {pc.connectionState}")
 
         try:
             if prepare is not None:
@@ -137,12 +150,19 @@ class PeerManager:
             if session.track is None:
                 raise OfferRejected("the offer carries no video track")
             await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as e:
-            await self.close(session.id)
-            if isinstance(e, OfferRejected):
-                raise
+        except OfferRejected:
+            await self.close(session.id, "offer rejected")
+            raise
+        except SDP_ERRORS as e:
+            await self.close(session.id, "offer rejected")
             raise OfferRejected(str(e) or type(e).__name__) from e
-        logger.info("peer created stream=%s peers=%d", session.id, len(self.sessions))
+        except BaseException:
+            # Not the caller's fault: a bug or a failing dependency. Logged here, answered 500.
+            logger.exception("offer failed stream=%s", session.id)
+            await self.close(session.id, "offer failed")
+            raise
+        session.remote = remote
+        logger.info("stream up stream=%s from=%s peers=%d", session.id, remote, len(self.sessions))
         session.announced = True
         self._metrics.streams_active.set(len(self.sessions))
         self._events.publish("stream", action="up", stream_id=session.id, streams=len(self.sessions))
@@ -166,7 +186,13 @@ class PeerManager:
             return {"type": "error", "error": "stream closed", "detail": stream_id}
         return {"type": "settings", "settings": settings.model_dump(), "overrides": self._settings.overrides(stream_id)}
 
-    async def close(self, stream_id: str) -> bool:
+    def _close_later(self, stream_id: str, reason: str) -> None:
+        """Close from a callback (the track gave up): a task this manager owns and `close_all` awaits."""
+        task = asyncio.create_task(self.close(stream_id, reason), name=f"close-{stream_id}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, stream_id: str, reason: str = "hung up") -> bool:
         session = self.sessions.pop(stream_id, None)
         if session is None:
             return False
@@ -178,11 +204,20 @@ class PeerManager:
         if session.track is not None:
             await session.track.aclose()
         await session.pc.close()
-        logger.info("peer closed stream=%s peers=%d", stream_id, len(self.sessions))
         self._metrics.streams_active.set(len(self.sessions))
         if session.announced:
-            self._events.publish("stream", action="down", stream_id=stream_id, streams=len(self.sessions))
+            logger.info(
+                "stream down stream=%s from=%s reason=%s peers=%d",
+                stream_id,
+                session.remote,
+                reason,
+                len(self.sessions),
+            )
+            self._events.publish(
+                "stream", action="down", stream_id=stream_id, reason=reason, streams=len(self.sessions)
+            )
         return True
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self.close(stream_id) for stream_id in list(self.sessions)))
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*(self.close(stream_id, "server stopping") for stream_id in list(self.sessions)))

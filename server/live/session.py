@@ -21,6 +21,7 @@ class Session:
     created: float = field(default_factory=time.time)
     announced: bool = False  # the offer succeeded and listeners were told the stream is up
     name: str = DEFAULT_NAME  # outputs and per-name settings follow the name, not the id
+    remote: str | None = None  # the caller's address, for the log
 
     def describe(self) -> dict[str, object]:
         return {

@@ -21,9 +21,9 @@ from server.control.settings import SettingsChange, Source
 from server.observe.recent_window import RECENT_S, RecentWindow
 
 Stage = Literal["receive", "preprocess", "model", "postprocess", "send"]
-# Where a frame was replaced by a newer one: waiting for the engine, in the engine's queue, waiting
-# for the sender.
-DropReason = Literal["receive", "engine", "send"]
+# Why a camera frame gave no output of its own: a newer one replaced it while it waited for the engine,
+# or its result while it waited for the sender; or the engine failed on it.
+DropReason = Literal["engine", "send", "error"]
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
 DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
@@ -40,8 +40,8 @@ class Metrics:
         self.frames_out = Counter("stylize_frames_out_total", "Stylized frames handed to peers", registry=registry)
         self.frames_dropped = Counter(
             "stylize_frames_dropped_total",
-            "Frames replaced by a newer one before use, by where: receive (waiting for the engine), "
-            "engine (in its queue), send (waiting for the sender)",
+            "Camera frames without an output of their own, by why: engine (replaced by a newer frame while "
+            "waiting for the engine), send (its result replaced before the sender took it), error (the engine failed)",
             ["reason"],
             registry=registry,
         )
@@ -52,10 +52,21 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "stylize_stage_seconds",
-            "Time in each stage: receive (arrival to engine) and send (result to sender) once per frame; "
+            "Time in each stage: receive (arrival to submitted) and send (result to sender) once per frame; "
             "preprocess, model and postprocess once per engine batch",
             ["stage"],
             buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.engine_busy = Counter(
+            "stylize_engine_busy_seconds_total",
+            "Seconds the engine's device spent on batches (its rate is the busy ratio)",
+            registry=registry,
+        )
+        self.engine_idle_gap = Histogram(
+            "stylize_engine_idle_gap_seconds",
+            "Time the device sat idle between the end of one batch and the start of the next",
+            buckets=(0.0005, *SECONDS_BUCKETS),
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -93,6 +104,8 @@ class Metrics:
         self.recent_out = RecentWindow(RECENT_S)
         self.recent_latency = RecentWindow(RECENT_S)
         self.recent_batches = RecentWindow(RECENT_S)  # one value per batch: its size
+        self.recent_busy = RecentWindow(RECENT_S)  # one value per batch: its busy seconds
+        self.recent_idle = RecentWindow(RECENT_S)  # one value per batch: the idle gap before it
         self._jobs: dict[str, int] = {}
         self._jobs_lock = threading.Lock()
 
@@ -121,6 +134,10 @@ class Metrics:
     def observe_batch(self, report: BatchReport) -> None:
         """`Engine(on_batch=...)`: called on the engine's worker thread after every batch."""
         self.batch_size.observe(report.size)
+        self.engine_busy.inc(report.busy_s)
+        self.engine_idle_gap.observe(report.idle_s)
+        self.recent_busy.add(report.busy_s)
+        self.recent_idle.add(report.idle_s)
         for stage, seconds in report.stages.items():
             self.stage_seconds.labels(stage=stage).observe(seconds)
         if report.skipped:

@@ -223,6 +223,9 @@ class StatsReporter:
                 "batch_size": round(mean_batch, 2) if mean_batch is not None else None,
                 "throughput_fps": round(batches.rate(), 2),
                 "batches": int(self.metrics.value("stylize_batch_size_count")),
+                # Busy seconds per second over the window; the idle gap between batches.
+                "busy_ratio": round(min(1.0, self.metrics.recent_busy.rate()), 3),
+                "idle_gap_ms_p50": self.metrics.recent_idle.percentile_ms(50),
             }
         )
         if service.ready:

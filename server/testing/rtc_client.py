@@ -24,32 +24,33 @@ from av import VideoFrame
 from server.testing.waiting import eventually
 
 WIDTH, HEIGHT = 320, 240
-BITS = 16
-BLOCK = 20  # 16 blocks of 20x20 across the top rows
+BITS = 16  # blocks across the top rows, each a square of width / 16 pixels
 TICKS_PER_FRAME = 3000
 TIME_BASE = fractions.Fraction(1, 90000)
 
 
-def pattern_frame(index: int) -> np.ndarray:
+def pattern_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
     """RGB test picture: a gradient with the index as black/white blocks in the top strip."""
-    x = np.linspace(0, 255, WIDTH, dtype=np.float32)
-    y = np.linspace(0, 255, HEIGHT, dtype=np.float32)[:, None]
-    image = np.empty((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    block = width // BITS
+    x = np.linspace(0, 255, width, dtype=np.float32)
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    image = np.empty((height, width, 3), dtype=np.uint8)
     image[..., 0] = x
     image[..., 1] = y
     image[..., 2] = (x + y) / 2
     for bit in range(BITS):
         value = 255 if index >> bit & 1 else 0
-        image[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = value
+        image[:block, bit * block : (bit + 1) * block] = value
     return image
 
 
 def read_index(frame: VideoFrame) -> int:
     luma = frame.to_ndarray(format="gray")
+    block = frame.width // BITS
+    margin = block // 5  # away from the edges a codec blurs
     index = 0
     for bit in range(BITS):
-        block = luma[4 : BLOCK - 4, bit * BLOCK + 4 : (bit + 1) * BLOCK - 4]
-        if block.mean() > 128:
+        if luma[margin : block - margin, bit * block + margin : (bit + 1) * block - margin].mean() > 128:
             index |= 1 << bit
     return index
 
@@ -59,13 +60,18 @@ class NumberedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, fps: float = 30.0, count: int | None = None) -> None:
+    def __init__(self, fps: float = 30.0, count: int | None = None, size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
         super().__init__()
         self.fps = fps
         self.count = count
+        self.size = size
         self.sent = -1
         self.sent_at: dict[int, float] = {}
         self._start: float | None = None
+        # pattern_frame(0) as yuv420p, converted once: a frame is this with its white blocks painted in
+        # luma (black and white both have neutral chroma), so a load generator's frames cost a copy.
+        picture = VideoFrame.from_ndarray(pattern_frame(0, *size), format="rgb24")
+        self._base = picture.reformat(format="yuv420p").to_ndarray()
 
     async def recv(self) -> VideoFrame:
         if self.count is not None and self.sent + 1 >= self.count:
@@ -77,12 +83,20 @@ class NumberedTrack(MediaStreamTrack):
         delay = self._start + index / self.fps - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        frame = VideoFrame.from_ndarray(pattern_frame(index), format="rgb24").reformat(format="yuv420p")
+        frame = VideoFrame.from_ndarray(self._numbered(index), format="yuv420p")
         frame.pts = index * TICKS_PER_FRAME
         frame.time_base = TIME_BASE
         self.sent = index
         self.sent_at[index] = time.monotonic()
         return frame
+
+    def _numbered(self, index: int) -> np.ndarray:
+        yuv = self._base.copy()
+        block = self.size[0] // BITS
+        for bit in range(BITS):
+            if index >> bit & 1:
+                yuv[:block, bit * block : (bit + 1) * block] = 235  # white in BT.601 limited range
+        return yuv
 
 
 @dataclass
@@ -152,14 +166,14 @@ class WhepViewer(Receiver):
 
 
 def _publisher(
-    fps: float, receive: bool, codec: str | None = None, audio: bool = False
+    fps: float, receive: bool, codec: str | None = None, audio: bool = False, size: tuple[int, int] = (WIDTH, HEIGHT)
 ) -> tuple[RTCPeerConnection, NumberedTrack, asyncio.Future[MediaStreamTrack]]:
     """A connection sending numbered frames (and receiving video when `receive`), and its incoming track.
 
     `codec` ("vp8", "h264") offers only that video codec; `audio` sends silence too, as OBS sends sound.
     """
     pc = RTCPeerConnection()
-    source = NumberedTrack(fps)
+    source = NumberedTrack(fps, size=size)
     transceiver = pc.addTransceiver(source, direction="sendrecv" if receive else "sendonly")
     if codec is not None:
         wanted = f"video/{codec}".lower()
@@ -182,17 +196,28 @@ def _incoming_track(pc: RTCPeerConnection) -> asyncio.Future[MediaStreamTrack]:
     return track_ready
 
 
+async def offer_sdp() -> str:
+    """A valid video offer from a peer that goes away at once (for requests that must fail before ICE)."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
 async def connect(
     http: aiohttp.ClientSession,
     offer_url: str,
     *,
     fps: float = 30.0,
+    size: tuple[int, int] = (WIDTH, HEIGHT),
     settings: dict[str, Any] | None = None,
     negotiate_channel: bool = False,
     name: str | None = None,
 ) -> RtcClient:
     """The page's way in: POST /api/offer with JSON."""
-    pc, source, track_ready = _publisher(fps, receive=True)
+    pc, source, track_ready = _publisher(fps, receive=True, size=size)
     channel = pc.createDataChannel("control") if negotiate_channel else None
     await pc.setLocalDescription(await pc.createOffer())
     body: dict[str, Any] = {"sdp": pc.localDescription.sdp, "type": "offer"}

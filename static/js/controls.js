@@ -1,10 +1,13 @@
-// The style controls (prompt, presets, strength, seed). Changes go to PATCH /api/settings (global);
-// changes made elsewhere (OSC, HTTP, other pages) arrive as settings and move the controls here.
+// The style controls (prompt, presets, strength, seed, pause). Changes go to PATCH /api/settings
+// (global); changes made elsewhere (OSC, HTTP, other pages) arrive as settings and move them here.
+//
+// The prompt goes live on Enter (or when the field loses focus), never per keystroke: an audience
+// must not watch half-typed words. A typed prompt is the subject: it clears the preset (and its
+// negative prompt), and a preset chosen afterwards fills its {prompt} slot with that subject.
 
 import { api } from "./api.js";
 
 const HOLD_MS = 1200; // a control the user just touched ignores remote values this long
-const PROMPT_DEBOUNCE_MS = 300;
 const MAX_SEED = 2 ** 32 - 1;
 
 // Sends patches one at a time; what changes while one is out is merged and sent next,
@@ -28,7 +31,7 @@ class Patcher {
       const patch = this.queued;
       this.queued = null;
       try {
-        this.onSettings(await api("PATCH", "/api/settings", patch));
+        this.onSettings(await api("PATCH", "/api/settings?source=page", patch));
         this.onError(null);
       } catch (error) {
         this.onError(error);
@@ -46,20 +49,23 @@ export class StyleControls {
     this.presets = [];
     this.touched = {};
     this.holdTimer = null;
-    this.promptTimer = null;
-    this.patcher = new Patcher((settings) => this.render(settings), onError);
+    this.subject = null; // what the user typed: the preset's {prompt} slot is filled with it
+    this.patcher = new Patcher((settings) => this.render(settings, "page"), onError);
     this.#bind();
   }
 
   // The server's settings: every control shows them, except one the user is busy with.
-  render(settings) {
+  // `source` is who changed them (osc, http, page...), when known.
+  render(settings, source) {
+    const wasPaused = this.settings ? this.settings.paused : false;
     this.settings = settings;
     const ui = this.ui;
-    if (!this.#held("prompt") && ui.prompt.value !== settings.prompt) ui.prompt.value = settings.prompt;
+    if (!this.#editingPrompt() && ui.prompt.value !== settings.prompt) ui.prompt.value = settings.prompt;
     if (!this.#held("strength")) ui.strength.value = String(settings.strength);
     if (!this.#held("seed") && document.activeElement !== ui.seed) ui.seed.value = String(settings.seed);
     ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
     this.#showPreset(settings.preset);
+    this.#showPaused(settings.paused, settings.paused !== wasPaused ? source : this.pausedBy);
   }
 
   setPresets(presets) {
@@ -84,13 +90,15 @@ export class StyleControls {
 
   async applyPreset(id) {
     if (!id) {
-      this.patcher.send({ preset: null });
+      this.patcher.send({ preset: null, negative_prompt: "" });
       return;
     }
     try {
-      const applied = await api("POST", `/api/presets/${encodeURIComponent(id)}/apply`);
+      const body = this.subject ? { prompt: this.subject } : undefined;
+      const applied = await api("POST", `/api/presets/${encodeURIComponent(id)}/apply`, body);
+      this.subject = applied.subject;
       this.onError(null);
-      this.render(applied.settings);
+      this.render(applied.settings, "page");
     } catch (error) {
       this.onError(error);
     }
@@ -98,13 +106,15 @@ export class StyleControls {
 
   #bind() {
     const ui = this.ui;
-    ui.prompt.addEventListener("input", () => {
-      this.#touch("prompt");
-      clearTimeout(this.promptTimer);
-      this.promptTimer = setTimeout(() => this.#sendPrompt(), PROMPT_DEBOUNCE_MS);
-    });
     ui.prompt.addEventListener("keydown", (event) => {
       if (event.key === "Enter") this.#sendPrompt();
+      else if (event.key === "Escape" && this.settings) ui.prompt.value = this.settings.prompt; // never mind
+    });
+    ui.prompt.addEventListener("blur", () => this.#sendPrompt());
+    ui.pause.addEventListener("click", () => {
+      const paused = !(this.settings && this.settings.paused);
+      this.#showPaused(paused, "page");
+      this.patcher.send({ paused });
     });
     ui.strength.addEventListener("input", () => {
       this.#touch("strength");
@@ -130,11 +140,27 @@ export class StyleControls {
   }
 
   #sendPrompt() {
-    clearTimeout(this.promptTimer);
-    this.promptTimer = null;
+    const prompt = this.ui.prompt.value;
+    if (this.settings && prompt === this.settings.prompt) return;
     this.#touch("prompt");
-    if (this.settings && this.ui.prompt.value === this.settings.prompt) return;
-    this.patcher.send({ prompt: this.ui.prompt.value });
+    this.subject = prompt.trim() || null;
+    this.patcher.send({ prompt, preset: null, negative_prompt: "" });
+  }
+
+  // Typing not yet sent: remote changes must not overwrite it.
+  #editingPrompt() {
+    const ui = this.ui;
+    const dirty = this.settings && ui.prompt.value !== this.settings.prompt;
+    return this.#held("prompt") || (document.activeElement === ui.prompt && dirty);
+  }
+
+  #showPaused(paused, by) {
+    const ui = this.ui;
+    this.pausedBy = paused ? by : undefined;
+    ui.pause.textContent = paused ? "Resume" : "Pause";
+    ui.pause.setAttribute("aria-pressed", String(paused));
+    ui.pausedBadge.hidden = !paused;
+    ui.pausedBadge.textContent = by ? `paused (by ${by === "datachannel" ? "page" : by})` : "paused";
   }
 
   #touch(name) {
@@ -145,7 +171,6 @@ export class StyleControls {
   }
 
   #held(name) {
-    if (name === "prompt" && this.promptTimer !== null) return true;
     const at = this.touched[name];
     return at !== undefined && performance.now() - at < HOLD_MS;
   }

@@ -7,6 +7,7 @@ import { EventFeed } from "./events.js";
 import { JobsPanel } from "./jobs.js";
 import { OutputLinks, streamName } from "./outputs.js";
 import { LiveConnection } from "./rtc.js";
+import { ServerState } from "./server_state.js";
 import { StatsMeter } from "./stats.js";
 import { attachAutocomplete } from "./suggestions.js";
 
@@ -21,6 +22,7 @@ const ui = {
   input: $("input"),
   output: $("output"),
   outputBox: $("output-box"),
+  serverState: $("server-state"),
   prompt: $("prompt"),
   preset: $("preset"),
   presetChips: $("preset-chips"),
@@ -28,6 +30,8 @@ const ui = {
   strengthValue: $("strength-value"),
   seed: $("seed"),
   dice: $("dice"),
+  pause: $("pause"),
+  pausedBadge: $("paused"),
   status: $("status"),
   fps: $("fps"),
   latency: $("latency"),
@@ -47,7 +51,7 @@ function setStatus(state, text) {
   ui.status.textContent = text;
   ui.status.dataset.state = state;
   const streaming = ["connecting", "connected", "reconnecting", "retrying"].includes(state);
-  ui.start.disabled = streaming;
+  ui.start.disabled = streaming || server.state === "failed";
   ui.stop.disabled = !streaming;
   if (!streaming) {
     stats.stop();
@@ -71,6 +75,7 @@ function showReadout({ fps, latencyMs, parts, serverFps }) {
     .join(" · ");
 }
 
+const server = new ServerState((change) => onServerState(change));
 const stats = new StatsMeter(showReadout, (streamId) => connection.streamLost(streamId));
 const controls = new StyleControls(ui, showError);
 const jobs = new JobsPanel({
@@ -98,6 +103,24 @@ const connection = new LiveConnection({
     else stats.stop();
   },
 });
+
+// The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
+// release the camera, say why); a server that stops answering drops the stream, which reconnects.
+function onServerState({ state, text, reason }) {
+  ui.serverState.textContent = text;
+  ui.serverState.dataset.state = state;
+  ui.serverState.title = reason;
+  ui.serverState.hidden = state === "ready";
+  if (state === "failed") {
+    if (connection.active) connection.stop();
+    showError(new Error(`the model failed to load: ${reason}`));
+  } else if (state === "unreachable") {
+    connection.serverLost();
+  } else if (ui.error.textContent.startsWith("the model failed")) {
+    showError(null); // the server came back with a model that loads
+  }
+  ui.start.disabled = state === "failed" || connection.active;
+}
 
 function stopCamera() {
   if (localStream) localStream.getTracks().forEach((t) => t.stop());
@@ -172,8 +195,8 @@ async function loadSettings() {
 }
 
 function onEvent(event) {
-  if (event.type === "settings" && event.scope === "global") controls.render(event.settings);
-  else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id);
+  if (event.type === "settings" && event.scope === "global") controls.render(event.settings, event.source);
+  else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
   else if (event.type === "preset" && event.action !== "applied") loadPresets();
   else if (event.type === "job") jobs.onEvent(event);
 }
@@ -205,6 +228,7 @@ window.addEventListener("pagehide", () => {
   }
   setLayout(layout);
   setStatus("idle", "idle");
+  server.start();
   const events = new EventFeed({ onEvent, onOpen: () => Promise.all([loadSettings(), jobs.refresh()]) });
   events.start();
   try {
@@ -215,5 +239,5 @@ window.addEventListener("pagehide", () => {
   }
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs, outputs };
+  window.stylize = { connection, controls, stats, events, jobs, server, outputs };
 })();

@@ -52,13 +52,28 @@ export class LiveConnection extends Redialer {
     if (sender) await sender.replaceTrack(localStream.getVideoTracks()[0]);
   }
 
-  // The server says a stream went down; if it is ours and we did not ask, it was hung up there.
-  streamDown(streamId) {
+  // The server says a stream went down. If it is ours and we did not ask: hung up there (an
+  // operator's DELETE) means stay closed; any other reason (frames failing, the server stopping)
+  // is shown and the page connects again.
+  streamDown(streamId, reason) {
     if (!this.wanted || streamId !== this.streamId) return;
+    if (reason && reason !== "hung up") {
+      this.streamId = null; // already gone there: nothing to hang up
+      this.dropped(`the server closed this stream: ${reason}`);
+      return;
+    }
     this.wanted = false;
     this.close();
     this.onError(new Error("the server closed this stream"));
     this.onStatus("closed", "closed by server");
+  }
+
+  // The server stopped answering: the connection is not worth waiting on (WebRTC would say
+  // "connected" for seconds more); drop it and connect again once it answers.
+  serverLost() {
+    if (!this.wanted || !this.streamId) return;
+    this.streamId = null; // nothing to hang up there
+    this.dropped("the server is unreachable");
   }
 
   // The server no longer knows our stream (restarted, or dropped it without telling): connect again.
@@ -117,7 +132,9 @@ export class LiveConnection extends Redialer {
   }
 
   #failed(error) {
-    this.failed(error, !(error instanceof ApiError) || error.retryable);
+    // A model that failed to load stays failed: retrying would only keep the camera on.
+    const failedModel = error instanceof ApiError && error.detail && error.detail.state === "failed";
+    this.failed(error, !failedModel && (!(error instanceof ApiError) || error.retryable));
   }
 
   retrying(error, delay) {
