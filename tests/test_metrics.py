@@ -100,12 +100,13 @@ def test_jobs_gauge_and_osc_counter_are_set_by_their_features() -> None:
     metrics = Metrics()
     metrics.set_jobs({"queued": 2, "running": 1})
     metrics.set_jobs({"done": 3})
-    metrics.osc_rejected.inc()
+    metrics.osc_dropped("value")
     samples = parse(metrics.render("")[0].decode())
     assert value(samples, "stylize_jobs", status="done") == 3
     assert value(samples, "stylize_jobs", status="queued") == 0  # a status left out reads 0
     assert metrics.jobs_by_status() == {"done": 3}
-    assert value(samples, "stylize_osc_rejected_total") == 1
+    assert value(samples, "stylize_osc_rejected_total", reason="value") == 1
+    assert value(samples, "stylize_osc_rejected_total", reason="depth") == 0  # every reason listed from the start
 
 
 def test_settings_changes_count_by_source() -> None:

@@ -57,7 +57,7 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     transport, listener = await start_osc(
-        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_rejected.inc
+        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_dropped
     )
     app[keys.OSC] = listener
     yield

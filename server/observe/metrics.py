@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from pipeline.contract import BatchReport
+from server.control.osc import DROP_REASONS as OSC_DROP_REASONS
+from server.control.osc import DropReason as OscDropReason
 from server.control.settings import SettingsChange, Source
 from server.observe.recent_window import RECENT_S, RecentWindow
 
@@ -74,7 +76,10 @@ class Metrics:
         )
         self.osc_rejected = Counter(
             "stylize_osc_rejected_total",
-            "OSC messages dropped for a wrong address, type or value, or a disallowed sender",
+            "OSC messages dropped, by reason: source (not on the allow-list), size, depth, count and malformed "
+            "(the datagram's framing), address (nobody serves it), value (wrong count, type or range), "
+            "preset (cannot be applied), internal (a failure while applying)",
+            ["reason"],
             registry=registry,
         )
         self.gpu_memory = Gauge(
@@ -88,6 +93,8 @@ class Metrics:
             self.stage_seconds.labels(stage=stage)
         for source in get_args(Source):
             self.control_updates.labels(source=source)
+        for osc_reason in OSC_DROP_REASONS:
+            self.osc_rejected.labels(reason=osc_reason)
 
         self.recent_in = RecentWindow(RECENT_S)
         self.recent_out = RecentWindow(RECENT_S)
@@ -132,6 +139,9 @@ class Metrics:
     def count_control_update(self, change: SettingsChange) -> None:
         """A `SettingsStore` listener."""
         self.control_updates.labels(source=change.source).inc()
+
+    def osc_dropped(self, reason: OscDropReason) -> None:
+        self.osc_rejected.labels(reason=reason).inc()
 
     def set_jobs(self, counts: Mapping[str, int]) -> None:
         """The jobs feature reports how many jobs are in each status; statuses left out read 0."""
