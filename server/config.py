@@ -47,6 +47,7 @@ class ServerConfig(_Section):
     data_dir: Path = Path("data")
     max_peers: int = Field(8, ge=1)
     max_body_kb: int = Field(64, ge=1)
+    body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     ice_servers: list[IceServer] = []
     cors_origins: list[str] = []
     tls_cert: str = ""

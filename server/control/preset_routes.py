@@ -19,7 +19,8 @@ from server.control.presets import (
     UnknownPresetError,
 )
 from server.control.settings import UnknownStreamError
-from server.http.errors import ApiError, read_model, read_query
+from server.http.errors import ApiError
+from server.http.inputs import read_model, read_query
 
 routes = web.RouteTableDef()
 

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict
 from server import keys
 from server.control.settings import SettingsPatch, UnknownStreamError
 from server.fields import Prompt, Strength
-from server.http.errors import ApiError, read_model
+from server.http.errors import ApiError
+from server.http.inputs import read_model
 
 routes = web.RouteTableDef()
 

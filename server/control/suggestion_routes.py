@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from server import keys
 from server.control.suggestions import UnknownCategoryError
 from server.fields import Prompt, Seed
-from server.http.errors import ApiError, read_model, read_query
+from server.http.errors import ApiError
+from server.http.inputs import read_model, read_query
 
 routes = web.RouteTableDef()
 

@@ -24,7 +24,8 @@ from server import keys
 from server.control.presets import UnknownPresetError
 from server.control.settings import StyleSettings
 from server.fields import Prompt, Seed, Strength
-from server.http.errors import ApiError, invalid, read_query, validate
+from server.http.errors import ApiError, invalid, validate
+from server.http.inputs import read_query
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
 from server.jobs.store import Job, JobFinished, JobNotFound, Status
 from server.jobs.worker import JOBS_FOLDER

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from server import keys
 from server.control.settings import SettingsPatch
 from server.engine_service import EngineNotReady
-from server.http.errors import ApiError, read_model
+from server.http.errors import ApiError
+from server.http.inputs import read_model
 from server.live.peers import OfferRejected, PeersFull
 
 routes = web.RouteTableDef()

@@ -24,6 +24,7 @@ from server.control.events import EventHub
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineService
 from server.fields import validation_detail
+from server.http.inputs import parse_json
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics
@@ -136,8 +137,8 @@ class PeerManager:
     def _control(self, stream_id: str, message: str | bytes) -> dict[str, object]:
         """A data-channel message: the same JSON as PATCH settings, applied to this stream."""
         try:
-            data = json.loads(message)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = parse_json(message.encode() if isinstance(message, str) else message)
+        except ValueError as e:  # bad JSON, bad UTF-8, nesting or numbers past the bounds
             return {"type": "error", "error": "message is not valid JSON", "detail": str(e)}
         if not isinstance(data, dict):
             return {"type": "error", "error": "message must be a JSON object", "detail": type(data).__name__}
