@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from server.app import create_app
     from server.config import ConfigError
+    from server.http.access_log import AccessLogger
 
     try:
         config = config_from_args(args)
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         host=config.server.host,
         port=config.server.port,
         ssl_context=ssl_context,
+        access_log_class=AccessLogger,
         print=lambda message: logging.getLogger("server").info(message.strip()),
     )
 

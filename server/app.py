@@ -15,7 +15,7 @@ from server.control.events import EventHub
 from server.control.settings import SettingsStore, StyleSettings
 from server.db import Database
 from server.engine_service import EngineService
-from server.http import pages
+from server.http import room as http
 from server.http.errors import error_middleware
 from server.http.security import security_middleware
 from server.jobs import room as jobs
@@ -30,7 +30,7 @@ SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA]
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, security_middleware(config.security, config.server.cors_origins)],
+        middlewares=[error_middleware, security_middleware(config)],
         client_max_size=64 * 1024 * 1024,
     )
     app[keys.CONFIG] = config
@@ -40,12 +40,13 @@ def create_app(config: Config) -> web.Application:
     # Start-up order (shut-down runs it backwards): observe first, so the others' start-up errors
     # show in /api/stats; the database and the engine before the rooms that use them.
     app.cleanup_ctx.extend(observe.CONTEXTS)
+    app.cleanup_ctx.extend(http.CONTEXTS)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.extend(control.CONTEXTS)
     app.cleanup_ctx.extend(live.CONTEXTS)
     app.cleanup_ctx.extend(jobs.CONTEXTS)
-    for room in (observe, control, live, jobs, pages):
+    for room in (observe, control, live, jobs, http):
         room.setup_routes(app)
     return app
 

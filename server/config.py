@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -9,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from server.fields import Guidance, Prompt, Seed, Strength
 
@@ -50,8 +51,21 @@ class ServerConfig(_Section):
     body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     ice_servers: list[IceServer] = []
     cors_origins: list[str] = []
+    trusted_proxies: list[str] = []
     tls_cert: str = ""
     tls_key: str = ""
+    connect_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
+    idle_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{entry!r} is not an address or a CIDR network") from e
+        return entries
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> ServerConfig:
@@ -119,6 +133,8 @@ class SecurityConfig(_Section):
     api_token: str = ""
     rate_limit_per_s: float = Field(20.0, ge=0.0)
     rate_limit_burst: int = Field(40, ge=1)
+    auth_fail_per_s: float = Field(0.1, gt=0.0)
+    auth_fail_burst: int = Field(10, ge=1)
 
 
 class PresetsConfig(_Section):

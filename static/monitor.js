@@ -1,4 +1,6 @@
 // The monitor: polls /api/stats every second, fills the cards and tables, draws the charts.
+import { authHeaders } from "./js/token.js";
+
 const $ = (id) => document.getElementById(id);
 
 const POLL_MS = 1000;
@@ -371,7 +373,8 @@ function recordGap() {
 
 async function fetchStats() {
   try {
-    const response = await fetch("/api/stats", { cache: "no-store" });
+    const response = await fetch("/api/stats", { cache: "no-store", headers: authHeaders() });
+    if (response.status === 401) throw new Error("401 unauthorized: open this page once as /monitor?token=YOUR_TOKEN");
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     return await response.json();
   } catch (error) {
