@@ -1,10 +1,18 @@
-"""WebRTC peers: one `Session` per caller, created from an offer and closed on every way out."""
+"""WebRTC peers: one `Session` per caller, created from an offer and closed on every way out.
+
+Ways out: the caller hangs up (DELETE, or its connection fails or closes), the server stops, or the
+watchdog finds the session stale: an offer whose peer never connects holds its `RTCPeerConnection`
+"connecting" forever (no ICE ever comes), and a vanished peer is noticed by aiortc's consent checks
+only after ~30 s. So a session not connected within `[server] connect_timeout_s`, or connected but
+without a camera frame for `[server] idle_timeout_s`, is closed and its slot freed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 import uuid
 
 from aiortc import (
@@ -63,6 +71,30 @@ class PeerManager:
         self._events = events
         self._metrics = metrics if metrics is not None else Metrics()
         self.sessions: dict[str, Session] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the watchdog that closes sessions that never connect or stop sending frames."""
+        self._watchdog = asyncio.create_task(self._watch(), name="peers-watchdog")
+
+    async def stop(self) -> None:
+        """Stop the watchdog, then close every session."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+        await self.close_all()
+
+    async def _watch(self) -> None:
+        connect_s, idle_s = self._config.connect_timeout_s, self._config.idle_timeout_s
+        interval = min(max(min(connect_s, idle_s) / 4, 0.05), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                reason = session.stale(now, connect_s, idle_s)
+                if reason is not None:
+                    await self.close(session.id, reason)
 
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
@@ -112,8 +144,10 @@ class PeerManager:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             logger.info("peer state stream=%s state=%s", session.id, pc.connectionState)
+            if pc.connectionState == "connected" and session.connected_at is None:
+                session.connected_at = time.monotonic()
             if pc.connectionState in ("failed", "closed"):
-                await self.close(session.id)
+                await self.close(session.id, f"connection {pc.connectionState}")
 
         try:
             if initial is not None:
@@ -123,7 +157,7 @@ class PeerManager:
                 raise OfferRejected("the offer carries no video track")
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
-            await self.close(session.id)
+            await self.close(session.id, "offer rejected")
             if isinstance(e, OfferRejected):
                 raise
             raise OfferRejected(str(e) or type(e).__name__) from e
@@ -151,7 +185,7 @@ class PeerManager:
             return {"type": "error", "error": "stream closed", "detail": stream_id}
         return {"type": "settings", "settings": settings.model_dump(), "overrides": self._settings.overrides(stream_id)}
 
-    async def close(self, stream_id: str) -> bool:
+    async def close(self, stream_id: str, reason: str = "hung up") -> bool:
         session = self.sessions.pop(stream_id, None)
         if session is None:
             return False
@@ -161,11 +195,13 @@ class PeerManager:
         if session.track is not None:
             await session.track.aclose()
         await session.pc.close()
-        logger.info("peer closed stream=%s peers=%d", stream_id, len(self.sessions))
+        logger.info("peer closed stream=%s reason=%s peers=%d", stream_id, reason, len(self.sessions))
         self._metrics.streams_active.set(len(self.sessions))
         if session.announced:
-            self._events.publish("stream", action="down", stream_id=stream_id, streams=len(self.sessions))
+            self._events.publish(
+                "stream", action="down", stream_id=stream_id, reason=reason, streams=len(self.sessions)
+            )
         return True
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self.close(stream_id) for stream_id in list(self.sessions)))
+        await asyncio.gather(*(self.close(stream_id, "server stopping") for stream_id in list(self.sessions)))
