@@ -7,8 +7,10 @@ import contextlib
 import io
 import json
 import signal
+import struct
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import pytest
 
 from server import keys
 from server.config import Config
+from server.jobs.image_header import image_size
+from server.jobs.media import MediaLimits, MediaRejected, probe
 from server.testing.clips import make_clip, make_image
 from server.testing.servers import RunningServer, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
@@ -384,3 +388,83 @@ async def test_a_job_killed_mid_render_completes_after_a_restart(data_dir: Path,
         assert len(output.streams.audio) == 1
         assert sum(1 for _ in output.decode(video=0)) == 120
     assert not list((data_dir / "jobs" / job_id).glob("*.part")), "the killed render's partial output is gone"
+
+
+# -- bad input from the probes: every one a 4xx, nothing left behind ------------------------------
+
+
+def damaged_mp4(tmp_path: Path, damage: str) -> bytes:
+    data = bytearray(make_clip(tmp_path / "clip.mp4", seconds=0.5, faststart=True).read_bytes())
+    if damage == "brand":
+        data[8] = 0xFF  # the major brand no longer decodes as text
+    else:
+        at = data.find(b"stsd")  # the video's sample description: no codec named
+        data[at : at + 4] = bytes(4)
+    return bytes(data)
+
+
+def huge_png(width: int = 16000, height: int = 16000) -> bytes:
+    """A valid PNG of `width`x`height` one-bit pixels: small on disk, hundreds of MB decoded."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+MALFORMED_MULTIPART = {
+    "no boundary": ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\nabc\r\n--x--\r\n"),
+    "wrong boundary": ("multipart/form-data; boundary=abc", b"--xyz\r\nContent-Disposition: form-data\r\n\r\n1\r\n"),
+    "cut short": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nabc',
+    ),
+    "no part headers end": ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=file"),
+    "empty": ("multipart/form-data; boundary=x", b""),
+    "junk header line": ("multipart/form-data; boundary=x", b"--x\r\n\x00\x01\x02\r\n\r\nabc\r\n--x--\r\n"),
+}
+
+
+@pytest.mark.parametrize(("content_type", "body"), MALFORMED_MULTIPART.values(), ids=MALFORMED_MULTIPART.keys())
+async def test_malformed_multipart_is_a_4xx(server: RunningServer, content_type: str, body: bytes) -> None:
+    async with server.http.post(server.url("/api/jobs"), data=body, headers={"Content-Type": content_type}) as r:
+        answer = await r.json()
+    assert 400 <= r.status < 500, answer
+    async with server.http.get(server.url("/api/jobs")) as response:
+        assert (await response.json())["total"] == 0
+    jobs_dir = Path(server.app[keys.CONFIG].server.data_dir) / "jobs"
+    assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
+
+
+async def test_damaged_media_and_huge_pictures_are_refused_at_upload(server: RunningServer, tmp_path: Path) -> None:
+    for damage in ("brand", "stsd"):
+        status, body = await upload(server, damaged_mp4(tmp_path, damage), "damaged.mp4")
+        assert status in (415, 422), (damage, body)
+    status, body = await upload(server, huge_png(), "huge.png")
+    assert (status, body["error"]) == (422, "media refused")
+    assert "16000x16000" in body["detail"]
+    async with server.http.get(server.url("/api/jobs")) as response:
+        assert (await response.json())["total"] == 0
+
+
+def test_a_huge_picture_is_refused_from_its_header_before_any_decode(tmp_path: Path) -> None:
+    # The pixels are garbage: only the header can have told the size.
+    header_only = huge_png(64, 64)[:33] + b"\x00\x00\x00\x04IDATjunk" + bytes(4)
+    header_only = header_only[:16] + struct.pack(">II", 16000, 16000) + header_only[24:]
+    path = tmp_path / "huge.png"
+    path.write_bytes(header_only)
+    with pytest.raises(MediaRejected, match="16000x16000"):
+        probe(path, MediaLimits(600.0, 3840))
+    assert image_size(make_image("jpeg", 131, 97)) == (131, 97)
+    assert image_size(make_image("webp", 131, 97)) == (131, 97)
+    assert image_size(make_image("png", 131, 97)) == (131, 97)
+
+
+async def test_paging_past_what_sqlite_counts_is_422(server: RunningServer) -> None:
+    for query in (f"offset={2**63}", f"skip={2**63}", "offset=99999999999999999999", "skip=-1"):
+        async with server.http.get(server.url(f"/api/jobs?{query}")) as response:
+            assert response.status == 422, query

@@ -22,6 +22,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
 
+from server.jobs.image_header import HEAD_BYTES, image_size
 from server.jpeg import JpegEncoder
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,23 @@ def probe(path: Path, limits: MediaLimits) -> MediaInfo:
     """Say what `path` holds, or raise `UnsupportedMedia` / `MediaRejected` naming why not."""
     if path.stat().st_size == 0:
         raise MediaRejected("the upload is empty")
+    with path.open("rb") as f:
+        size = image_size(f.read(HEAD_BYTES))
+    if size is not None:
+        _check_size(*size, limits)  # from the header: a small file may hold a huge picture
     try:
         container = av.open(str(path), "r")
-    except av.error.FFmpegError as e:
-        raise UnsupportedMedia(f"not a recognised image or video ({e.strerror or e})") from e
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:  # a damaged header's metadata may not decode
+        raise UnsupportedMedia(f"not a recognised image or video ({getattr(e, 'strerror', None) or e})") from e
     with container:
         name = container.format.name
-        if name in IMAGE_FORMATS or name == "image2":
-            return _probe_image(container, limits)
-        if name in VIDEO_FORMATS:
-            return _probe_video(container, VIDEO_FORMATS[name], limits)
+        try:
+            if name in IMAGE_FORMATS or name == "image2":
+                return _probe_image(container, limits)
+            if name in VIDEO_FORMATS:
+                return _probe_video(container, VIDEO_FORMATS[name], limits)
+        except (av.error.FFmpegError, UnicodeDecodeError) as e:
+            raise MediaRejected(f"the {name} file cannot be read: {e}") from e
         raise UnsupportedMedia(f"format {name!r} is not taken; send JPEG, PNG, WebP, MP4, WebM or MOV")
 
 
@@ -126,6 +134,8 @@ def _probe_video(container: InputContainer, video_format: str, limits: MediaLimi
     if not container.streams.video:
         raise UnsupportedMedia(f"the {video_format} file has no video stream")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a damaged stream description names no codec
+        raise MediaRejected(f"the {video_format} video names no codec it can be decoded with")
     if stream.codec_context.width <= 0 or stream.codec_context.height <= 0:
         raise MediaRejected(f"the {video_format} video has no picture size")
     _check_size(stream.codec_context.width, stream.codec_context.height, limits)
@@ -146,7 +156,10 @@ def _probe_video(container: InputContainer, video_format: str, limits: MediaLimi
         raise MediaRejected(f"{duration_s:.1f} s is longer than the limit of {limits.max_duration_s:g} s")
     if fps is None:
         fps = frames / duration_s if duration_s else 25.0
-    audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+    audio_context = container.streams.audio[0].codec_context if container.streams.audio else None
+    if container.streams.audio and audio_context is None:
+        raise MediaRejected(f"the {video_format} audio names no codec it can be decoded with")
+    audio = audio_context.name if audio_context is not None else None
     return MediaInfo(
         "video",
         video_format,

@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, hdrs, web
-from pydantic import BaseModel, ConfigDict, Field
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from server import keys
 from server.control.presets import UnknownPresetError
@@ -38,6 +39,7 @@ CHUNK_BYTES = 256 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
 FIELD_LIMIT_BYTES = 4096
 MAX_FILENAME = 120
+MAX_OFFSET = 2**31 - 1
 
 
 class JobForm(BaseModel):
@@ -54,7 +56,8 @@ class JobForm(BaseModel):
 class JobQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    offset: int = Field(0, ge=0)
+    # `skip` as the seed systems call it; bounded well inside SQLite's 64-bit integers.
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, validation_alias=AliasChoices("offset", "skip"))
     limit: int = Field(20, ge=1, le=100)
     status: Status | None = None
 
@@ -92,7 +95,17 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict[str, str], str]:
-    """Stream the `file` part to `upload` and collect the text fields."""
+    """Stream the `file` part to `upload` and collect the text fields: 400 for a malformed body, 408 when it stalls."""
+    stall_s = request.app[keys.CONFIG].server.body_timeout_s
+    try:
+        return await _read_form(request, upload, limit, stall_s)
+    except (ValueError, HttpProcessingError) as e:  # aiohttp's reader: no boundary, a body cut short, bad headers
+        raise ApiError(400, "malformed multipart body", str(e)) from e
+    except TimeoutError as e:
+        raise ApiError(408, "request body timed out", {"stalled_s": stall_s}) from e
+
+
+async def _read_form(request: web.Request, upload: Path, limit: int, stall_s: float) -> tuple[dict[str, str], str]:
     reader = await request.multipart()
     fields: dict[str, str] = {}
     filename: str | None = None
@@ -104,23 +117,23 @@ async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict
             if filename is not None:
                 raise invalid("file", "send one file per job")
             filename = _clean_filename(part.filename or "")
-            await _save(part, upload, limit)
+            await _save(part, upload, limit, stall_s)
         elif name in fields:
             raise invalid(name, "sent twice")
         else:
-            fields[name] = await _read_field(part, name)
+            fields[name] = await _read_field(part, name, stall_s)
     if filename is None:
         raise invalid("file", "a file field is required")
     return fields, filename
 
 
-async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
+async def _save(part: BodyPartReader, path: Path, limit: int, stall_s: float) -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, lambda: path.parent.mkdir(parents=True, exist_ok=True))
     handle = await loop.run_in_executor(None, path.open, "wb")
     try:
         size = 0
-        while chunk := await part.read_chunk(CHUNK_BYTES):
+        while chunk := await asyncio.wait_for(part.read_chunk(CHUNK_BYTES), stall_s):
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, "upload too large", {"limit_bytes": limit})
@@ -129,9 +142,9 @@ async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
         await loop.run_in_executor(None, handle.close)
 
 
-async def _read_field(part: BodyPartReader, name: str) -> str:
+async def _read_field(part: BodyPartReader, name: str, stall_s: float) -> str:
     data = bytearray()
-    while chunk := await part.read_chunk(FIELD_LIMIT_BYTES):
+    while chunk := await asyncio.wait_for(part.read_chunk(FIELD_LIMIT_BYTES), stall_s):
         data += chunk
         if len(data) > FIELD_LIMIT_BYTES:
             raise invalid(name, f"longer than {FIELD_LIMIT_BYTES} bytes")
