@@ -11,7 +11,7 @@ from server import keys
 from server.config import Config
 from server.control import presets
 from server.control import room as control
-from server.control.events import EventHub
+from server.control.events import EVENT_TYPES, EventHub
 from server.control.settings import SettingsStore, StyleSettings
 from server.db import Database
 from server.engine_service import EngineService
@@ -46,6 +46,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend(control.CONTEXTS)
     app.cleanup_ctx.extend(live.CONTEXTS)
     app.cleanup_ctx.extend(jobs.CONTEXTS)
+    # The API contract from every room's routes, with the /api/events message types.
+    app.cleanup_ctx.append(http.document_ctx(EVENT_TYPES))
     for room in (observe, control, live, jobs, http):
         room.setup_routes(app)
     return app

@@ -6,7 +6,7 @@ aiohttp: any room (and the http edge) can name app state without importing the o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -40,6 +40,8 @@ STATS: web.AppKey[StatsReporter] = web.AppKey("stats")
 JOBS: web.AppKey[JobStore] = web.AppKey("jobs")
 JOB_WORKER: web.AppKey[JobWorker] = web.AppKey("job_worker")
 JPEG: web.AppKey[JpegOutput] = web.AppKey("jpeg")
+# The OpenAPI document, built at start-up from the routes (GET /openapi.json).
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 
 # The client's address as the security middleware found it (a trusted proxy's X-Forwarded-For believed).
 CLIENT: web.RequestKey[str] = web.RequestKey("client")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from server import keys
-from server.control.settings import SettingsPatch, UnknownStreamError
+from server.control.settings import SettingsPatch, StyleSettings, UnknownStreamError
 from server.fields import Prompt, Strength
 from server.http.errors import ApiError
 from server.http.inputs import read_model
+from server.http.openapi import operation
 
 routes = web.RouteTableDef()
 
@@ -24,24 +27,44 @@ class StrengthBody(BaseModel):
     strength: Strength
 
 
+class StreamSettings(BaseModel):
+    """A stream's effective settings and the fields it overrides (the rest follow the global settings)."""
+
+    settings: StyleSettings
+    overrides: dict[str, Any]
+
+
+UNKNOWN_STREAM = {404: "unknown stream"}
+
+
 @routes.get("/api/settings")
+@operation("The global settings", tag="settings", response=StyleSettings)
 async def get_settings(request: web.Request) -> web.Response:
     return web.json_response(request.app[keys.SETTINGS].global_settings.model_dump())
 
 
 @routes.patch("/api/settings")
+@operation(
+    "Change some global settings",
+    tag="settings",
+    body=SettingsPatch,
+    response=StyleSettings,
+    description="Only the fields sent change; every change is pushed to /api/events as a settings event.",
+)
 async def patch_settings(request: web.Request) -> web.Response:
     patch = await read_model(request, SettingsPatch)
     return _apply_global(request, patch)
 
 
 @routes.post("/api/prompt")
+@operation("Set the global prompt", tag="settings", body=PromptBody, response=StyleSettings)
 async def set_prompt(request: web.Request) -> web.Response:
     body = await read_model(request, PromptBody)
     return _apply_global(request, SettingsPatch(prompt=body.prompt))
 
 
 @routes.post("/api/strength")
+@operation("Set the global strength", tag="settings", body=StrengthBody, response=StyleSettings)
 async def set_strength(request: web.Request) -> web.Response:
     body = await read_model(request, StrengthBody)
     return _apply_global(request, SettingsPatch(strength=body.strength))
@@ -56,6 +79,7 @@ def _apply_global(request: web.Request, patch: SettingsPatch) -> web.Response:
 
 
 @routes.get("/api/streams/{stream_id}/settings")
+@operation("A stream's settings and overrides", tag="streams", response=StreamSettings, errors=UNKNOWN_STREAM)
 async def get_stream_settings(request: web.Request) -> web.Response:
     store = request.app[keys.SETTINGS]
     stream_id = request.match_info["stream_id"]
@@ -67,6 +91,14 @@ async def get_stream_settings(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/streams/{stream_id}/settings")
+@operation(
+    "Override settings for one stream",
+    tag="streams",
+    body=SettingsPatch,
+    response=StreamSettings,
+    errors=UNKNOWN_STREAM,
+    description="A field sent as null drops that override: the stream follows the global value again.",
+)
 async def patch_stream_settings(request: web.Request) -> web.Response:
     store = request.app[keys.SETTINGS]
     stream_id = request.match_info["stream_id"]

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from server import keys
 from server.http.errors import ApiError, validate
+from server.http.openapi import operation_of
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -93,8 +94,16 @@ async def read_json_object(request: web.Request, limit: int, timeout_s: float) -
     return data
 
 
+def _check_declared(request: web.Request, model: type[BaseModel], part: str) -> None:
+    """The model must be the one the route declares with `@operation`: the published contract is what is checked."""
+    declared = operation_of(request.match_info.handler)
+    if declared is not None and getattr(declared, part) is not model:
+        raise RuntimeError(f"{request.method} {request.path} reads its {part} as {model.__name__}, not as declared")
+
+
 async def read_model(request: web.Request, model: type[M]) -> M:
     """The JSON body as `model`: 415, 413, 408, 400 (not a JSON object) or 422 (naming each bad field)."""
+    _check_declared(request, model, "body")
     server = request.app[keys.CONFIG].server
     data = await read_json_object(request, server.max_body_kb * 1024, server.body_timeout_s)
     return validate(model, data)
@@ -102,4 +111,5 @@ async def read_model(request: web.Request, model: type[M]) -> M:
 
 def read_query(request: web.Request, model: type[M]) -> M:
     """Parse the query string into `model` (lax: "5" is an int there): 422 naming the bad field."""
+    _check_declared(request, model, "query")
     return validate(model, dict(request.query), "invalid query")

@@ -136,12 +136,17 @@ class JobWorker:
         self._publish("deleted", job)
         return job
 
-    async def sweep(self, now: float | None = None) -> list[str]:
-        """Remove jobs finished more than `[jobs] keep_hours` before `now` (wall clock; 0 keeps everything)."""
+    async def sweep(self, now: float | None = None, older_than_hours: float | None = None) -> list[str]:
+        """Remove jobs finished more than `older_than_hours` before `now` (wall clock).
+
+        Without `older_than_hours`, `[jobs] keep_hours` (where 0 keeps everything); given, 0 removes
+        every finished job.
+        """
         self._last_sweep = time.monotonic()
-        if self._config.keep_hours <= 0:
+        hours = self._config.keep_hours if older_than_hours is None else older_than_hours
+        if older_than_hours is None and hours <= 0:
             return []
-        cutoff = (time.time() if now is None else now) - self._config.keep_hours * 3600.0
+        cutoff = (time.time() if now is None else now) - hours * 3600.0
         removed = []
         for job in await self._store.finished_before(cutoff):
             try:
@@ -150,7 +155,7 @@ class JobWorker:
                 continue
             removed.append(job.id)
         if removed:
-            logger.info("removed %d job(s) finished over %g hours ago", len(removed), self._config.keep_hours)
+            logger.info("removed %d job(s) finished over %g hours ago", len(removed), hours)
         return removed
 
     def folder(self, job: Job) -> Path:
