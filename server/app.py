@@ -30,7 +30,7 @@ SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA]
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, security_middleware(config)],
+        middlewares=[*observe.MIDDLEWARES, error_middleware, security_middleware(config)],
         client_max_size=64 * 1024 * 1024,
     )
     app[keys.CONFIG] = config

@@ -82,6 +82,19 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.http_requests = Counter(
+            "stylize_http_requests_total",
+            "HTTP requests answered, by route template (unmatched: no route), method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "stylize_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template (streams and sockets: their whole life)",
+            ["route"],
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
         self.gpu_memory = Gauge(
             "stylize_gpu_memory_bytes", "GPU memory torch has allocated (0 without CUDA)", registry=registry
         )
@@ -139,6 +152,10 @@ class Metrics:
     def count_control_update(self, change: SettingsChange) -> None:
         """A `SettingsStore` listener."""
         self.control_updates.labels(source=change.source).inc()
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route=route, method=method, status=str(status)).inc()
+        self.http_duration.labels(route=route).observe(seconds)
 
     def osc_dropped(self, reason: OscDropReason) -> None:
         self.osc_rejected.labels(reason=reason).inc()

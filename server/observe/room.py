@@ -10,6 +10,7 @@ from aiohttp import web
 
 from server import keys
 from server.observe import routes
+from server.observe.http_metrics import http_metrics_middleware
 from server.observe.stats import RecentErrors, StatsReporter, package_version
 
 
@@ -32,6 +33,9 @@ async def _settings_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     store.remove_listener(count)
 
+
+# Outermost: it sees the final status of every request, the JSON errors and 500s included.
+MIDDLEWARES = [http_metrics_middleware]
 
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [_stats_ctx, _settings_metrics_ctx]
 
