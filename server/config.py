@@ -146,6 +146,8 @@ class JobsConfig(_Section):
     max_duration_s: float = Field(600.0, gt=0.0)
     max_resolution: int = Field(3840, ge=16)
     keep_hours: float = Field(72.0, ge=0.0)
+    timeout_s: float = Field(3600.0, ge=0.0)
+    max_attempts: int = Field(3, ge=1, le=100)
     live_share: float = Field(0.25, gt=0.0, le=1.0)
     nice: int = Field(10, ge=0, le=19)
     jpeg_quality: int = Field(92, ge=1, le=100)

@@ -126,6 +126,12 @@ function render(stats) {
 
   setValue("cpu", fixed(system.cpu_percent, 0), "%");
   setText("ram", `${bytes(system.ram_used_bytes)} of ${bytes(system.ram_total_bytes)}`);
+  const disk = stats.disk;
+  if (disk) {
+    setValue("disk-used", bytes(disk.data_bytes));
+    setText("disk-jobs", bytes(disk.jobs_bytes));
+    setText("disk-free", bytes(disk.free_bytes));
+  }
   setLevel("card-cpu", system.cpu_percent === null || system.cpu_percent < 85 ? null : "warn");
 
   const gpus = system.gpus;

@@ -19,10 +19,13 @@ import aiohttp
 import av
 import pytest
 
+from pipeline.contract import FrameParams
 from server import keys
 from server.config import Config
+from server.db import Database
 from server.jobs.image_header import image_size
-from server.jobs.media import MediaLimits, MediaRejected, probe
+from server.jobs.media import MediaInfo, MediaLimits, MediaRejected, probe
+from server.jobs.store import SCHEMA, Job, JobStore
 from server.testing.clips import make_clip, make_image
 from server.testing.servers import RunningServer, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
@@ -468,3 +471,63 @@ async def test_paging_past_what_sqlite_counts_is_422(server: RunningServer) -> N
     for query in (f"offset={2**63}", f"skip={2**63}", "offset=99999999999999999999", "skip=-1"):
         async with server.http.get(server.url(f"/api/jobs?{query}")) as response:
             assert response.status == 422, query
+
+
+# -- jobs that cannot wedge ------------------------------------------------------------------------
+
+
+async def test_a_job_past_its_time_fails_and_frees_the_slot(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    running = await start_server(make_config(jobs={"timeout_s": 0.5}))
+    try:
+        # 300 frames: far more than half a second of rendering.
+        long = make_clip(tmp_path / "long.mp4", seconds=20.0, fps=15, audio=False).read_bytes()
+        stuck = await submit(running, long, "long.mp4")
+        follow = await submit(running, make_image("png"), "a.png")
+        failed = await wait_job(running, stuck["id"])
+        assert failed["status"] == "failed"
+        assert failed["error"] == "timed out after 0.5 s ([jobs] timeout_s)"
+        assert failed["frames_done"] < failed["frames_total"]
+        assert (await wait_job(running, follow["id"], until={"processing", *FINISHED}))["status"] != "pending"
+        assert not list((Path(running.app[keys.CONFIG].server.data_dir) / "jobs" / stuck["id"]).glob("*.part"))
+    finally:
+        await stop_server(running)
+
+
+async def test_a_job_interrupted_max_attempts_times_fails_with_the_reason(tmp_path: Path) -> None:
+    database = Database(tmp_path / "jobs.db", schemas=[SCHEMA])
+    await database.open()
+    try:
+        store = JobStore(database)
+        media = MediaInfo("image", "png", 16, 16, frames=1)
+        job = Job("a" * 32, "pending", "a.png", None, FrameParams("x", 0.5, 1), media, "in", "out", 1, time.time())
+        await store.add(job)
+        for attempt in (1, 2):
+            claimed = await store.claim_next()
+            assert claimed is not None and claimed.attempts == attempt
+            assert await store.requeue_interrupted(max_attempts=3) == ([job.id], [])  # the server died mid-render
+        claimed = await store.claim_next()
+        assert claimed is not None and claimed.attempts == 3
+        requeued, given_up = await store.requeue_interrupted(max_attempts=3)
+        assert requeued == [] and [j.id for j in given_up] == [job.id]
+        failed = await store.get(job.id)
+        assert failed.status == "failed" and failed.error is not None and "gave up after 3 attempts" in failed.error
+        assert await store.claim_next() is None
+    finally:
+        await database.close()
+
+
+async def test_sweep_now_and_disk_use_in_stats(server: RunningServer) -> None:
+    job = await submit(server, make_image("png"), "a.png")
+    assert (await wait_job(server, job["id"]))["status"] == "completed"
+    async with server.http.get(server.url("/api/stats")) as response:
+        disk = (await response.json())["disk"]
+    assert disk["jobs_bytes"] > 0 and disk["data_bytes"] >= disk["jobs_bytes"]
+    assert disk["free_bytes"] > 0 and disk["total_bytes"] >= disk["free_bytes"]
+    async with server.http.post(server.url("/api/jobs/sweep")) as response:
+        assert (response.status, await response.json()) == (200, {"removed": [], "older_than_hours": 72.0})
+    async with server.http.post(server.url("/api/jobs/sweep"), json={"older_than_hours": -1}) as response:
+        assert response.status == 422
+    async with server.http.post(server.url("/api/jobs/sweep"), json={"older_than_hours": 0}) as response:
+        assert (await response.json())["removed"] == [job["id"]]
+    async with server.http.get(server.url(f"/api/jobs/{job['id']}")) as response:
+        assert response.status == 404

@@ -91,9 +91,12 @@ class JobWorker:
 
     async def recover(self) -> None:
         """Before serving: requeue jobs a killed server left processing, drop cut-off uploads, sweep."""
-        requeued = await self._store.requeue_interrupted()
+        requeued, given_up = await self._store.requeue_interrupted(self._config.max_attempts)
         if requeued:
             logger.info("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
+        for job in given_up:
+            logger.warning("job failed id=%s: %s", job.id, job.error)
+            self._publish("failed", job)
         known = await self._store.ids()
         removed = await self._blocking(_remove_orphans, self._jobs_dir, known)
         if removed:
@@ -191,8 +194,12 @@ class JobWorker:
         logger.info(
             "job started id=%s kind=%s frames=%d attempt=%d", job.id, job.media.kind, job.frames_total, job.attempts
         )
+        timeout_s = self._config.timeout_s
         try:
-            frames = await self._render(job, running)
+            async with asyncio.timeout(timeout_s or None):
+                frames = await self._render(job, running)
+        except TimeoutError:
+            await self._fail(job, f"timed out after {timeout_s:g} s ([jobs] timeout_s)")
         except JobCancelled:
             logger.info("job cancelled id=%s", job.id)
         except RenderFailed as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -19,7 +20,12 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     errors = RecentErrors()
     root = logging.getLogger()
     root.addHandler(errors)
-    reporter = StatsReporter(app[keys.METRICS], version=await asyncio.to_thread(package_version), errors=errors)
+    reporter = StatsReporter(
+        app[keys.METRICS],
+        version=await asyncio.to_thread(package_version),
+        errors=errors,
+        data_dir=Path(app[keys.CONFIG].server.data_dir),
+    )
     app[keys.STATS] = reporter
     yield
     root.removeHandler(errors)
