@@ -38,6 +38,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 JOBS_FOLDER = "jobs"
+SEGMENTS_FOLDER = "segments"
 # How often a running job's progress is saved and pushed to listeners.
 PROGRESS_INTERVAL_S = 0.5
 # How often finished jobs older than `[jobs] keep_hours` are looked for.
@@ -164,6 +165,10 @@ class JobWorker:
     def folder(self, job: Job) -> Path:
         return self.data_dir / Path(job.input_path).parent
 
+    def _segments(self, job: Job) -> Path:
+        """A video's rendered segments, kept while the job may still resume."""
+        return self.folder(job) / SEGMENTS_FOLDER
+
     # -- the worker task ---------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -195,9 +200,13 @@ class JobWorker:
             "job started id=%s kind=%s frames=%d attempt=%d", job.id, job.media.kind, job.frames_total, job.attempts
         )
         timeout_s = self._config.timeout_s
+        ended = True  # one way or another; not when the server stops mid-render
         try:
             async with asyncio.timeout(timeout_s or None):
                 frames = await self._render(job, running)
+        except asyncio.CancelledError:
+            ended = False  # the server is stopping: the rendered segments stay for the next start to resume from
+            raise
         except TimeoutError:
             await self._fail(job, f"timed out after {timeout_s:g} s ([jobs] timeout_s)")
         except JobCancelled:
@@ -215,6 +224,8 @@ class JobWorker:
                 logger.info("job completed id=%s frames=%d in %.1f s", job.id, frames, completed.processing_s or 0)
                 self._publish("completed", completed)
         finally:
+            if ended:
+                await self._blocking(shutil.rmtree, self._segments(job), ignore_errors=True)
             self._engine_forget(f"job-{job.id}")
             self._running = None
             running.done.set()
@@ -225,9 +236,17 @@ class JobWorker:
         target = self.data_dir / job.output_path
         partial = target.with_name(target.name + ".part")
         render = await self._blocking(
-            open_render, self.data_dir / job.input_path, partial, job.media, self._options, self._jpeg
+            open_render,
+            self.data_dir / job.input_path,
+            partial,
+            job.media,
+            self._options,
+            self._jpeg,
+            self._segments(job),
         )
-        done = 0
+        done = render.resume_from
+        if done:
+            logger.info("job resumed id=%s from frame %d of %d", job.id, done, job.frames_total)
         reported = float("-inf")  # the first frame is reported at once: the owner sees rendering start
         try:
             frame = await self._blocking(render.read)
