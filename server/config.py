@@ -28,6 +28,27 @@ ENV_ALIASES = {
 }
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(entries: list[str]) -> list[Network]:
+    """Addresses and CIDRs from an allow-list (`[osc] allow`, `[server] trusted_proxies`)."""
+    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+
+def address_in(address: str | None, allowed: list[Network]) -> bool:
+    """Whether an address (IPv4, IPv6, IPv4-mapped IPv6, with or without a zone) is in `allowed`."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in allowed)
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names each bad key and where to set it."""
 

@@ -8,22 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from aiortc import RTCPeerConnection
 
 from server import keys
 from server.config import Config
-from server.testing.rtc_client import connect
+from server.testing.rtc_client import connect, offer_sdp
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
-
-
-async def _offer_sdp() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 async def test_health_and_readiness(server: RunningServer) -> None:
@@ -60,7 +50,7 @@ async def test_bad_offers_are_refused_and_leave_no_peer(
 
 
 async def test_type_other_than_offer_is_400_or_422_naming_type(server: RunningServer) -> None:
-    async with server.http.post(server.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "pranswer"}) as r:
+    async with server.http.post(server.url("/api/offer"), json={"sdp": await offer_sdp(), "type": "pranswer"}) as r:
         body = await r.json()
     assert r.status == 422
     assert body["detail"][0]["field"] == "type"
@@ -79,7 +69,7 @@ async def test_more_peers_than_max_is_503(make_config: Callable[..., Config]) ->
         first = await connect(running.http, running.url("/api/offer"))
         try:
             async with running.http.post(
-                running.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "offer"}
+                running.url("/api/offer"), json={"sdp": await offer_sdp(), "type": "offer"}
             ) as response:
                 assert response.status == 503
                 assert (await response.json())["error"] == "server full"
@@ -158,7 +148,7 @@ async def test_model_that_cannot_load_makes_readyz_503_with_the_fix(make_config:
         assert status == 503
         assert "--model tiny" in body["reason"]
         async with running.http.post(
-            running.url("/api/offer"), json={"sdp": await _offer_sdp(), "type": "offer"}
+            running.url("/api/offer"), json={"sdp": await offer_sdp(), "type": "offer"}
         ) as response:
             assert response.status == 503
             assert (await response.json())["error"] == "model not ready"

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection
 
 from server import keys
 from server.config import Config
-from server.testing.rtc_client import connect
+from server.testing.rtc_client import connect, offer_sdp
 from server.testing.servers import RunningServer, start_server, stop_server
 
 CONNECT_TIMEOUT_S = 3.0
@@ -31,16 +30,6 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
     await stop_server(running)
 
 
-async def offer_without_ice() -> str:
-    """An offer as a peer that never sends ICE makes it: no candidates, and none will follow."""
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return "".join(line + "\r\n" for line in sdp.splitlines() if not line.startswith("a=candidate"))
-
-
 async def next_stream_down(events: Any) -> dict[str, Any]:
     async with asyncio.timeout(30):
         async for message in events:
@@ -55,7 +44,7 @@ async def test_offers_that_never_connect_give_their_slots_back(server: RunningSe
     async with server.http.ws_connect(server.url("/api/events")) as events:
         for _ in range(2):
             async with server.http.post(
-                server.url("/api/offer"), json={"sdp": await offer_without_ice(), "type": "offer"}
+                server.url("/api/offer"), json={"sdp": await offer_sdp(candidates=False), "type": "offer"}
             ) as response:
                 assert response.status == 200
         assert len(peers.sessions) == 2  # every slot taken by a peer that will never connect

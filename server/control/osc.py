@@ -15,7 +15,6 @@ early here).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, get_args
@@ -23,7 +22,7 @@ from typing import Any, Literal, Protocol, get_args
 from pydantic import ValidationError
 from pythonosc.osc_message import OscMessage
 
-from server.config import OscConfig
+from server.config import OscConfig, address_in, networks
 from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
@@ -76,7 +75,7 @@ class OscListener(asyncio.DatagramProtocol):
         presets: PresetControl | None = None,
         on_reject: Callable[[DropReason], None] | None = None,
     ) -> None:
-        self._allow = [ipaddress.ip_network(entry, strict=False) for entry in config.allow]
+        self._allow = networks(config.allow)
         self._settings = settings
         self._presets = presets
         self._on_reject = on_reject
@@ -205,13 +204,7 @@ class OscListener(asyncio.DatagramProtocol):
     # -- helpers -------------------------------------------------------------------------------
 
     def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allow)
+        return address_in(host, self._allow)
 
     def _reject(self, address: str, reason: DropReason, text: str) -> None:
         self.rejected += 1

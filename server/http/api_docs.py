@@ -3,9 +3,7 @@ served from the swagger-ui-bundle package: nothing from a CDN, so it works offli
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from importlib import metadata
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -26,18 +24,11 @@ def document_ctx(event_types: list[type[BaseModel]]) -> Callable[[web.Applicatio
     `event_types` are the models of the /api/events messages."""
 
     async def build(app: web.Application) -> AsyncIterator[None]:
-        version = await asyncio.to_thread(_version)
+        version = app[keys.STATS].version  # the observe room read it at start-up
         app[keys.OPENAPI] = openapi_document(app, title="Stylize", version=version, events=event_types)
         yield
 
     return build
-
-
-def _version() -> str:
-    try:
-        return metadata.version("stylize")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @routes.get("/openapi.json")

@@ -29,7 +29,7 @@ from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from server import keys
-from server.config import Config, SecurityConfig, ServerConfig
+from server.config import Config, SecurityConfig, ServerConfig, address_in, networks
 from server.http.errors import json_error
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ BUCKET_IDLE_S = 300.0
 OPEN_API_PATHS = frozenset({"/api/health", "/api/readyz"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Origin = tuple[str, str, int]  # scheme, host, port
 
 
@@ -80,18 +79,10 @@ class TrustedProxies:
     """`[server] trusted_proxies`: whose X-Forwarded-For/-Proto/-Host are believed."""
 
     def __init__(self, entries: list[str]) -> None:
-        self._networks: list[Network] = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+        self._networks = networks(entries)
 
     def trusts(self, address: str | None) -> bool:
-        if not self._networks or not address:
-            return False
-        try:
-            ip = ipaddress.ip_address(address.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._networks)
+        return address_in(address, self._networks)
 
     def client(self, request: web.Request) -> str:
         """The nearest address in the forwarding chain that is not a trusted proxy."""
