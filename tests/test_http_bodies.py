@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -44,13 +45,15 @@ async def raw_exchange(server: RunningServer, head: str, parts: list[bytes]) -> 
                 await asyncio.sleep(NETWORK_PAUSE_S)  # the network stalling, not a wait for the server
             writer.write(part)
             await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 30)  # the server closes: Connection: close
+        # The answer's head, then its body by Content-Length: a server lingering for the rest of a
+        # refused body closes only later.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        body = await asyncio.wait_for(reader.readexactly(length), 30)
     finally:
         writer.close()
         await writer.wait_closed()
-    status_line, _, rest = answer.partition(b"\r\n")
-    body = rest.partition(b"\r\n\r\n")[2]
-    return int(status_line.split()[1]), json.loads(body)
+    return int(head.split()[1]), json.loads(body)
 
 
 def post_head(path: str, length: int | None, content_type: str = "application/json") -> str:
