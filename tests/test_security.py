@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from server import keys
-from server.config import Config
+from server.config import Config, ConfigError, load_config
 from server.http.access_log import AccessLogger
 from server.http.security import TrustedProxies, exposure_warning, needs_token, origin_of
 from server.testing.clips import make_image
@@ -269,3 +269,9 @@ async def test_a_server_beyond_loopback_without_a_token_warns_at_start(
         await stop_server(running)
     warnings = [r.getMessage() for r in caplog.records if r.name == "server.http.room"]
     assert len(warnings) == 1 and "without [security] api_token" in warnings[0]
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    with pytest.raises(ConfigError, match=r"\[server\] trusted_proxies"):
+        load_config(env={}, overrides={"server": {"trusted_proxies": ["10.0.0.0/8", "proxy.example"]}})
+    assert load_config(env={}, overrides={"server": {"trusted_proxies": ["::1", "10.0.0.0/8"]}})
