@@ -9,11 +9,13 @@ from aiohttp import web
 
 from server import keys
 from server.control import preset_routes, settings_routes, suggestion_routes
+from server.control.events import EVENT_TYPES
 from server.control.osc import start_osc
 from server.control.presets import PresetLibrary, load_builtin_presets
 from server.control.saved_settings import SavedSettings
 from server.control.settings import SettingsChange
 from server.control.suggestions import PromptSuggestions
+from server.http.openapi import REF, operation
 
 
 async def _saved_settings_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -68,7 +70,7 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     transport, listener = await start_osc(
-        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_rejected.inc
+        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_dropped
     )
     app[keys.OSC] = listener
     yield
@@ -89,9 +91,21 @@ CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
 ]
 
 
+@operation(
+    "Every change as it happens (WebSocket)",
+    tag="events",
+    status=101,
+    response={"oneOf": [{"$ref": REF.format(model=model.__name__)} for model in EVENT_TYPES]},
+    description="Upgrade to a WebSocket (?token= when a token is set); each text message is one event of the "
+    "types listed in x-websocket-events, each with its type and ts. Listeners only listen.",
+)
+async def events(request: web.Request) -> web.WebSocketResponse:
+    return await request.app[keys.EVENTS].handle(request)
+
+
 def setup_routes(app: web.Application) -> None:
     app.on_shutdown.append(_close_event_listeners)
-    app.router.add_get("/api/events", app[keys.EVENTS].handle)
+    app.router.add_get("/api/events", events)
     app.add_routes(settings_routes.routes)
     app.add_routes(preset_routes.routes)
     app.add_routes(suggestion_routes.routes)

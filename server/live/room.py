@@ -31,8 +31,9 @@ async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
         config.server, app[keys.ENGINE], app[keys.SETTINGS], app[keys.EVENTS], app[keys.METRICS], config.transport
     )
     app[keys.PEERS] = peers
+    peers.start()
     yield
-    await peers.close_all()
+    await peers.stop()
 
 
 async def _end_mjpeg_streams(app: web.Application) -> None:
