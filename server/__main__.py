@@ -142,7 +142,6 @@ def serve(config: Config) -> None:
         ssl_context=ssl_context,
         print=lambda message: log.info(" ".join(message.split())),
         access_log_class=AccessLog,
-        access_log_format=AccessLog.FORMAT,
     )
 
 

@@ -12,11 +12,11 @@ from server import keys
 from server.config import Config
 from server.control import presets, saved_settings
 from server.control import room as control
-from server.control.events import EventHub
+from server.control.events import EVENT_TYPES, EventHub
 from server.control.settings import SettingsStore, StyleSettings
 from server.db import Database
 from server.engine_service import EngineService
-from server.http import pages
+from server.http import room as http
 from server.http.errors import error_middleware
 from server.http.security import security_middleware
 from server.jobs import room as jobs
@@ -31,7 +31,7 @@ SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA, saved_settings.SCHEMA]
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, security_middleware(config.security, config.server.cors_origins)],
+        middlewares=[*observe.MIDDLEWARES, error_middleware, security_middleware(config)],
         client_max_size=64 * 1024 * 1024,
     )
     app[keys.CONFIG] = config
@@ -41,12 +41,15 @@ def create_app(config: Config) -> web.Application:
     # Start-up order (shut-down runs it backwards): observe first, so the others' start-up errors
     # show in /api/stats; the database and the engine before the rooms that use them.
     app.cleanup_ctx.extend(observe.CONTEXTS)
+    app.cleanup_ctx.extend(http.CONTEXTS)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.extend(control.CONTEXTS)
     app.cleanup_ctx.extend(live.CONTEXTS)
     app.cleanup_ctx.extend(jobs.CONTEXTS)
-    for room in (observe, control, live, jobs, pages):
+    # The API contract from every room's routes, with the /api/events message types.
+    app.cleanup_ctx.append(http.document_ctx(EVENT_TYPES))
+    for room in (observe, control, live, jobs, http):
         room.setup_routes(app)
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -27,6 +28,27 @@ ENV_ALIASES = {
 }
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(entries: list[str]) -> list[Network]:
+    """Addresses and CIDRs from an allow-list (`[osc] allow`, `[server] trusted_proxies`)."""
+    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+
+def address_in(address: str | None, allowed: list[Network]) -> bool:
+    """Whether an address (IPv4, IPv6, IPv4-mapped IPv6, with or without a zone) is in `allowed`."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in allowed)
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names each bad key and where to set it."""
 
@@ -48,10 +70,24 @@ class ServerConfig(_Section):
     max_peers: int = Field(8, ge=1)
     max_body_kb: int = Field(64, ge=1)
     max_failed_frames: int = Field(15, ge=1, le=10_000)
+    body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     ice_servers: list[IceServer] = []
     cors_origins: list[str] = []
+    trusted_proxies: list[str] = []
     tls_cert: str = ""
     tls_key: str = ""
+    connect_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
+    idle_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{entry!r} is not an address or a CIDR network") from e
+        return entries
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> ServerConfig:
@@ -142,6 +178,8 @@ class SecurityConfig(_Section):
     api_token: str = ""
     rate_limit_per_s: float = Field(20.0, ge=0.0)
     rate_limit_burst: int = Field(40, ge=1)
+    auth_fail_per_s: float = Field(0.1, gt=0.0)
+    auth_fail_burst: int = Field(10, ge=1)
 
 
 class PresetsConfig(_Section):
@@ -153,6 +191,8 @@ class JobsConfig(_Section):
     max_duration_s: float = Field(600.0, gt=0.0)
     max_resolution: int = Field(3840, ge=16)
     keep_hours: float = Field(72.0, ge=0.0)
+    timeout_s: float = Field(3600.0, ge=0.0)
+    max_attempts: int = Field(3, ge=1, le=100)
     live_share: float = Field(0.25, gt=0.0, le=1.0)
     nice: int = Field(10, ge=0, le=19)
     jpeg_quality: int = Field(92, ge=1, le=100)

@@ -1,4 +1,4 @@
-"""Every piece of app state, declared once as a typed `web.AppKey`.
+"""Every piece of app state, declared once as a typed `web.AppKey` (and per-request state as `web.RequestKey`).
 
 The types are imported for the type checker only, so importing this module loads nothing but
 aiohttp: any room (and the http edge) can name app state without importing the other rooms.
@@ -6,7 +6,7 @@ aiohttp: any room (and the http edge) can name app state without importing the o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -48,3 +48,8 @@ JOB_WORKER: web.AppKey[JobWorker] = web.AppKey("job_worker")
 JPEG: web.AppKey[JpegOutput] = web.AppKey("jpeg")
 OUTPUTS: web.AppKey[NamedOutputs] = web.AppKey("outputs")
 VIEWERS: web.AppKey[ViewerManager] = web.AppKey("viewers")
+# The OpenAPI document, built at start-up from the routes (GET /openapi.json).
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+
+# The client's address as the security middleware found it (a trusted proxy's X-Forwarded-For believed).
+CLIENT: web.RequestKey[str] = web.RequestKey("client")

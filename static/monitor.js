@@ -1,4 +1,6 @@
 // The monitor: polls /api/stats every second, fills the cards and tables, draws the charts.
+import { authHeaders } from "./js/token.js";
+
 const $ = (id) => document.getElementById(id);
 
 const POLL_MS = 1000;
@@ -124,6 +126,12 @@ function render(stats) {
 
   setValue("cpu", fixed(system.cpu_percent, 0), "%");
   setText("ram", `${bytes(system.ram_used_bytes)} of ${bytes(system.ram_total_bytes)}`);
+  const disk = stats.disk;
+  if (disk) {
+    setValue("disk-used", bytes(disk.data_bytes));
+    setText("disk-jobs", bytes(disk.jobs_bytes));
+    setText("disk-free", bytes(disk.free_bytes));
+  }
   setLevel("card-cpu", system.cpu_percent === null || system.cpu_percent < 85 ? null : "warn");
 
   const gpus = system.gpus;
@@ -371,7 +379,8 @@ function recordGap() {
 
 async function fetchStats() {
   try {
-    const response = await fetch("/api/stats", { cache: "no-store" });
+    const response = await fetch("/api/stats", { cache: "no-store", headers: authHeaders() });
+    if (response.status === 401) throw new Error("401 unauthorized: open this page once as /monitor?token=YOUR_TOKEN");
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     return await response.json();
   } catch (error) {

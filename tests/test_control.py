@@ -102,23 +102,6 @@ async def _open(channel: RTCDataChannel) -> None:
     await eventually(lambda: channel.readyState == "open", 5, what="the data channel open")
 
 
-async def test_api_token_guards_mutating_endpoints(make_config: Callable[..., Config]) -> None:
-    running = await start_server(make_config(security={"api_token": "s3cret"}))
-    try:
-        url = running.url("/api/settings")
-        async with running.http.patch(url, json={"strength": 0.1}) as response:
-            assert response.status == 401
-            assert (await response.json())["error"] == "unauthorized"
-        async with running.http.patch(url, json={"strength": 0.1}, headers={"Authorization": "Bearer nope"}) as r:
-            assert r.status == 401
-        async with running.http.patch(url, json={"strength": 0.1}, headers={"Authorization": "Bearer s3cret"}) as r:
-            assert r.status == 200
-        async with running.http.get(url) as response:
-            assert response.status == 200  # reading needs no token
-    finally:
-        await stop_server(running)
-
-
 async def test_rate_limit_answers_429(make_config: Callable[..., Config]) -> None:
     running = await start_server(make_config(security={"rate_limit_per_s": 1.0, "rate_limit_burst": 3}))
     try:

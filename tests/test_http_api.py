@@ -39,7 +39,9 @@ async def test_health_and_readiness(server: RunningServer) -> None:
 async def test_bad_offers_are_refused_and_leave_no_peer(
     server: RunningServer, body: bytes, status: int, error: str
 ) -> None:
-    async with server.http.post(server.url("/api/offer"), data=body) as response:
+    async with server.http.post(
+        server.url("/api/offer"), data=body, headers={"Content-Type": "application/json"}
+    ) as response:
         assert response.status == status
         assert (await response.json())["error"] == error
     assert server.app[keys.PEERS].sessions == {}

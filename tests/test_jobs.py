@@ -7,8 +7,10 @@ import contextlib
 import io
 import json
 import signal
+import struct
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,23 @@ import aiohttp
 import av
 import pytest
 
+from pipeline.contract import FrameParams
 from server import keys
 from server.config import Config
+from server.db import Database
+from server.jobs.image_header import image_size
+from server.jobs.media import (
+    SEGMENT_FRAMES,
+    EncodeOptions,
+    MediaInfo,
+    MediaLimits,
+    MediaRejected,
+    Render,
+    open_render,
+    probe,
+)
+from server.jobs.store import SCHEMA, Job, JobStore
+from server.jpeg import JpegEncoder
 from server.testing.clips import make_clip, make_image
 from server.testing.servers import RunningServer, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
@@ -384,3 +401,185 @@ async def test_a_job_killed_mid_render_completes_after_a_restart(data_dir: Path,
         assert len(output.streams.audio) == 1
         assert sum(1 for _ in output.decode(video=0)) == 120
     assert not list((data_dir / "jobs" / job_id).glob("*.part")), "the killed render's partial output is gone"
+    assert not (data_dir / "jobs" / job_id / "segments").exists(), "the segments are gone once joined"
+
+
+# -- bad input from the probes: every one a 4xx, nothing left behind ------------------------------
+
+
+def damaged_mp4(tmp_path: Path, damage: str) -> bytes:
+    data = bytearray(make_clip(tmp_path / "clip.mp4", seconds=0.5, faststart=True).read_bytes())
+    if damage == "brand":
+        data[8] = 0xFF  # the major brand no longer decodes as text
+    else:
+        at = data.find(b"stsd")  # the video's sample description: no codec named
+        data[at : at + 4] = bytes(4)
+    return bytes(data)
+
+
+def huge_png(width: int = 16000, height: int = 16000) -> bytes:
+    """A valid PNG of `width`x`height` one-bit pixels: small on disk, hundreds of MB decoded."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+MALFORMED_MULTIPART = {
+    "no boundary": ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\nabc\r\n--x--\r\n"),
+    "wrong boundary": ("multipart/form-data; boundary=abc", b"--xyz\r\nContent-Disposition: form-data\r\n\r\n1\r\n"),
+    "cut short": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nabc',
+    ),
+    "no part headers end": ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=file"),
+    "empty": ("multipart/form-data; boundary=x", b""),
+    "junk header line": ("multipart/form-data; boundary=x", b"--x\r\n\x00\x01\x02\r\n\r\nabc\r\n--x--\r\n"),
+}
+
+
+async def test_malformed_multipart_is_a_4xx(server: RunningServer) -> None:
+    for name, (content_type, body) in MALFORMED_MULTIPART.items():
+        async with server.http.post(server.url("/api/jobs"), data=body, headers={"Content-Type": content_type}) as r:
+            answer = await r.json()
+        assert 400 <= r.status < 500, (name, answer)
+    async with server.http.get(server.url("/api/jobs")) as response:
+        assert (await response.json())["total"] == 0
+    jobs_dir = Path(server.app[keys.CONFIG].server.data_dir) / "jobs"
+    assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
+
+
+async def test_damaged_media_and_huge_pictures_are_refused_at_upload(server: RunningServer, tmp_path: Path) -> None:
+    for damage in ("brand", "stsd"):
+        status, body = await upload(server, damaged_mp4(tmp_path, damage), "damaged.mp4")
+        assert status in (415, 422), (damage, body)
+    status, body = await upload(server, huge_png(), "huge.png")
+    assert (status, body["error"]) == (422, "media refused")
+    assert "16000x16000" in body["detail"]
+    async with server.http.get(server.url("/api/jobs")) as response:
+        assert (await response.json())["total"] == 0
+
+
+def test_a_huge_picture_is_refused_from_its_header_before_any_decode(tmp_path: Path) -> None:
+    # The pixels are garbage: only the header can have told the size.
+    header_only = huge_png(64, 64)[:33] + b"\x00\x00\x00\x04IDATjunk" + bytes(4)
+    header_only = header_only[:16] + struct.pack(">II", 16000, 16000) + header_only[24:]
+    path = tmp_path / "huge.png"
+    path.write_bytes(header_only)
+    with pytest.raises(MediaRejected, match="16000x16000"):
+        probe(path, MediaLimits(600.0, 3840))
+    assert image_size(make_image("jpeg", 131, 97)) == (131, 97)
+    assert image_size(make_image("webp", 131, 97)) == (131, 97)
+    assert image_size(make_image("png", 131, 97)) == (131, 97)
+
+
+async def test_paging_past_what_sqlite_counts_is_422(server: RunningServer) -> None:
+    for query in (f"offset={2**63}", f"skip={2**63}", "offset=99999999999999999999", "skip=-1"):
+        async with server.http.get(server.url(f"/api/jobs?{query}")) as response:
+            assert response.status == 422, query
+
+
+# -- jobs that cannot wedge ------------------------------------------------------------------------
+
+
+async def test_a_job_past_its_time_fails_and_frees_the_slot(make_config: Callable[..., Config], tmp_path: Path) -> None:
+    running = await start_server(make_config(jobs={"timeout_s": 0.5}))
+    try:
+        # 300 frames: far more than half a second of rendering.
+        long = make_clip(tmp_path / "long.mp4", seconds=20.0, fps=15, audio=False).read_bytes()
+        stuck = await submit(running, long, "long.mp4")
+        follow = await submit(running, make_image("png"), "a.png")
+        failed = await wait_job(running, stuck["id"])
+        assert failed["status"] == "failed"
+        assert failed["error"] == "timed out after 0.5 s ([jobs] timeout_s)"
+        assert failed["frames_done"] < failed["frames_total"]
+        assert (await wait_job(running, follow["id"], until={"processing", *FINISHED}))["status"] != "pending"
+        assert not list((Path(running.app[keys.CONFIG].server.data_dir) / "jobs" / stuck["id"]).glob("*.part"))
+    finally:
+        await stop_server(running)
+
+
+async def test_a_job_interrupted_max_attempts_times_fails_with_the_reason(tmp_path: Path) -> None:
+    database = Database(tmp_path / "jobs.db", schemas=[SCHEMA])
+    await database.open()
+    try:
+        store = JobStore(database)
+        media = MediaInfo("image", "png", 16, 16, frames=1)
+        job = Job("a" * 32, "pending", "a.png", None, FrameParams("x", 0.5, 1), media, "in", "out", 1, time.time())
+        await store.add(job)
+        for attempt in (1, 2):
+            claimed = await store.claim_next()
+            assert claimed is not None and claimed.attempts == attempt
+            assert await store.requeue_interrupted(max_attempts=3) == ([job.id], [])  # the server died mid-render
+        claimed = await store.claim_next()
+        assert claimed is not None and claimed.attempts == 3
+        requeued, given_up = await store.requeue_interrupted(max_attempts=3)
+        assert requeued == [] and [j.id for j in given_up] == [job.id]
+        failed = await store.get(job.id)
+        assert failed.status == "failed" and failed.error is not None and "gave up after 3 attempts" in failed.error
+        assert await store.claim_next() is None
+    finally:
+        await database.close()
+
+
+async def test_sweep_now_and_disk_use_in_stats(server: RunningServer) -> None:
+    job = await submit(server, make_image("png"), "a.png")
+    assert (await wait_job(server, job["id"]))["status"] == "completed"
+    async with server.http.get(server.url("/api/stats")) as response:
+        disk = (await response.json())["disk"]
+    assert disk["jobs_bytes"] > 0 and disk["data_bytes"] >= disk["jobs_bytes"]
+    assert disk["free_bytes"] > 0 and disk["total_bytes"] >= disk["free_bytes"]
+    async with server.http.post(server.url("/api/jobs/sweep")) as response:
+        assert (response.status, await response.json()) == (200, {"removed": [], "older_than_hours": 72.0})
+    async with server.http.post(server.url("/api/jobs/sweep"), json={"older_than_hours": -1}) as response:
+        assert response.status == 422
+    async with server.http.post(server.url("/api/jobs/sweep"), json={"older_than_hours": 0}) as response:
+        assert (await response.json())["removed"] == [job["id"]]
+    async with server.http.get(server.url(f"/api/jobs/{job['id']}")) as response:
+        assert response.status == 404
+
+
+def test_a_stopped_video_render_resumes_from_its_last_whole_segment(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", seconds=8.0, fps=15)  # 120 frames, a bar moving 4 px a frame
+    info = probe(clip, MediaLimits(600.0, 3840))
+    segments, target = tmp_path / "segments", tmp_path / "out.mp4"
+
+    def render() -> Render:
+        return open_render(clip, target, info, EncodeOptions(), JpegEncoder(90), segments)
+
+    first = render()
+    assert first.resume_from == 0
+    for _ in range(SEGMENT_FRAMES + 20):  # the server stops part way into the second segment
+        frame = first.read()
+        assert frame is not None
+        first.write(frame, frame.data)  # "stylized" as itself: the pictures can be checked after
+    first.close()
+    assert len(list(segments.glob("seg-*.mp4"))) == 1 and not list(segments.glob("*.part"))
+
+    second = render()
+    assert second.resume_from == SEGMENT_FRAMES
+    rendered = 0
+    while (frame := second.read()) is not None:
+        if rendered == 0:
+            assert frame.pts is not None and frame.time_base is not None
+            assert round(frame.pts * frame.time_base * 15) == SEGMENT_FRAMES  # the first frame not yet rendered
+        second.write(frame, frame.data)
+        rendered += 1
+    assert rendered == 120 - SEGMENT_FRAMES
+    second.finish()
+    second.close()
+    with av.open(str(target)) as output:
+        video = output.streams.video[0]
+        assert video.average_rate == 15
+        assert output.duration is not None and output.duration / av.time_base == pytest.approx(8.0, abs=0.15)
+        assert len(output.streams.audio) == 1
+        frames = [frame.to_ndarray(format="gray") for frame in output.decode(video=0)]
+    assert len(frames) == 120
+    # Every frame in its place across the seam: the bright bar sits where frame i drew it.
+    for index, picture in enumerate(frames):
+        assert abs(int(picture.mean(axis=0).argmax()) - (index * 4) % 128) <= 3, index

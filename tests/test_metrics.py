@@ -101,12 +101,13 @@ def test_jobs_gauge_and_osc_counter_are_set_by_their_features() -> None:
     metrics = Metrics()
     metrics.set_jobs({"queued": 2, "running": 1})
     metrics.set_jobs({"done": 3})
-    metrics.osc_rejected.inc()
+    metrics.osc_dropped("value")
     samples = parse(metrics.render("")[0].decode())
     assert value(samples, "stylize_jobs", status="done") == 3
     assert value(samples, "stylize_jobs", status="queued") == 0  # a status left out reads 0
     assert metrics.jobs_by_status() == {"done": 3}
-    assert value(samples, "stylize_osc_rejected_total") == 1
+    assert value(samples, "stylize_osc_rejected_total", reason="value") == 1
+    assert value(samples, "stylize_osc_rejected_total", reason="depth") == 0  # every reason listed from the start
 
 
 def test_settings_changes_count_by_source() -> None:
@@ -245,3 +246,23 @@ def test_values_are_read_without_asking_the_gpu() -> None:
     assert metrics.value("stylize_batch_size_count") == 0
     assert asked == []
     assert metrics.value("stylize_gpu_memory_bytes") == 0.0 and asked == [True]
+
+
+async def test_http_requests_are_counted_by_route_template_method_and_status(quick_server: RunningServer) -> None:
+    server = quick_server
+    for path in ("/api/jobs/" + "0" * 32, "/api/jobs/" + "1" * 32, "/no/such/page/abc123", "/static/js/api.js"):
+        async with server.http.get(server.url(path)):
+            pass
+    async with server.http.patch(server.url("/api/settings"), json={"strength": 7}):
+        pass
+    async with server.http.request("PROPFIND", server.url("/api/settings")):
+        pass
+    samples = await scrape(server)
+    assert value(samples, "stylize_http_requests_total", route="/api/jobs/{job_id}", method="GET", status="404") == 2
+    assert value(samples, "stylize_http_requests_total", route="/api/settings", method="PATCH", status="422") == 1
+    assert value(samples, "stylize_http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert value(samples, "stylize_http_requests_total", route="/static/{filename}", method="GET", status="200") == 1
+    assert value(samples, "stylize_http_requests_total", route="unmatched", method="other", status="405") == 1
+    assert value(samples, "stylize_http_request_duration_seconds_count", route="/api/jobs/{job_id}") == 2
+    routes = {dict(labels).get("route") for name, labels in samples if name == "stylize_http_requests_total"}
+    assert not any("0000" in route or "abc123" in route for route in routes if route)  # no ids in labels

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from server import keys
 from server.config import Config, OscConfig
 from server.control.osc import LOGGED_ADDRESSES, OscListener
+from server.control.osc_datagram import MAX_DATAGRAM_BYTES, MAX_DEPTH, MAX_MESSAGES
 from server.control.settings import SettingsStore, StyleSettings
 from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
@@ -172,3 +175,90 @@ def test_drops_are_logged_once_per_address_up_to_a_cap(caplog: pytest.LogCapture
     logged = [record.getMessage() for record in caplog.records]
     assert len(logged) == LOGGED_ADDRESSES + 1  # one line per address up to the cap, then one saying so
     assert "no longer logged" in logged[-1]
+
+
+# -- hostile datagrams --------------------------------------------------------------------------
+
+
+def _message(address: str, *args: Any) -> bytes:
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg)
+    return bytes(builder.build().dgram)
+
+
+def _bundle(*elements: bytes) -> bytes:
+    return b"#bundle\x00" + bytes(8) + b"".join(struct.pack(">i", len(e)) + e for e in elements)
+
+
+def _nested(depth: int) -> bytes:
+    datagram = _message("/stylize/strength", 0.5)
+    for _ in range(depth):
+        datagram = _bundle(datagram)
+    return datagram
+
+
+# 48 bytes: a bundle whose first element claims a size of -4, then a well-formed element.
+# python-osc's parser stepped back 4 bytes for every element read: it looped forever on the event loop.
+NEGATIVE_SIZE = b"#bundle\x00" + bytes(8) + struct.pack(">i", -4) + struct.pack(">i", 24) + _message("/stylize/seed", 1)
+NIL_ARGUMENT = b"/stylize/strength\x00\x00\x00,N\x00\x00"
+
+HOSTILE = {
+    "negative element size": (NEGATIVE_SIZE, "malformed"),
+    "600 nested bundles": (_nested(600), "depth"),
+    "nil argument": (NIL_ARGUMENT, "value"),
+    "element size past the end": (b"#bundle\x00" + bytes(8) + struct.pack(">i", 4096) + bytes(8), "malformed"),
+    "element size not a multiple of 4": (
+        _bundle(_message("/stylize/seed", 1))[:16] + struct.pack(">i", 3) + b"/ab",
+        "malformed",
+    ),
+    "bundle cut inside its header": (b"#bundle\x00" + bytes(4), "malformed"),
+    "empty bundle": (_bundle(), "malformed"),
+    "unknown element in a bundle": (_bundle(b"xyz\x00"), "malformed"),
+    "unknown type tag": (b"/stylize/strength\x00\x00\x00,c\x00\x00" + bytes(4), "malformed"),
+    "address without a terminator": (b"/stylize/strength", "malformed"),
+    "blob longer than the datagram": (b"/stylize/prompt\x00,b\x00\x00" + struct.pack(">i", 10_000), "malformed"),
+    "oversized datagram": (_message("/stylize/prompt", "x" * MAX_DATAGRAM_BYTES), "size"),
+    "too many messages": (_bundle(*[_message("/stylize/seed", 1)] * (MAX_MESSAGES + 1)), "count"),
+    "one level too deep": (_nested(MAX_DEPTH + 1), "depth"),
+}
+
+
+@pytest.mark.parametrize(("datagram", "reason"), HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_datagrams_are_dropped_and_counted_without_stalling(datagram: bytes, reason: str) -> None:
+    store = SettingsStore(StyleSettings())
+    reasons: list[str] = []
+    listener = OscListener(OscConfig(), store, on_reject=reasons.append)
+    # On a thread of its own with a bound, so a parser that loops forever fails the test instead of hanging it.
+    worker = threading.Thread(target=listener.datagram_received, args=(datagram, ("127.0.0.1", 5000)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the listener was still parsing the datagram after 10 s: it would stall the loop"
+    assert reasons == [reason]
+    assert (listener.rejected, listener.accepted) == (1, 0)
+    assert store.global_settings == StyleSettings()
+
+
+def test_nesting_up_to_the_limit_is_applied() -> None:
+    store = SettingsStore(StyleSettings())
+    listener = OscListener(OscConfig(), store)
+    listener.datagram_received(_nested(MAX_DEPTH), ("127.0.0.1", 5000))
+    assert (listener.accepted, listener.rejected) == (1, 0)
+    assert store.global_settings.strength == 0.5
+
+
+async def test_hostile_datagrams_over_udp_leave_the_server_serving(server: RunningServer) -> None:
+    osc = _client(server)
+    listener = _listener(server)
+    before = await _settings(server)
+    for datagram, _ in HOSTILE.values():
+        osc._sock.sendto(datagram, ("127.0.0.1", _port(server)))
+    await eventually(lambda: listener.rejected == len(HOSTILE))
+    assert await _settings(server) == before
+    osc.send_message("/stylize/strength", 0.4)
+    await eventually(lambda: listener.accepted == 1)
+    async with server.http.get(server.url("/metrics")) as response:
+        text = await response.text()
+    for reason in ("malformed", "depth", "value", "size", "count"):
+        expected = sum(1 for _, r in HOSTILE.values() if r == reason)
+        assert f'stylize_osc_rejected_total{{reason="{reason}"}} {float(expected)}' in text, reason

@@ -160,11 +160,12 @@ async def test_bad_preset_fields_are_422_naming_the_field(
 
 
 async def test_bad_bodies_are_4xx_not_500(server: RunningServer) -> None:
-    async with server.http.post(server.url("/api/presets"), data=b"{not json") as response:
+    json_type = {"Content-Type": "application/json"}
+    async with server.http.post(server.url("/api/presets"), data=b"{not json", headers=json_type) as response:
         assert response.status == 400
     async with server.http.post(server.url("/api/presets"), json=["a list"]) as response:
         assert response.status == 400
-    async with server.http.post(server.url("/api/presets"), data=b"x" * 70_000) as response:
+    async with server.http.post(server.url("/api/presets"), data=b"x" * 70_000, headers=json_type) as response:
         assert response.status == 413
 
 
@@ -212,7 +213,9 @@ async def test_apply_bad_input(server: RunningServer) -> None:
     assert status == 422
     status, body = await call(server, "POST", "/api/presets/anime/apply", {"strength": 0.3})
     assert status == 422
-    async with server.http.post(server.url("/api/presets/anime/apply"), data=b"{") as response:
+    async with server.http.post(
+        server.url("/api/presets/anime/apply"), data=b"{", headers={"Content-Type": "application/json"}
+    ) as response:
         assert response.status == 400
     assert (await call(server, "GET", "/api/settings"))[1]["preset"] is None
 

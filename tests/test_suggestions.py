@@ -47,8 +47,9 @@ async def test_categories_and_their_fragments(server: RunningServer) -> None:
 
 
 async def test_autocomplete_ranks_prefix_matches_then_word_matches(server: RunningServer) -> None:
-    # No fragment starts with "light"; these have a word that does, A-Z.
-    assert await autocomplete(server, "Light") == [
+    # No fragment starts with "light"; these have a word that does, A-Z, then those holding it inside a word.
+    found = await autocomplete(server, "Light")
+    assert found[:6] == [
         "cinematic lighting",
         "dramatic rim lighting",
         "neon lights",
@@ -56,6 +57,12 @@ async def test_autocomplete_ranks_prefix_matches_then_word_matches(server: Runni
         "studio lighting",
         "volumetric light",
     ]
+    assert found[6:] == sorted(found[6:]) and "candlelight" in found[6:]
+    _, body = await call(server, "GET", "/api/suggestions/autocomplete?query=light&limit=50")
+    kinds = [item["match_type"] for item in body["suggestions"]]
+    assert kinds == ["word"] * 6 + ["substring"] * (len(kinds) - 6)
+    _, body = await call(server, "GET", "/api/suggestions/autocomplete?query=sepia")
+    assert body["suggestions"][0]["match_type"] == "prefix"
     # Prefix matches come first, A-Z, and the limit cuts the list.
     assert await autocomplete(server, "s", limit=3) == ["sepia", "serene", "shallow depth of field"]
     both = await autocomplete(server, "pa", limit=50)
@@ -112,11 +119,11 @@ async def test_enhance_bad_body_is_422(server: RunningServer, body: dict[str, An
 async def test_random_is_deterministic_with_a_seed(server: RunningServer) -> None:
     status, first = await call(server, "GET", "/api/suggestions/random?count=6&seed=7")
     assert status == 200 and first["seed"] == 7
-    texts = [s["text"] for s in first["suggestions"]]
+    texts = [s["prompt"] for s in first["suggestions"]]
     assert len(texts) == len(set(texts)) == 6
     assert (await call(server, "GET", "/api/suggestions/random?count=6&seed=7"))[1] == first
     other = (await call(server, "GET", "/api/suggestions/random?count=6&seed=8"))[1]
-    assert [s["text"] for s in other["suggestions"]] != texts
+    assert [s["prompt"] for s in other["suggestions"]] != texts
 
     status, unseeded = await call(server, "GET", "/api/suggestions/random")
     assert status == 200 and len(unseeded["suggestions"]) == 5

@@ -60,13 +60,22 @@ async def test_the_server_serves_https_with_the_configured_certificate(data_dir:
         async with http.get(f"{running.url}/") as response:
             assert response.status == 200
             assert 'id="output"' in await response.text()
-        async with http.get(f"{running.url}/api/client-config") as response:
+        async with http.get(f"{running.url}/api/client-config?token=not-for-the-log") as response:
             assert response.status == 200
+        # The page's own origin is https: the same host and port over http is another site.
+        for origin, status in ((running.url, 200), (running.url.replace("https://", "http://"), 403)):
+            async with http.post(
+                f"{running.url}/api/strength", json={"strength": 0.3}, headers={"Origin": origin}
+            ) as r:
+                assert r.status == status, origin
         # Plain http on the same port gets no page.
         plain = running.url.replace("https://", "http://")
         with pytest.raises(aiohttp.ClientError):
             async with http.get(f"{plain}/health") as response:
                 await response.read()
+    log = (tmp_path / "server.log").read_text()
+    assert '"GET /api/client-config?token=***" 200' in log, "the access log names the request without the token"
+    assert "not-for-the-log" not in log
 
 
 async def test_a_certificate_that_cannot_load_stops_the_server_with_the_reason(data_dir: Path, tmp_path: Path) -> None:

@@ -1,18 +1,79 @@
-"""GET /api/events: a WebSocket that pushes every settings change, stream up/down, job and preset event."""
+"""GET /api/events: a WebSocket that pushes every settings change, stream up/down, job and preset event.
+
+Every message is one JSON object with its `type` and `ts` (when it was published, ISO 8601 UTC);
+the models below describe each type for the API contract.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
+from pydantic import BaseModel, Field
+
+from server.control.settings import StyleSettings
 
 logger = logging.getLogger(__name__)
 
 # A listener that falls this far behind is cut off rather than let memory grow.
 QUEUE_LIMIT = 256
+
+
+class _Event(BaseModel):
+    ts: str = Field(description="when it was published, ISO 8601 UTC")
+
+
+class SettingsEvent(_Event):
+    """Global or per-stream settings changed, from any control path."""
+
+    type: Literal["settings"]
+    scope: str = Field(description='"global" or a stream id')
+    source: Literal["http", "osc", "datachannel", "preset", "config"]
+    changed: dict[str, Any]
+    settings: StyleSettings
+
+
+class StreamEvent(_Event):
+    """A stream came up or went down (with why)."""
+
+    type: Literal["stream"]
+    action: Literal["up", "down"]
+    stream_id: str
+    streams: int = Field(description="streams live now")
+    reason: str | None = Field(None, description="down only: hung up, connection failed, no frames ...")
+
+
+class JobEvent(_Event):
+    """A render job changed: queued, started, progress, completed, failed, cancelled, deleted."""
+
+    type: Literal["job"]
+    action: Literal["queued", "started", "progress", "completed", "failed", "cancelled", "deleted"]
+    job: dict[str, Any] = Field(description="the job as GET /api/jobs/{id} shows it")
+
+
+class PresetEvent(_Event):
+    """A custom preset was created, updated or deleted, or a preset applied."""
+
+    type: Literal["preset"]
+    action: Literal["created", "updated", "deleted", "applied"]
+    preset_id: str
+    preset: dict[str, Any] | None = None
+    scope: str | None = None
+    subject: str | None = None
+    prompt: str | None = None
+
+
+EVENT_TYPES: list[type[BaseModel]] = [SettingsEvent, StreamEvent, JobEvent, PresetEvent]
+
+
+def timestamp() -> str:
+    """Now as ISO 8601 UTC to the millisecond: 2026-11-30T13:25:57.123Z."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventHub:
@@ -24,8 +85,8 @@ class EventHub:
         return len(self._queues)
 
     def publish(self, event_type: str, **payload: Any) -> None:
-        """Queue `{"type": event_type, ...payload}` for every listener; never blocks."""
-        message = json.dumps({"type": event_type, **payload}, default=str)
+        """Queue `{"type": event_type, "ts": now, ...payload}` for every listener; never blocks."""
+        message = json.dumps({"type": event_type, "ts": timestamp(), **payload}, default=str)
         for queue in list(self._queues):
             if queue.qsize() >= QUEUE_LIMIT:
                 logger.warning("event listener too slow, disconnecting")

@@ -7,23 +7,45 @@ any stream takes it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from server import keys
-from server.control.settings import SettingsPatch, SettingsStore, name_scope
-from server.http.errors import read_model
+from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, name_scope
+from server.http.inputs import read_model
 from server.http.names import path_name
+from server.http.openapi import operation
 
 routes = web.RouteTableDef()
 
 
+class NameSettings(BaseModel):
+    name: str
+    settings: StyleSettings
+    overrides: dict[str, Any] = Field(description="the fields this name sets; the rest follow global")
+
+
 @routes.get("/api/outputs/{name}/settings")
+@operation(
+    "A name's settings: effective (global under its overrides) and its overrides",
+    tag="settings",
+    response=NameSettings,
+    errors={422: "not a name a stream can take"},
+)
 async def get_name_settings(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     return _describe(request.app[keys.SETTINGS], name)
 
 
 @routes.patch("/api/outputs/{name}/settings")
+@operation(
+    "Change a name's overrides (null clears one); saved, for every stream of that name",
+    tag="settings",
+    body=SettingsPatch,
+    response=NameSettings,
+)
 async def patch_name_settings(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     patch = await read_model(request, SettingsPatch)

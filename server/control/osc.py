@@ -6,24 +6,25 @@ Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/n
 `/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|i`,
 `/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev`.
 Ints pass where floats are expected. Anything malformed, out of range, unknown or from a source
-not on the allow-list is dropped, logged once per address and counted; nothing raises into the loop.
-Bundles are applied as they arrive (their time tags are ignored: late is worse than early here).
+not on the allow-list is dropped, logged once per address and counted by reason; nothing raises
+into the loop. Datagrams are taken apart by `osc_datagram.split_datagram` (bounded in size, depth
+and count) before python-osc reads a single message's arguments; python-osc's own bundle parser is
+never used. Bundles are applied as they arrive (their time tags are ignored: late is worse than
+early here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import ValidationError
-from pythonosc.osc_message import ParseError as MessageParseError
-from pythonosc.osc_packet import OscPacket
-from pythonosc.osc_packet import ParseError as PacketParseError
+from pythonosc.osc_message import OscMessage
 
-from server.config import OscConfig
+from server.config import OscConfig, address_in, networks
+from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ FLOAT_FIELDS = {"blend", "strength", "guidance_scale"}
 # Drops are logged once per address; a sender spraying random addresses must not grow this forever.
 LOGGED_ADDRESSES = 256
 
+# Why a message was dropped (the `reason` label of stylize_osc_rejected_total): a sender off the
+# allow-list, the datagram's framing (`osc_datagram`), an address nobody serves, an argument of the
+# wrong count, type or range, or a preset that cannot be applied.
+DropReason = Literal[FramingReason, "source", "address", "value", "preset", "internal"]
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
+
 
 class PresetControl(Protocol):
     """What OSC needs from the presets feature (`server.control.presets.PresetLibrary`)."""
@@ -60,7 +67,11 @@ class FeedbackControl(Protocol):
 
 
 class OscRejected(Exception):
-    """A message that cannot be applied; the text says why."""
+    """A message that cannot be applied; the text says why, `reason` is the counter label."""
+
+    def __init__(self, message: str, reason: DropReason = "value") -> None:
+        super().__init__(message)
+        self.reason: DropReason = reason
 
 
 class OscListener(asyncio.DatagramProtocol):
@@ -69,9 +80,9 @@ class OscListener(asyncio.DatagramProtocol):
         config: OscConfig,
         settings: SettingsStore,
         presets: PresetControl | None = None,
-        on_reject: Callable[[], None] | None = None,
+        on_reject: Callable[[DropReason], None] | None = None,
     ) -> None:
-        self._allow = [ipaddress.ip_network(entry, strict=False) for entry in config.allow]
+        self._allow = networks(config.allow)
         self._settings = settings
         self._presets = presets
         self._on_reject = on_reject
@@ -89,18 +100,27 @@ class OscListener(asyncio.DatagramProtocol):
         self.sender = (str(addr[0]), int(addr[1]))
         host = str(addr[0])
         if not self._allowed(host):
-            self._reject(f"source {host}", "source not on the allow-list")
+            self._reject(f"source {host}", "source", "source not on the allow-list")
             return
         try:
-            messages = [timed.message for timed in OscPacket(data).messages]
-        except (PacketParseError, MessageParseError, ValueError, IndexError) as e:
-            self._reject(f"garbage from {host}", f"unparseable datagram ({e})")
+            elements = split_datagram(data)
+        except DatagramRejected as e:
+            self._reject(f"datagram from {host}", e.reason, str(e))
             return
-        for message in messages:
+        for element in elements:
             try:
-                self.handle(message.address, list(message.params))
+                message = OscMessage(element)
+                address, args = message.address, list(message.params)
+            except Exception as e:  # python-osc raises ParseError, ValueError, IndexError, UnicodeError ...
+                self._reject(f"datagram from {host}", "malformed", f"unparseable message ({e!r})")
+                continue
+            try:
+                self.handle(address, args)
             except OscRejected as e:
-                self._reject(message.address, str(e))
+                self._reject(address, e.reason, str(e))
+            except Exception:
+                logger.exception("OSC %s failed", address)
+                self._reject(address, "internal", "failed")
 
     def error_received(self, exc: Exception) -> None:
         logger.warning("OSC socket error: %s", exc)
@@ -110,15 +130,15 @@ class OscListener(asyncio.DatagramProtocol):
     def handle(self, address: str, args: list[Any]) -> None:
         parts = address.split("/")
         if parts[:2] != ["", PREFIX[1:]]:
-            raise OscRejected("unknown address")
+            raise OscRejected("unknown address", "address")
         rest = parts[2:]
         stream_id: str | None = None
         if rest[:1] == ["stream"]:
             if len(rest) < 3 or not rest[1]:
-                raise OscRejected("stream address needs /stylize/stream/<id>/<name>")
+                raise OscRejected("stream address needs /stylize/stream/<id>/<name>", "address")
             stream_id = rest[1]
             if not self._settings.has_stream(stream_id):
-                raise OscRejected(f"unknown stream {stream_id!r}")
+                raise OscRejected(f"unknown stream {stream_id!r}", "address")
             rest = rest[2:]
         elif rest[:1] == ["name"]:
             # A name's overrides are a settings scope of their own (`name:<name>`), served like a stream's.
@@ -135,9 +155,11 @@ class OscListener(asyncio.DatagramProtocol):
             return
         field = FIELDS.get(name)
         if field is None:
-            raise OscRejected("unknown address")
+            raise OscRejected("unknown address", "address")
         if len(args) != 1:
             raise OscRejected(f"expected one argument, got {len(args)}")
+        if args[0] is None:
+            raise OscRejected(f"{name} takes a value, got nil")
         patch = self._patch(field, args[0])
         try:
             if stream_id is None:
@@ -145,7 +167,7 @@ class OscListener(asyncio.DatagramProtocol):
             else:
                 self._settings.update_stream(stream_id, patch, "osc")
         except UnknownStreamError as e:
-            raise OscRejected(f"unknown stream {stream_id!r}") from e
+            raise OscRejected(f"unknown stream {stream_id!r}", "address") from e
         self.accepted += 1
 
     @staticmethod
@@ -170,7 +192,7 @@ class OscListener(asyncio.DatagramProtocol):
     def _preset(self, name: str, args: list[Any], stream_id: str | None) -> None:
         presets = self._presets
         if presets is None:
-            raise OscRejected("presets are not available")
+            raise OscRejected("presets are not available", "preset")
         if name == "preset":
             if len(args) != 1 or not isinstance(args[0], str):
                 raise OscRejected("/preset takes one string")
@@ -188,10 +210,10 @@ class OscListener(asyncio.DatagramProtocol):
             await work
             self.accepted += 1
         except LookupError as e:
-            self._reject(address, f"unknown preset ({e})")
+            self._reject(address, "preset", f"unknown preset ({e})")
         except Exception:
             logger.exception("OSC %s failed", address)
-            self._reject(address, "failed")
+            self._reject(address, "internal", "failed")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -205,32 +227,28 @@ class OscListener(asyncio.DatagramProtocol):
         return self._allowed(host)
 
     def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allow)
+        return address_in(host, self._allow)
 
-    def _reject(self, address: str, reason: str) -> None:
+    def _reject(self, address: str, reason: DropReason, text: str) -> None:
         self.rejected += 1
         if self._on_reject is not None:
-            self._on_reject()
+            self._on_reject(reason)
         if address in self._logged or len(self._logged) > LOGGED_ADDRESSES:
             return
         self._logged.add(address)
         if len(self._logged) > LOGGED_ADDRESSES:
             logger.warning("OSC drops from more than %d addresses: no longer logged, still counted", LOGGED_ADDRESSES)
         else:
-            logger.warning("OSC message dropped address=%s reason=%s (logged once per address)", address, reason)
+            logger.warning(
+                "OSC message dropped address=%s reason=%s: %s (logged once per address)", address, reason, text
+            )
 
 
 async def start_osc(
     config: OscConfig,
     settings: SettingsStore,
     presets: PresetControl | None = None,
-    on_reject: Callable[[], None] | None = None,
+    on_reject: Callable[[DropReason], None] | None = None,
 ) -> tuple[asyncio.DatagramTransport, OscListener]:
     loop = asyncio.get_running_loop()
     listener = OscListener(config, settings, presets, on_reject)

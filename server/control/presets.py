@@ -14,9 +14,9 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.config import CONFIGS
 from server.control.events import EventHub
@@ -27,7 +27,7 @@ from server.fields import Guidance, Prompt, Seed, Strength
 logger = logging.getLogger(__name__)
 
 BUILTIN_PRESETS = CONFIGS / "presets.toml"
-SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 CATEGORY = r"^[a-z0-9][a-z0-9-]{0,31}$"
 SLOT = "{prompt}"
 MAX_NAME = 80
@@ -80,18 +80,60 @@ def check_template(template: str) -> str:
     return template
 
 
+class PresetParameters(BaseModel):
+    """The seed systems' `parameters` object: the same fields under their names (`cfg_scale` is guidance)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cfg_scale: Guidance | None = None
+    guidance_scale: Guidance | None = None
+    strength: Strength | None = None
+    seed: Seed | None = None
+    negative_prompt: Prompt | None = None
+
+
 class PresetFields(BaseModel):
-    """What a custom preset's owner sets (the body of PUT; POST adds the id)."""
+    """What a custom preset's owner sets (the body of PUT; POST adds the id).
+
+    The seed systems' shapes are taken too: `prompt_template` for `template`, and a `parameters`
+    object whose fields (`cfg_scale` for `guidance_scale`) fill the flat ones it does not repeat.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=MAX_NAME)
     category: str = Field(pattern=CATEGORY)
-    template: Annotated[str, Field(max_length=MAX_TEMPLATE), AfterValidator(check_template)]
+    template: Annotated[
+        str,
+        Field(max_length=MAX_TEMPLATE, description="holds exactly one {prompt} slot (or send prompt_template)"),
+        AfterValidator(check_template),
+    ]
     negative_prompt: Prompt = ""
     strength: Strength = 0.5
     guidance_scale: Guidance = 0.0
     seed: Seed = 42
+    prompt_template: str | None = Field(None, exclude=True, description="the seed systems' name for template")
+    parameters: PresetParameters | None = Field(None, exclude=True, description="the seed systems' parameters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_shapes(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not ({"prompt_template", "parameters"} & data.keys()):
+            return data
+        data = dict(data)
+        if "prompt_template" in data:
+            if "template" in data:
+                raise ValueError("send template or prompt_template, not both")
+            data["template"] = data.pop("prompt_template")
+        parameters = data.pop("parameters", None)
+        if parameters is not None:
+            values = PresetParameters.model_validate(parameters).model_dump(exclude_none=True)
+            if "cfg_scale" in values:
+                values.setdefault("guidance_scale", values.pop("cfg_scale"))
+                values.pop("cfg_scale", None)
+            for name, value in values.items():
+                data.setdefault(name, value)
+        return data
 
 
 class NewPreset(PresetFields):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from server import keys
 from server.control import name_settings_routes, preset_routes, settings_routes, suggestion_routes
+from server.control.events import EVENT_TYPES
 from server.control.mdns import MdnsAdvertiser, service_infos
 from server.control.osc import start_osc
 from server.control.osc_feedback import OscFeedback
@@ -21,6 +22,7 @@ from server.control.presets import PresetLibrary, load_builtin_presets
 from server.control.saved_settings import SavedSettings
 from server.control.settings import SettingsChange
 from server.control.suggestions import PromptSuggestions
+from server.http.openapi import REF, operation
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     transport, listener = await start_osc(
-        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_rejected.inc
+        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_dropped
     )
     app[keys.OSC] = listener
     yield
@@ -152,9 +154,21 @@ CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
 ]
 
 
+@operation(
+    "Every change as it happens (WebSocket)",
+    tag="events",
+    status=101,
+    response={"oneOf": [{"$ref": REF.format(model=model.__name__)} for model in EVENT_TYPES]},
+    description="Upgrade to a WebSocket (?token= when a token is set); each text message is one event of the "
+    "types listed in x-websocket-events, each with its type and ts. Listeners only listen.",
+)
+async def events(request: web.Request) -> web.WebSocketResponse:
+    return await request.app[keys.EVENTS].handle(request)
+
+
 def setup_routes(app: web.Application) -> None:
     app.on_shutdown.append(_close_event_listeners)
-    app.router.add_get("/api/events", app[keys.EVENTS].handle)
+    app.router.add_get("/api/events", events)
     app.add_routes(settings_routes.routes)
     app.add_routes(name_settings_routes.routes)
     app.add_routes(preset_routes.routes)

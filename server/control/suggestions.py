@@ -11,6 +11,7 @@ import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,25 @@ class Suggestion:
     category: str
 
 
+MatchType = Literal["prefix", "word", "substring"]
+MATCH_ORDER: tuple[MatchType, ...] = ("prefix", "word", "substring")
+# The categories a random prompt is composed from, by the component name it is given.
+COMPONENTS = {"subject": "subjects", "style": "styles", "lighting": "lighting", "quality": "quality"}
+
+
+@dataclass(frozen=True)
+class Match:
+    text: str
+    category: str
+    match_type: MatchType
+
+
+@dataclass(frozen=True)
+class ComposedPrompt:
+    prompt: str
+    components: dict[str, str]  # subject, style, lighting, quality
+
+
 def _words_pattern(phrase: str) -> re.Pattern[str]:
     """`phrase` as whole words anywhere in a lower-cased text."""
     return re.compile(r"(?<![a-z0-9])" + re.escape(phrase.lower()) + r"(?![a-z0-9])")
@@ -82,6 +102,9 @@ class PromptSuggestions:
             too_long = [text for text in texts if not 0 < len(text) <= MAX_FRAGMENT]
             if too_long:
                 raise ValueError(f"{path}: category {name!r} has fragments of bad length: {too_long}")
+        missing = [name for name in COMPONENTS.values() if not data.categories.get(name)]
+        if missing:
+            raise ValueError(f"{path}: random prompts need the categories {missing}")
         return cls(data.categories, data.enhance)
 
     def categories(self) -> dict[str, int]:
@@ -94,8 +117,8 @@ class PromptSuggestions:
         except KeyError:
             raise UnknownCategoryError(f"no suggestion category {name!r}") from None
 
-    def autocomplete(self, query: str, limit: int) -> list[Suggestion]:
-        """Fragments starting with `query`, then fragments with a word starting with it; each group A-Z."""
+    def autocomplete(self, query: str, limit: int) -> list[Match]:
+        """Fragments starting with `query`, then with a word starting with it, then holding it; each group A-Z."""
         needle = _normalize(query)
         if not needle:
             return []
@@ -106,15 +129,27 @@ class PromptSuggestions:
                 ranked.append((0, lowered, suggestion))
             elif word_start.search(lowered):
                 ranked.append((1, lowered, suggestion))
+            elif needle in lowered:
+                ranked.append((2, lowered, suggestion))
         ranked.sort(key=lambda item: (item[0], item[1]))
-        return [suggestion for _, _, suggestion in ranked[:limit]]
+        return [Match(s.text, s.category, MATCH_ORDER[rank]) for rank, _, s in ranked[:limit]]
 
-    def random(self, count: int, seed: int | None = None) -> tuple[int, list[Suggestion]]:
-        """`count` distinct fragments; the same seed gives the same picks. Returns the seed used."""
+    def random(self, count: int, seed: int | None = None) -> tuple[int, list[ComposedPrompt]]:
+        """`count` distinct prompts, each a subject, style, lighting and quality fragment; the same seed
+        gives the same prompts. Returns the seed used."""
         if seed is None:
             seed = secrets.randbelow(MAX_SEED + 1)
-        picks = random.Random(seed).sample(self._all, min(count, len(self._all)))
-        return seed, picks
+        rng = random.Random(seed)
+        pools = {component: self._categories[category] for component, category in COMPONENTS.items()}
+        possible = 1
+        for pool in pools.values():
+            possible *= len(pool)
+        picks: dict[str, ComposedPrompt] = {}
+        while len(picks) < min(count, possible):
+            components = {component: rng.choice(pool) for component, pool in pools.items()}
+            prompt = SEPARATOR.join(components.values())[:MAX_PROMPT]
+            picks.setdefault(prompt, ComposedPrompt(prompt, components))
+        return seed, list(picks.values())
 
     def enhance(self, prompt: str) -> tuple[str, list[str]]:
         """Append the quality terms, a style and a lighting the prompt lacks, within MAX_PROMPT.

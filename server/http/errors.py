@@ -1,27 +1,34 @@
 """JSON errors at the edge: every 4xx is `{"error": ..., "detail": ...}`, never a 500 for bad input.
 
-Bad fields are listed as `server.fields.field_error` items, whichever check found them.
+Bad fields are listed as `server.fields.field_error` items, whichever check found them. An
+unexpected exception becomes `500 {"error": "internal", "id": ...}`, its traceback logged under
+that id so an operator can find it from what the client saw.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import uuid
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from server import keys
 from server.fields import field_error, validation_detail
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
+# A refused body may be left unread on the connection: answer, then close it.
+CLOSE_AFTER = frozenset({408, 413})
+
 
 def json_error(status: int, error: str, detail: Any = None) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+    response = web.json_response({"error": error, "detail": detail}, status=status)
+    if status in CLOSE_AFTER:
+        response.force_close()
+    return response
 
 
 class ApiError(Exception):
@@ -45,28 +52,6 @@ def validate(model: type[M], data: Any, error: str = "invalid fields") -> M:
         raise ApiError(422, error, validation_detail(e)) from e
 
 
-async def read_model(request: web.Request, model: type[M]) -> M:
-    """Parse the JSON body into `model`: 413 if too large, 400 if not a JSON object, 422 if invalid."""
-    limit = request.app[keys.CONFIG].server.max_body_kb * 1024
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "request body too large", {"limit_bytes": limit})
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, "request body too large", {"limit_bytes": limit})
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "body is not valid JSON", str(e)) from e
-    if not isinstance(data, dict):
-        raise ApiError(400, "body must be a JSON object", type(data).__name__)
-    return validate(model, data)
-
-
-def read_query(request: web.Request, model: type[M]) -> M:
-    """Parse the query string into `model` (lax: "5" is an int there): 422 naming the bad field."""
-    return validate(model, dict(request.query), "invalid query")
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -78,3 +63,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if e.status < 400 or not request.path.startswith("/api/"):
             raise
         return json_error(e.status, e.reason, None)
+    except Exception:
+        error_id = uuid.uuid4().hex[:12]
+        logger.exception("unexpected error id=%s %s %s", error_id, request.method, request.rel_url.path)
+        return web.json_response({"error": "internal", "id": error_id}, status=500)

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from server import keys
 from server.config import IceServer
 from server.http.errors import ApiError
+from server.http.inputs import read_body
 
 SDP = "application/sdp"
-BODY_TIMEOUT_S = 10.0  # a body that has not all arrived by then is a 408
+# How a route answers with SDP, for `@operation`.
+SDP_ANSWER = {"status": 201, "response": {"type": "string"}, "media_type": SDP, "raw_body": SDP}
 
 
 async def read_sdp(request: web.Request) -> str:
-    """The offer in the body: 415 for another content type, 413 past `[server] max_body_kb`, 400 if not SDP."""
+    """The offer in the body: 415 for another content type, 413 or 408 as for any body, 400 if not SDP."""
     if request.content_type != SDP:
         raise ApiError(415, "unsupported media type", f"send the offer as {SDP}, not {request.content_type!r}")
-    limit = request.app[keys.CONFIG].server.max_body_kb * 1024
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "request body too large", {"limit_bytes": limit})
-    body = bytearray()
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > limit:
-                    raise ApiError(413, "request body too large", {"limit_bytes": limit})
-    except TimeoutError as e:
-        raise ApiError(408, "request body too slow", {"timeout_s": BODY_TIMEOUT_S}) from e
+    server = request.app[keys.CONFIG].server
+    body = await read_body(request, server.max_body_kb * 1024, server.body_timeout_s)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:

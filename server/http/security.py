@@ -1,20 +1,48 @@
-"""Bearer-token auth, a per-client rate limit on mutating requests, and CORS (closed by default)."""
+"""Who may call: browsers only from the server's own origin (CSRF), token holders where a token is
+set, each client within a rate; and who the client is behind a trusted reverse proxy.
+
+In order, for every request:
+1. The client's address: the peer's, or, when the peer is one of `[server] trusted_proxies`, the
+   nearest untrusted hop of its `X-Forwarded-For` (for rate limits and logs; `request[keys.CLIENT]`).
+2. CSRF: a mutating request (POST, PUT, PATCH, DELETE) or a WebSocket upgrade whose `Origin` (or,
+   without one, whose `Referer`) is neither the server's own origin (scheme, host and port as the
+   browser sees them: TLS and a trusted proxy's `X-Forwarded-Proto`/`-Host` count) nor one in
+   `[server] cors_origins` gets 403. Requests with neither header (curl, scripts) pass.
+3. The token: with `[security] api_token` set, everything under `/api/` (bar the probe aliases)
+   and `/metrics` need `Authorization: Bearer <token>`, or `?token=` on a GET where a browser
+   cannot set headers (WebSocket, `<img>`). Compared in constant time. A client's wrong tokens are
+   rate-limited: past the burst it gets 429 before its token is even looked at.
+4. The rate limit on mutating `/api/` requests, per client (429 with Retry-After).
+CORS stays closed unless `cors_origins` lists origins (`"*"`: any, CSRF check included).
+"""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+from yarl import URL
 
-from server.config import SecurityConfig
+from server import keys
+from server.config import Config, SecurityConfig, ServerConfig, address_in, networks
 from server.http.errors import json_error
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Clients idle this long are forgotten so the bucket table cannot grow without bound.
 BUCKET_IDLE_S = 300.0
+# Under /api/ but open like /health and /readyz: the seeds' probe paths.
+OPEN_API_PATHS = frozenset({"/api/health", "/api/readyz"})
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class TokenBuckets:
@@ -26,58 +54,186 @@ class TokenBuckets:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, key: str, now: float | None = None) -> float:
-        """0 if a request may pass now, else the seconds until it could."""
+        """0 if a request may pass now (and it is counted), else the seconds until it could."""
         now = time.monotonic() if now is None else now
-        if len(self._buckets) > 10_000:
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < BUCKET_IDLE_S}
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        tokens = self._tokens(key, now)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate
         self._buckets[key] = (tokens - 1.0, now)
         return 0.0
 
+    def wait(self, key: str, now: float | None = None) -> float:
+        """What `take` would answer, without counting anything."""
+        tokens = self._tokens(key, time.monotonic() if now is None else now)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
-def security_middleware(
-    config: SecurityConfig, cors_origins: list[str]
-) -> Callable[..., Awaitable[web.StreamResponse]]:
-    token = config.api_token.encode()
-    buckets = TokenBuckets(config.rate_limit_per_s, config.rate_limit_burst) if config.rate_limit_per_s > 0 else None
-    allowed_origins = frozenset(cors_origins)
+    def _tokens(self, key: str, now: float) -> float:
+        if len(self._buckets) > 10_000:
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < BUCKET_IDLE_S}
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate)
+
+
+class TrustedProxies:
+    """`[server] trusted_proxies`: whose X-Forwarded-For/-Proto/-Host are believed."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self._networks = networks(entries)
+
+    def trusts(self, address: str | None) -> bool:
+        return address_in(address, self._networks)
+
+    def client(self, request: web.Request) -> str:
+        """The nearest address in the forwarding chain that is not a trusted proxy."""
+        address = request.remote or "unknown"
+        if not self.trusts(address):
+            return address
+        hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
+        for hop in reversed([hop for hop in hops if hop]):
+            if not self.trusts(hop):
+                return hop
+            address = hop
+        return address
+
+    def own_origin(self, request: web.Request) -> Origin | None:
+        """The origin a browser sees this server at: its scheme, Host and port (a trusted proxy's say)."""
+        scheme, host = request.scheme, request.host
+        if self.trusts(request.remote):
+            scheme = _first(request.headers.get("X-Forwarded-Proto")) or scheme
+            host = _first(request.headers.get("X-Forwarded-Host")) or host
+        return origin_of(f"{scheme}://{host}")
+
+
+def _first(value: str | None) -> str | None:
+    return value.split(",")[0].strip() if value else None
+
+
+def origin_of(text: str) -> Origin | None:
+    """(scheme, host, port) of an origin or URL, default ports filled in; None for "null" or junk."""
+    try:
+        url = URL(text)
+    except ValueError:
+        return None
+    scheme = (url.scheme or "").lower()
+    if scheme not in DEFAULT_PORTS or not url.host:
+        return None
+    try:
+        port = url.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        return None
+    return scheme, url.host.lower().rstrip("."), port
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(config: Config) -> str | None:
+    """The start-up warning for a server others can reach that asks nobody for a token."""
+    if config.security.api_token or is_loopback(config.server.host):
+        return None
+    return (
+        f"listening on {config.server.host or 'every address'} without [security] api_token: anyone who can "
+        "reach this port can watch every stream and change the live look; set STYLIZE_SECURITY_API_TOKEN"
+    )
+
+
+def needs_token(path: str) -> bool:
+    return (path.startswith("/api/") and path not in OPEN_API_PATHS) or path == "/metrics"
+
+
+def security_middleware(config: Config) -> Middleware:
+    return _Guard(config.security, config.server).middleware
+
+
+class _Guard:
+    def __init__(self, security: SecurityConfig, server: ServerConfig) -> None:
+        self._token = security.api_token.encode()
+        self._proxies = TrustedProxies(server.trusted_proxies)
+        self._any_origin = "*" in server.cors_origins
+        self._cors_origins = {origin for origin in server.cors_origins if origin != "*"}
+        self._extra_origins = {o for o in map(origin_of, server.cors_origins) if o is not None}
+        self._requests = (
+            TokenBuckets(security.rate_limit_per_s, security.rate_limit_burst)
+            if security.rate_limit_per_s > 0
+            else None
+        )
+        self._failures = TokenBuckets(security.auth_fail_per_s, security.auth_fail_burst)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        cors = origin is not None and (origin in allowed_origins or "*" in allowed_origins)
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = self._proxies.client(request)
+        request[keys.CLIENT] = client
+        origin = request.headers.get(hdrs.ORIGIN)
+        cors = origin is not None and (self._any_origin or origin in self._cors_origins)
         if request.method == "OPTIONS" and cors:
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Max-Age"] = "600"
-        elif request.method in MUTATING and request.path.startswith("/api/"):
-            response = await _guarded(request, handler)
         else:
-            response = await handler(request)
+            response = self._refusal(request, client) or await handler(request)
         if cors and origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
         return response
 
-    async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token:
-            supplied = request.headers.get("Authorization", "")
-            scheme, _, value = supplied.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
-                response = json_error(401, "unauthorized", "send Authorization: Bearer <[security] api_token>")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="stylize"'
-                return response
-        if buckets is not None:
-            wait = buckets.take(request.remote or "unknown")
+    def _refusal(self, request: web.Request, client: str) -> web.Response | None:
+        """The answer refusing this request, or None to let it through."""
+        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+        if request.method in MUTATING or upgrade:
+            foreign = self._foreign_origin(request)
+            if foreign is not None:
+                return json_error(403, "cross-origin request refused", {"origin": foreign})
+        if self._token and needs_token(request.path):
+            refusal = self._check_token(request, client)
+            if refusal is not None:
+                return refusal
+        if self._requests is not None and request.method in MUTATING and request.path.startswith("/api/"):
+            wait = self._requests.take(client)
             if wait > 0:
-                response = json_error(429, "too many requests", {"retry_after_s": round(wait, 3)})
-                response.headers["Retry-After"] = str(max(1, round(wait)))
-                return response
-        return await handler(request)
+                return _too_many(wait)
+        return None
 
-    return middleware
+    def _foreign_origin(self, request: web.Request) -> str | None:
+        """The Origin (or Referer) of a browser request from another site; None when it may pass."""
+        claimed = request.headers.get(hdrs.ORIGIN)
+        if claimed is None:
+            referer = request.headers.get(hdrs.REFERER)
+            if referer is None:
+                return None  # not a browser: curl, a script, an OSC bridge
+            claimed = referer
+        if self._any_origin:
+            return None
+        origin = origin_of(claimed)
+        if origin is not None and (origin == self._proxies.own_origin(request) or origin in self._extra_origins):
+            return None
+        return claimed if origin is None else f"{origin[0]}://{origin[1]}:{origin[2]}"
+
+    def _check_token(self, request: web.Request, client: str) -> web.Response | None:
+        wait = self._failures.wait(client)
+        if wait > 0:
+            return _too_many(wait, "too many failed token attempts")
+        scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        supplied = value.strip() if scheme.lower() == "bearer" else None
+        if supplied is None and request.method in ("GET", "HEAD"):
+            supplied = request.query.get("token")  # a WebSocket or an <img> cannot send the header
+        if supplied is not None and hmac.compare_digest(supplied.encode(), self._token):
+            return None
+        self._failures.take(client)
+        logger.warning("unauthorized %s %s client=%s", request.method, request.path, client)
+        response = json_error(401, "unauthorized", "send Authorization: Bearer <[security] api_token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="stylize"'
+        return response
+
+
+def _too_many(wait: float, error: str = "too many requests") -> web.Response:
+    response = json_error(429, error, {"retry_after_s": round(wait, 3)})
+    response.headers["Retry-After"] = str(max(1, round(wait)))
+    return response

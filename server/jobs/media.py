@@ -8,6 +8,8 @@ detects decides the kind. Frames travel as the engine wants them: (H*3/2, W) uin
 from __future__ import annotations
 
 import fractions
+import heapq
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
 
+from server.jobs.image_header import HEAD_BYTES, image_size
 from server.jpeg import JpegEncoder
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,9 @@ VIDEO_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "webm"}
 REMUX_AUDIO = {"aac", "mp3"}
 # A video that decodes to fewer frames than this share of what its header promised was cut short.
 COMPLETE_SHARE = 0.9
+# Stylized video is written in segments of this many frames: a render stopped by the server resumes
+# from its last whole segment.
+SEGMENT_FRAMES = 50
 
 
 class UnsupportedMedia(Exception):
@@ -89,16 +95,23 @@ def probe(path: Path, limits: MediaLimits) -> MediaInfo:
     """Say what `path` holds, or raise `UnsupportedMedia` / `MediaRejected` naming why not."""
     if path.stat().st_size == 0:
         raise MediaRejected("the upload is empty")
+    with path.open("rb") as f:
+        size = image_size(f.read(HEAD_BYTES))
+    if size is not None:
+        _check_size(*size, limits)  # from the header: a small file may hold a huge picture
     try:
         container = av.open(str(path), "r")
-    except av.error.FFmpegError as e:
-        raise UnsupportedMedia(f"not a recognised image or video ({e.strerror or e})") from e
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:  # a damaged header's metadata may not decode
+        raise UnsupportedMedia(f"not a recognised image or video ({getattr(e, 'strerror', None) or e})") from e
     with container:
         name = container.format.name
-        if name in IMAGE_FORMATS or name == "image2":
-            return _probe_image(container, limits)
-        if name in VIDEO_FORMATS:
-            return _probe_video(container, VIDEO_FORMATS[name], limits)
+        try:
+            if name in IMAGE_FORMATS or name == "image2":
+                return _probe_image(container, limits)
+            if name in VIDEO_FORMATS:
+                return _probe_video(container, VIDEO_FORMATS[name], limits)
+        except (av.error.FFmpegError, UnicodeDecodeError) as e:
+            raise MediaRejected(f"the {name} file cannot be read: {e}") from e
         raise UnsupportedMedia(f"format {name!r} is not taken; send JPEG, PNG, WebP, MP4, WebM or MOV")
 
 
@@ -126,6 +139,8 @@ def _probe_video(container: InputContainer, video_format: str, limits: MediaLimi
     if not container.streams.video:
         raise UnsupportedMedia(f"the {video_format} file has no video stream")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a damaged stream description names no codec
+        raise MediaRejected(f"the {video_format} video names no codec it can be decoded with")
     if stream.codec_context.width <= 0 or stream.codec_context.height <= 0:
         raise MediaRejected(f"the {video_format} video has no picture size")
     _check_size(stream.codec_context.width, stream.codec_context.height, limits)
@@ -146,7 +161,10 @@ def _probe_video(container: InputContainer, video_format: str, limits: MediaLimi
         raise MediaRejected(f"{duration_s:.1f} s is longer than the limit of {limits.max_duration_s:g} s")
     if fps is None:
         fps = frames / duration_s if duration_s else 25.0
-    audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+    audio_context = container.streams.audio[0].codec_context if container.streams.audio else None
+    if container.streams.audio and audio_context is None:
+        raise MediaRejected(f"the {video_format} audio names no codec it can be decoded with")
+    audio = audio_context.name if audio_context is not None else None
     return MediaInfo(
         "video",
         video_format,
@@ -187,6 +205,8 @@ class SourceFrame:
 class Render(Protocol):
     """One job's media: frames out of the source, stylized frames into the target."""
 
+    resume_from: int  # frames rendered by an earlier run, which `read` skips
+
     def read(self) -> SourceFrame | None: ...
 
     def write(self, source: SourceFrame, stylized: np.ndarray) -> None: ...
@@ -196,10 +216,13 @@ class Render(Protocol):
     def close(self) -> None: ...
 
 
-def open_render(source: Path, target: Path, info: MediaInfo, options: EncodeOptions, jpeg: JpegEncoder) -> Render:
+def open_render(
+    source: Path, target: Path, info: MediaInfo, options: EncodeOptions, jpeg: JpegEncoder, segments: Path
+) -> Render:
+    """`segments`: where a video's rendered segments are kept between runs (a picture needs none)."""
     if info.kind == "image":
         return ImageRender(source, target, info, jpeg)
-    return VideoRender(source, target, info, options)
+    return VideoRender(source, target, info, options, segments)
 
 
 def _even(value: int) -> int:
@@ -215,6 +238,7 @@ class ImageRender:
         self._info = info
         self._jpeg = jpeg
         self._read = False
+        self.resume_from = 0
 
     def read(self) -> SourceFrame | None:
         if self._read:
@@ -255,39 +279,153 @@ def _encode_png(frame: av.VideoFrame) -> bytes:
 class VideoRender:
     """Decodes the source's video frame by frame and writes MP4/H.264 (yuv420p) at the source's
     frame rate and timing, so frame count and duration match; the source audio is copied (AAC,
-    MP3) or re-encoded to AAC, interleaved as it is met while demuxing."""
+    MP3) or re-encoded to AAC.
 
-    def __init__(self, source: Path, target: Path, info: MediaInfo, options: EncodeOptions) -> None:
+    The stylized frames go into segments of `SEGMENT_FRAMES` frames under `segments/` (each a
+    small MP4, renamed into place once whole), so a render the server was stopped in resumes from
+    its last whole segment: `resume_from` frames are decoded again but not sent to the engine.
+    `finish()` joins the segments (no re-encode; no B-frames, so timestamps simply add up) with
+    the source's audio, interleaved by time, into the target.
+    """
+
+    def __init__(self, source: Path, target: Path, info: MediaInfo, options: EncodeOptions, segments: Path) -> None:
+        self._source = source
         self._info = info
+        self._target = target
+        self._options = options
+        self._segments = segments
+        segments.mkdir(parents=True, exist_ok=True)
+        for leftover in segments.glob("*.part"):
+            leftover.unlink()  # a segment the last run was writing when it stopped
+        self._done = sorted(segments.glob("seg-*.mp4"))
+        self.resume_from = len(self._done) * SEGMENT_FRAMES
         self._input = av.open(str(source), "r")
-        self._output: OutputContainer | None = None
+        self._segment: _Segment | None = None
         try:
             self._video_in = self._input.streams.video[0]
             self._audio_in: AudioStream | None = self._input.streams.audio[0] if self._input.streams.audio else None
-            self._output = av.open(str(target), "w", format="mp4", options={"movflags": "+faststart"})
             self._width = _even(info.width)
             self._height = _even(info.height)
             self._rate = self._video_in.average_rate or fractions.Fraction(info.fps or 25.0).limit_denominator(1001)
-            self._video_out = self._add_video_stream(self._output, options)
-            self._audio_out, self._remux_audio = self._add_audio_stream(self._output)
-            streams = [self._video_in] if self._audio_in is None else [self._video_in, self._audio_in]
-            self._packets: Iterator[av.Packet] = self._input.demux(streams)
+            self._packets: Iterator[av.Packet] = self._input.demux(self._video_in)
         except BaseException:
             self.close()
             raise
         self._decoded: deque[av.VideoFrame] = deque()
-        self._last_pts: int | None = None
+        # Where the last whole segment ends, so timestamps go on rising after a resume.
+        self._last_pts: int | None = _first_pts(self._done[-1]) + SEGMENT_FRAMES - 1 if self._done else None
         self.frames_read = 0
-        self.frames_written = 0
+        self.frames_written = self.resume_from
 
-    def _add_video_stream(self, output: OutputContainer, options: EncodeOptions) -> VideoStream:
-        stream = output.add_stream(
-            "libx264", rate=self._rate, options={"crf": str(options.video_crf), "preset": options.video_preset}
-        )
-        stream.width = self._width
-        stream.height = self._height
-        stream.pix_fmt = "yuv420p"
-        return stream
+    def read(self) -> SourceFrame | None:
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                return None
+            if self.frames_read > self.resume_from:  # earlier frames are in the segments already
+                pts = frame.pts
+                frame = frame.reformat(width=self._width, height=self._height, format="yuv420p")
+                return SourceFrame(frame.to_ndarray(), pts, self._video_in.time_base)
+
+    def _next_frame(self) -> av.VideoFrame | None:
+        while not self._decoded:
+            try:
+                packet = next(self._packets, None)
+                if packet is None:
+                    return None
+                self._decoded.extend(self._video_in.decode(packet))
+            except av.error.FFmpegError as e:
+                raise RenderFailed(f"the video does not decode after frame {self.frames_read}: {e}") from e
+        self.frames_read += 1
+        return self._decoded.popleft()
+
+    def write(self, source: SourceFrame, stylized: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(stylized, format="yuv420p")
+        # Source times snapped to the frame-rate grid: exact for constant-rate sources whatever
+        # their container's clock, within half a frame for variable ones, never drifting.
+        pts = None
+        if source.pts is not None and source.time_base is not None:
+            pts = round(source.pts * source.time_base * self._rate)
+        if pts is None or (self._last_pts is not None and pts <= self._last_pts):
+            pts = 0 if self._last_pts is None else self._last_pts + 1
+        self._last_pts = pts
+        if self._segment is None:
+            index = self.frames_written // SEGMENT_FRAMES
+            path = self._segments / f"seg-{index:05d}-{pts}.mp4"
+            self._segment = _Segment(path, pts, self._rate, self._width, self._height, self._options)
+        try:
+            self._segment.write(frame, pts)
+        except av.error.FFmpegError as e:
+            raise RenderFailed(f"encoding frame {self.frames_written} failed: {e}") from e
+        self.frames_written += 1
+        if self._segment.frames == SEGMENT_FRAMES:
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            try:
+                segment.finish()
+            except av.error.FFmpegError as e:
+                raise RenderFailed(f"finishing a segment failed: {e}") from e
+
+    def finish(self) -> None:
+        """Join the segments and the source audio into the target; a source that ended early fails the job."""
+        expected = self._info.frames
+        if self.frames_written < expected * COMPLETE_SHARE:
+            raise RenderFailed(
+                f"the video ends after {self.frames_written} of {expected} frames: the file is truncated or damaged"
+            )
+        self._close_segment()
+        segments = sorted(self._segments.glob("seg-*.mp4"))
+        if not segments:
+            raise RenderFailed("the video has no frames to write")
+        try:
+            with av.open(str(self._target), "w", format="mp4", options={"movflags": "+faststart"}) as output:
+                with av.open(str(segments[0]), "r") as first:
+                    video_out = output.add_stream_from_template(first.streams.video[0])
+                audio_out, remux = self._add_audio_stream(output)
+                streams = [self._video_packets(segments, video_out)]
+                if audio_out is not None:
+                    streams.append(self._audio_packets(audio_out, remux))
+                for *_, packet in heapq.merge(*streams):
+                    output.mux(packet)
+        except av.error.FFmpegError as e:
+            raise RenderFailed(f"finishing the video failed: {e}") from e
+
+    def _video_packets(self, segments: list[Path], stream: VideoStream) -> Iterator[_Timed]:
+        sequence = itertools.count()
+        for order, path in enumerate(segments):
+            with av.open(str(path), "r") as segment:
+                source = segment.streams.video[0]
+                assert source.time_base is not None
+                offset = round(fractions.Fraction(_first_pts(path)) / self._rate / source.time_base)
+                for packet in segment.demux(source):
+                    if packet.dts is None or packet.pts is None:
+                        continue  # the demuxer's end-of-stream marker
+                    packet.pts += offset
+                    packet.dts += offset
+                    packet.stream = stream
+                    yield float(packet.dts * source.time_base), order, next(sequence), packet
+
+    def _audio_packets(self, stream: AudioStream, remux: bool) -> Iterator[_Timed]:
+        """The source's audio, copied or re-encoded, read through a container of its own."""
+        sequence = itertools.count()
+        with av.open(str(self._source), "r") as audio_input:
+            source = audio_input.streams.audio[0]
+            for packet in audio_input.demux(source):
+                if remux:
+                    if packet.dts is None:
+                        continue  # the demuxer's end-of-stream marker
+                    packet.stream = stream
+                    out = [packet]
+                else:
+                    out = [encoded for frame in source.decode(packet) for encoded in stream.encode(frame)]
+                for encoded in out:
+                    yield _seconds(encoded), -1, next(sequence), encoded
+            if not remux:
+                for encoded in stream.encode(None):
+                    yield _seconds(encoded), -1, next(sequence), encoded
 
     def _add_audio_stream(self, output: OutputContainer) -> tuple[AudioStream | None, bool]:
         source = self._audio_in
@@ -299,78 +437,60 @@ class VideoRender:
         stream.layout = source.codec_context.layout
         return stream, False
 
-    def read(self) -> SourceFrame | None:
-        while not self._decoded:
-            try:
-                packet = next(self._packets, None)
-                if packet is None:
-                    return None
-                if packet.stream is self._audio_in:
-                    self._audio(packet)
-                else:
-                    self._decoded.extend(self._video_in.decode(packet))
-            except av.error.FFmpegError as e:
-                raise RenderFailed(f"the video does not decode after frame {self.frames_read}: {e}") from e
-        frame = self._decoded.popleft()
-        self.frames_read += 1
-        pts = frame.pts
-        frame = frame.reformat(width=self._width, height=self._height, format="yuv420p")
-        return SourceFrame(frame.to_ndarray(), pts, self._video_in.time_base)
+    def close(self) -> None:
+        if self._segment is not None:
+            self._segment.abandon()
+            self._segment = None
+        self._input.close()
 
-    def _audio(self, packet: av.Packet) -> None:
-        output, stream = self._output, self._audio_out
-        assert output is not None and stream is not None and self._audio_in is not None
-        if self._remux_audio:
-            if packet.dts is None:
-                return  # the demuxer's end-of-stream marker
-            packet.stream = stream
-            output.mux(packet)
-            return
-        for frame in self._audio_in.decode(packet):
-            output.mux(stream.encode(frame))
 
-    def write(self, source: SourceFrame, stylized: np.ndarray) -> None:
-        assert self._output is not None
-        frame = av.VideoFrame.from_ndarray(stylized, format="yuv420p")
-        # Source times snapped to the frame-rate grid: exact for constant-rate sources whatever
-        # their container's clock, within half a frame for variable ones, never drifting.
-        pts = None
-        if source.pts is not None and source.time_base is not None:
-            pts = round(source.pts * source.time_base * self._rate)
-        if pts is None or (self._last_pts is not None and pts <= self._last_pts):
-            pts = 0 if self._last_pts is None else self._last_pts + 1
-        self._last_pts = pts
-        frame.pts = pts
+class _Segment:
+    """SEGMENT_FRAMES stylized frames as one MP4 (written as .part, renamed when whole)."""
+
+    def __init__(
+        self, path: Path, first_pts: int, rate: fractions.Fraction, width: int, height: int, options: EncodeOptions
+    ) -> None:
+        self.path = path
+        self.first_pts = first_pts
+        self.frames = 0
+        self._partial = path.with_name(path.name + ".part")
+        self._output = av.open(str(self._partial), "w", format="mp4")
+        self._rate = rate
+        # No B-frames: each segment's timestamps start at 0 with pts == dts, so joined ones add up.
+        codec_options = {"crf": str(options.video_crf), "preset": options.video_preset, "bframes": "0"}
+        self._stream = self._output.add_stream("libx264", rate=rate, options=codec_options)
+        self._stream.width = width
+        self._stream.height = height
+        self._stream.pix_fmt = "yuv420p"
+
+    def write(self, frame: av.VideoFrame, pts: int) -> None:
+        frame.pts = pts - self.first_pts
         frame.time_base = fractions.Fraction(1) / self._rate
-        try:
-            self._output.mux(self._video_out.encode(frame))
-        except av.error.FFmpegError as e:
-            raise RenderFailed(f"encoding frame {self.frames_written} failed: {e}") from e
-        self.frames_written += 1
+        self._output.mux(self._stream.encode(frame))
+        self.frames += 1
 
     def finish(self) -> None:
-        """Flush the encoders and close the file; a source that ended early fails the job."""
-        assert self._output is not None
-        expected = self._info.frames
-        if self.frames_written < expected * COMPLETE_SHARE:
-            raise RenderFailed(
-                f"the video ends after {self.frames_written} of {expected} frames: the file is truncated or damaged"
-            )
-        try:
-            self._output.mux(self._video_out.encode(None))
-            if self._audio_out is not None and not self._remux_audio:
-                self._output.mux(self._audio_out.encode(None))
-            self._output.close()
-        except av.error.FFmpegError as e:
-            raise RenderFailed(f"finishing the video failed: {e}") from e
-        finally:
-            self._output = None
+        self._output.mux(self._stream.encode(None))
+        self._output.close()
+        self._partial.replace(self.path)
 
-    def close(self) -> None:
-        if self._output is not None:
-            try:
-                self._output.close()
-            except av.error.FFmpegError:
-                pass  # a half-written output is removed by the caller
-            self._output = None
-        self._input.close()
+    def abandon(self) -> None:
+        try:
+            self._output.close()
+        except av.error.FFmpegError:
+            pass
+        self._partial.unlink(missing_ok=True)
+
+
+def _first_pts(segment: Path) -> int:
+    """seg-<index>-<first pts>.mp4: the pts (in frames of the source's rate) its first frame has in the video."""
+    return int(segment.stem.rsplit("-", 1)[1])
+
+
+def _seconds(packet: av.Packet) -> float:
+    if packet.dts is None or packet.time_base is None:
+        return 0.0
+    return float(packet.dts * packet.time_base)
+
+
+_Timed = tuple[float, int, int, av.Packet]  # (seconds, order, sequence, packet): heapq.merge never compares packets

@@ -18,13 +18,16 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, hdrs, web
-from pydantic import BaseModel, ConfigDict, Field
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from server import keys
 from server.control.presets import UnknownPresetError
 from server.control.settings import StyleSettings
 from server.fields import Prompt, Seed, Strength
-from server.http.errors import ApiError, invalid, read_query, validate
+from server.http.errors import ApiError, invalid, validate
+from server.http.inputs import read_model, read_query
+from server.http.openapi import operation
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
 from server.jobs.store import Job, JobFinished, JobNotFound, Status
 from server.jobs.worker import JOBS_FOLDER
@@ -37,6 +40,7 @@ CHUNK_BYTES = 256 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
 FIELD_LIMIT_BYTES = 4096
 MAX_FILENAME = 120
+MAX_OFFSET = 2**31 - 1
 
 
 class JobForm(BaseModel):
@@ -50,15 +54,82 @@ class JobForm(BaseModel):
     seed: Seed | None = None
 
 
+class JobUpload(JobForm):
+    """POST /api/jobs as multipart/form-data: the file, and the fields of `JobForm` beside it."""
+
+    file: bytes = Field(description="a clip (MP4, MOV, WebM) or a picture (JPEG, PNG, WebP), known by its content")
+
+
+class SweepBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    older_than_hours: float | None = Field(
+        None, ge=0.0, allow_inf_nan=False, description="default [jobs] keep_hours; 0 removes every finished job"
+    )
+
+
+class Swept(BaseModel):
+    removed: list[str]
+    older_than_hours: float
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    status: Status
+    kind: str
+    filename: str
+    preset: str | None
+    params: dict[str, Any]
+    media: dict[str, Any]
+    progress: float
+    frames_done: int
+    frames_total: int
+    error: str | None
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    processing_s: float | None
+    result_url: str | None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class JobDeleted(BaseModel):
+    deleted: str
+
+
+UNKNOWN_JOB = {404: "unknown job"}
+
+
 class JobQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    offset: int = Field(0, ge=0)
+    # `skip` as the seed systems call it; bounded well inside SQLite's 64-bit integers.
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, validation_alias=AliasChoices("offset", "skip"))
     limit: int = Field(20, ge=1, le=100)
     status: Status | None = None
 
 
 @routes.post("/api/jobs")
+@routes.post("/api/jobs/")
+@operation(
+    "Upload a clip or a picture to render offline",
+    tag="jobs",
+    body=JobUpload,
+    body_kind="multipart",
+    response=JobOut,
+    status=202,
+    errors={413: "upload too large", 415: "not multipart, or not a picture or clip taken", 422: "refused media"},
+    description="Fields left out come from the global settings; a preset's {prompt} slot takes the prompt sent.",
+)
 async def create_job(request: web.Request) -> web.Response:
     config = request.app[keys.CONFIG].jobs
     worker = request.app[keys.JOB_WORKER]
@@ -91,7 +162,17 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict[str, str], str]:
-    """Stream the `file` part to `upload` and collect the text fields."""
+    """Stream the `file` part to `upload` and collect the text fields: 400 for a malformed body, 408 when it stalls."""
+    stall_s = request.app[keys.CONFIG].server.body_timeout_s
+    try:
+        return await _read_form(request, upload, limit, stall_s)
+    except (ValueError, HttpProcessingError) as e:  # aiohttp's reader: no boundary, a body cut short, bad headers
+        raise ApiError(400, "malformed multipart body", str(e)) from e
+    except TimeoutError as e:
+        raise ApiError(408, "request body timed out", {"stalled_s": stall_s}) from e
+
+
+async def _read_form(request: web.Request, upload: Path, limit: int, stall_s: float) -> tuple[dict[str, str], str]:
     reader = await request.multipart()
     fields: dict[str, str] = {}
     filename: str | None = None
@@ -103,23 +184,23 @@ async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict
             if filename is not None:
                 raise invalid("file", "send one file per job")
             filename = _clean_filename(part.filename or "")
-            await _save(part, upload, limit)
+            await _save(part, upload, limit, stall_s)
         elif name in fields:
             raise invalid(name, "sent twice")
         else:
-            fields[name] = await _read_field(part, name)
+            fields[name] = await _read_field(part, name, stall_s)
     if filename is None:
         raise invalid("file", "a file field is required")
     return fields, filename
 
 
-async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
+async def _save(part: BodyPartReader, path: Path, limit: int, stall_s: float) -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, lambda: path.parent.mkdir(parents=True, exist_ok=True))
     handle = await loop.run_in_executor(None, path.open, "wb")
     try:
         size = 0
-        while chunk := await part.read_chunk(CHUNK_BYTES):
+        while chunk := await asyncio.wait_for(part.read_chunk(CHUNK_BYTES), stall_s):
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, "upload too large", {"limit_bytes": limit})
@@ -128,9 +209,9 @@ async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
         await loop.run_in_executor(None, handle.close)
 
 
-async def _read_field(part: BodyPartReader, name: str) -> str:
+async def _read_field(part: BodyPartReader, name: str, stall_s: float) -> str:
     data = bytearray()
-    while chunk := await part.read_chunk(FIELD_LIMIT_BYTES):
+    while chunk := await asyncio.wait_for(part.read_chunk(FIELD_LIMIT_BYTES), stall_s):
         data += chunk
         if len(data) > FIELD_LIMIT_BYTES:
             raise invalid(name, f"longer than {FIELD_LIMIT_BYTES} bytes")
@@ -185,6 +266,8 @@ def _new_job(
 
 
 @routes.get("/api/jobs")
+@routes.get("/api/jobs/")
+@operation("Jobs, newest first", tag="jobs", query=JobQuery, response=JobPage)
 async def list_jobs(request: web.Request) -> web.Response:
     query = read_query(request, JobQuery)
     jobs, total = await request.app[keys.JOBS].page(query.offset, query.limit, query.status)
@@ -194,11 +277,19 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/jobs/{job_id}")
+@operation("One job", tag="jobs", response=JobOut, errors=UNKNOWN_JOB)
 async def get_job(request: web.Request) -> web.Response:
     return web.json_response((await _job(request)).public())
 
 
 @routes.get("/api/jobs/{job_id}/result")
+@operation(
+    "Download a completed job's result (MP4, JPEG or PNG)",
+    tag="jobs",
+    response={"type": "string", "format": "binary"},
+    media_type="application/octet-stream",
+    errors={**UNKNOWN_JOB, 409: "the job has not completed"},
+)
 async def get_result(request: web.Request) -> web.FileResponse:
     job = await _job(request)
     if job.status != "completed":
@@ -218,6 +309,9 @@ def _attachment(name: str) -> str:
 
 
 @routes.post("/api/jobs/{job_id}/cancel")
+@operation(
+    "Cancel a pending or running job", tag="jobs", response=JobOut, errors={**UNKNOWN_JOB, 409: "already finished"}
+)
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     try:
@@ -230,6 +324,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/jobs/{job_id}")
+@operation("Delete a job and its files (stopping it first)", tag="jobs", response=JobDeleted, errors=UNKNOWN_JOB)
 async def delete_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     try:
@@ -237,6 +332,23 @@ async def delete_job(request: web.Request) -> web.Response:
     except JobNotFound as e:
         raise ApiError(404, "unknown job", job_id) from e
     return web.json_response({"deleted": job_id})
+
+
+@routes.post("/api/jobs/sweep")
+@operation(
+    "Remove finished jobs older than keep_hours now",
+    tag="jobs",
+    body=SweepBody,
+    body_required=False,
+    response=Swept,
+)
+async def sweep_jobs(request: web.Request) -> web.Response:
+    body = await read_model(request, SweepBody) if request.body_exists else SweepBody()
+    hours = body.older_than_hours
+    if hours is None:
+        hours = request.app[keys.CONFIG].jobs.keep_hours
+    removed = await request.app[keys.JOB_WORKER].sweep(older_than_hours=hours)
+    return web.json_response(Swept(removed=removed, older_than_hours=hours).model_dump())
 
 
 def _job_id(request: web.Request) -> str:

@@ -266,13 +266,26 @@ class JobStore:
 
         return await self._db.run(delete)
 
-    async def requeue_interrupted(self) -> list[str]:
-        """Jobs left `processing` by a server that died go back to the queue (at start-up only)."""
+    async def requeue_interrupted(self, max_attempts: int) -> tuple[list[str], list[Job]]:
+        """At start-up: jobs left `processing` by a server that died go back to the queue, unless they
+        have been tried `max_attempts` times (a job that crashes the server would crash it at every
+        start): those fail, saying so. Returns (requeued ids, jobs given up)."""
 
-        def requeue(connection: sqlite3.Connection) -> list[str]:
-            rows = connection.execute("SELECT id FROM jobs WHERE status = 'processing'").fetchall()
-            connection.execute("UPDATE jobs SET status = 'pending', frames_done = 0 WHERE status = 'processing'")
-            return [row["id"] for row in rows]
+        def requeue(connection: sqlite3.Connection) -> tuple[list[str], list[Job]]:
+            rows = connection.execute("SELECT id, attempts FROM jobs WHERE status = 'processing'").fetchall()
+            requeued = [row["id"] for row in rows if row["attempts"] < max_attempts]
+            given_up = [row["id"] for row in rows if row["attempts"] >= max_attempts]
+            connection.executemany("UPDATE jobs SET status = 'pending' WHERE id = ?", [(i,) for i in requeued])
+            now = time.time()
+            error = (
+                f"gave up after {max_attempts} attempts: the server stopped while rendering it each time"
+                " ([jobs] max_attempts)"
+            )
+            connection.executemany(
+                "UPDATE jobs SET status = 'failed', finished = ?, processing_s = ? - started, error = ? WHERE id = ?",
+                [(now, now, error, job_id) for job_id in given_up],
+            )
+            return requeued, [job for job in (_select(connection, i) for i in given_up) if job is not None]
 
         return await self._db.run(requeue)
 

@@ -38,6 +38,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 JOBS_FOLDER = "jobs"
+SEGMENTS_FOLDER = "segments"
 # How often a running job's progress is saved and pushed to listeners.
 PROGRESS_INTERVAL_S = 0.5
 # How often finished jobs older than `[jobs] keep_hours` are looked for.
@@ -91,9 +92,12 @@ class JobWorker:
 
     async def recover(self) -> None:
         """Before serving: requeue jobs a killed server left processing, drop cut-off uploads, sweep."""
-        requeued = await self._store.requeue_interrupted()
+        requeued, given_up = await self._store.requeue_interrupted(self._config.max_attempts)
         if requeued:
             logger.info("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
+        for job in given_up:
+            logger.warning("job failed id=%s: %s", job.id, job.error)
+            self._publish("failed", job)
         known = await self._store.ids()
         removed = await self._blocking(_remove_orphans, self._jobs_dir, known)
         if removed:
@@ -136,12 +140,17 @@ class JobWorker:
         self._publish("deleted", job)
         return job
 
-    async def sweep(self, now: float | None = None) -> list[str]:
-        """Remove jobs finished more than `[jobs] keep_hours` before `now` (wall clock; 0 keeps everything)."""
+    async def sweep(self, now: float | None = None, older_than_hours: float | None = None) -> list[str]:
+        """Remove jobs finished more than `older_than_hours` before `now` (wall clock).
+
+        Without `older_than_hours`, `[jobs] keep_hours` (where 0 keeps everything); given, 0 removes
+        every finished job.
+        """
         self._last_sweep = time.monotonic()
-        if self._config.keep_hours <= 0:
+        hours = self._config.keep_hours if older_than_hours is None else older_than_hours
+        if older_than_hours is None and hours <= 0:
             return []
-        cutoff = (time.time() if now is None else now) - self._config.keep_hours * 3600.0
+        cutoff = (time.time() if now is None else now) - hours * 3600.0
         removed = []
         for job in await self._store.finished_before(cutoff):
             try:
@@ -150,11 +159,15 @@ class JobWorker:
                 continue
             removed.append(job.id)
         if removed:
-            logger.info("removed %d job(s) finished over %g hours ago", len(removed), self._config.keep_hours)
+            logger.info("removed %d job(s) finished over %g hours ago", len(removed), hours)
         return removed
 
     def folder(self, job: Job) -> Path:
         return self.data_dir / Path(job.input_path).parent
+
+    def _segments(self, job: Job) -> Path:
+        """A video's rendered segments, kept while the job may still resume."""
+        return self.folder(job) / SEGMENTS_FOLDER
 
     # -- the worker task ---------------------------------------------------------------------
 
@@ -186,8 +199,16 @@ class JobWorker:
         logger.info(
             "job started id=%s kind=%s frames=%d attempt=%d", job.id, job.media.kind, job.frames_total, job.attempts
         )
+        timeout_s = self._config.timeout_s
+        ended = True  # one way or another; not when the server stops mid-render
         try:
-            frames = await self._render(job, running)
+            async with asyncio.timeout(timeout_s or None):
+                frames = await self._render(job, running)
+        except asyncio.CancelledError:
+            ended = False  # the server is stopping: the rendered segments stay for the next start to resume from
+            raise
+        except TimeoutError:
+            await self._fail(job, f"timed out after {timeout_s:g} s ([jobs] timeout_s)")
         except JobCancelled:
             logger.info("job cancelled id=%s", job.id)
         except RenderFailed as e:
@@ -203,6 +224,8 @@ class JobWorker:
                 logger.info("job completed id=%s frames=%d in %.1f s", job.id, frames, completed.processing_s or 0)
                 self._publish("completed", completed)
         finally:
+            if ended:
+                await self._blocking(shutil.rmtree, self._segments(job), ignore_errors=True)
             self._engine_forget(f"job-{job.id}")
             self._running = None
             running.done.set()
@@ -213,9 +236,17 @@ class JobWorker:
         target = self.data_dir / job.output_path
         partial = target.with_name(target.name + ".part")
         render = await self._blocking(
-            open_render, self.data_dir / job.input_path, partial, job.media, self._options, self._jpeg
+            open_render,
+            self.data_dir / job.input_path,
+            partial,
+            job.media,
+            self._options,
+            self._jpeg,
+            self._segments(job),
         )
-        done = 0
+        done = render.resume_from
+        if done:
+            logger.info("job resumed id=%s from frame %d of %d", job.id, done, job.frames_total)
         reported = float("-inf")  # the first frame is reported at once: the owner sees rendering start
         try:
             frame = await self._blocking(render.read)

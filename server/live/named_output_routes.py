@@ -14,8 +14,10 @@ from server import keys
 from server.fields import LATEST
 from server.http.errors import ApiError
 from server.http.names import path_name
+from server.http.openapi import operation
 from server.http.pages import STATIC_DIR
 from server.live.mjpeg import requested_fps, serve_mjpeg
+from server.live.output_routes import MjpegQuery
 
 routes = web.RouteTableDef()
 
@@ -39,6 +41,11 @@ def output_urls(name: str) -> dict[str, str]:
 
 
 @routes.get("/api/outputs")
+@operation(
+    "Outputs by stream name: each name's stream, state, viewers, overrides and URLs (latest first)",
+    tag="outputs",
+    response={"type": "object", "properties": {"outputs": {"type": "array", "items": {"type": "object"}}}},
+)
 async def list_outputs(request: web.Request) -> web.Response:
     named = request.app[keys.SETTINGS].named_overrides()
     outputs = request.app[keys.OUTPUTS].describe()
@@ -52,6 +59,13 @@ async def list_outputs(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/outputs/{name}/snapshot.jpg")
+@operation(
+    "A name's newest stylized frame as JPEG",
+    tag="outputs",
+    response={"type": "string", "format": "binary"},
+    media_type="image/jpeg",
+    errors={404: "no stream had that name since start", 422: "not a name", 503: "no frame yet"},
+)
 async def snapshot(request: web.Request) -> web.Response:
     name = path_name(request)
     output = request.app[keys.OUTPUTS].find(name)
@@ -64,6 +78,14 @@ async def snapshot(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/outputs/{name}/mjpeg")
+@operation(
+    "A name as MJPEG that follows its newest stream through reconnects (a waiting card until one comes)",
+    tag="outputs",
+    query=MjpegQuery,
+    response={"type": "string", "format": "binary"},
+    media_type="multipart/x-mixed-replace",
+    errors={422: "not a name, or a bad fps"},
+)
 async def mjpeg(request: web.Request) -> web.StreamResponse:
     name = path_name(request)
     config = request.app[keys.CONFIG].outputs
@@ -82,6 +104,13 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/view/{name}")
+@operation(
+    "A full-screen page playing a name over WHEP, reconnecting by itself",
+    tag="pages",
+    response={"type": "string"},
+    media_type="text/html",
+    errors={422: "not a name"},
+)
 async def view_page(request: web.Request) -> web.FileResponse:
     path_name(request)
     return web.FileResponse(STATIC_DIR / "view.html")

@@ -1,10 +1,18 @@
-"""WebRTC peers: one `Session` per caller, created from an offer and closed on every way out."""
+"""WebRTC peers: one `Session` per caller, created from an offer and closed on every way out.
+
+Ways out: the caller hangs up (DELETE, or its connection fails or closes), the server stops, or the
+watchdog finds the session stale: an offer whose peer never connects holds its `RTCPeerConnection`
+"connecting" forever (no ICE ever comes), and a vanished peer is noticed by aiortc's consent checks
+only after ~30 s. So a session not connected within `[server] connect_timeout_s`, or connected but
+without a camera frame for `[server] idle_timeout_s`, is closed and its slot freed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,6 +36,7 @@ from server.control.events import EventHub
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineService
 from server.fields import DEFAULT_NAME, validation_detail
+from server.http.inputs import parse_json
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics
@@ -76,6 +85,30 @@ class PeerManager:
         self.sessions: dict[str, Session] = {}
         self._outputs = outputs  # told when a stream starts and ends, so outputs follow its name
         self._closing: set[asyncio.Task[bool]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the watchdog that closes sessions that never connect or stop sending frames."""
+        self._watchdog = asyncio.create_task(self._watch(), name="peers-watchdog")
+
+    async def stop(self) -> None:
+        """Stop the watchdog, then close every session."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+        await self.close_all()
+
+    async def _watch(self) -> None:
+        connect_s, idle_s = self._config.connect_timeout_s, self._config.idle_timeout_s
+        interval = min(max(min(connect_s, idle_s) / 4, 0.05), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                reason = session.stale(now, connect_s, idle_s)
+                if reason is not None:
+                    await self.close(session.id, reason)
 
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
@@ -138,6 +171,8 @@ class PeerManager:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             logger.info("peer state stream=%s state=%s", session.id, pc.connectionState)
+            if pc.connectionState == "connected" and session.connected_at is None:
+                session.connected_at = time.monotonic()
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id, f"connection {pc.connectionState}")
 
@@ -172,8 +207,8 @@ class PeerManager:
     def _control(self, stream_id: str, message: str | bytes) -> dict[str, object]:
         """A data-channel message: the same JSON as PATCH settings, applied to this stream."""
         try:
-            data = json.loads(message)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = parse_json(message.encode() if isinstance(message, str) else message)
+        except ValueError as e:  # bad JSON, bad UTF-8, nesting or numbers past the bounds
             return {"type": "error", "error": "message is not valid JSON", "detail": str(e)}
         if not isinstance(data, dict):
             return {"type": "error", "error": "message must be a JSON object", "detail": type(data).__name__}

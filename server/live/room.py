@@ -58,8 +58,9 @@ async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
         outputs=app[keys.OUTPUTS],
     )
     app[keys.PEERS] = peers
+    peers.start()
     yield
-    await peers.close_all()
+    await peers.stop()
 
 
 async def _viewers_ctx(app: web.Application) -> AsyncIterator[None]:

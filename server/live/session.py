@@ -22,6 +22,14 @@ class Session:
     announced: bool = False  # the offer succeeded and listeners were told the stream is up
     name: str = DEFAULT_NAME  # outputs and per-name settings follow the name, not the id
     remote: str | None = None  # the caller's address, for the log
+    connected_at: float | None = None  # monotonic time the connection first reached "connected"
+
+    def stale(self, now: float, connect_timeout_s: float, idle_timeout_s: float) -> str | None:
+        """Why this session should be closed at monotonic `now`, or None while it is doing its job."""
+        if self.connected_at is None:
+            return "not connected in time" if now - self.stats.started > connect_timeout_s else None
+        last = self.stats.last_in if self.stats.last_in is not None else self.connected_at
+        return "no frames" if now - last > idle_timeout_s else None
 
     def describe(self) -> dict[str, object]:
         return {

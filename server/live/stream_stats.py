@@ -15,6 +15,7 @@ class StreamStats:
     frames_dropped: int = 0
     latency_s: float = 0.0  # arrival to output of the last frame
     started: float = field(default_factory=time.monotonic)
+    last_in: float | None = None  # monotonic time the last camera frame arrived
     # The last few seconds, for fps and latency percentiles "right now".
     recent_in: RecentWindow = field(default_factory=lambda: RecentWindow(RECENT_S))
     recent_out: RecentWindow = field(default_factory=lambda: RecentWindow(RECENT_S))
@@ -22,6 +23,7 @@ class StreamStats:
 
     def frame_in(self) -> None:
         self.frames_in += 1
+        self.last_in = time.monotonic()
         self.recent_in.add()
 
     def frame_out(self, latency_s: float) -> None:

@@ -14,7 +14,8 @@ from aiortc import RTCSessionDescription
 from server import keys
 from server.http.errors import ApiError
 from server.http.names import path_name
-from server.http.sdp import ice_server_links, read_sdp, sdp_created
+from server.http.openapi import operation
+from server.http.sdp import SDP_ANSWER, ice_server_links, read_sdp, sdp_created
 from server.live.viewers import Viewer, ViewerRejected, ViewersFull
 from server.live.whip_routes import NO_PATCH
 
@@ -22,6 +23,13 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/api/outputs/{name}/whep")
+@operation(
+    "WHEP: watch a name's stylized output, a receive-only SDP offer in and the answer out",
+    tag="outputs",
+    errors={400: "the offer takes no video", 422: "not a name", 503: "[outputs] max_viewers reached"},
+    description="201 with a Location to DELETE. Viewers share the name's frames and start no model work.",
+    **SDP_ANSWER,
+)
 async def watch(request: web.Request) -> web.Response:
     name = path_name(request)
     sdp = await read_sdp(request)
@@ -36,12 +44,14 @@ async def watch(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/outputs/{name}/whep/{viewer_id}")
+@operation("WHEP: whether the server still knows a viewer", tag="outputs", errors={404: "unknown viewer"})
 async def viewer_state(request: web.Request) -> web.Response:
     """Not part of WHEP: lets a player that gets no frames tell "no stream now" from "server restarted" (404)."""
     return web.json_response(_viewer(request).describe())
 
 
 @routes.delete("/api/outputs/{name}/whep/{viewer_id}")
+@operation("WHEP: stop watching", tag="outputs", errors={404: "unknown viewer"})
 async def stop_watching(request: web.Request) -> web.Response:
     viewer = _viewer(request)
     await request.app[keys.VIEWERS].close(viewer.id)
@@ -49,6 +59,7 @@ async def stop_watching(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/outputs/{name}/whep/{viewer_id}")
+@operation("WHEP: trickle ICE and ICE restarts are not supported", tag="outputs", errors={405: "always"})
 async def no_patch(request: web.Request) -> web.Response:
     raise ApiError(405, "method not allowed", NO_PATCH)
 

@@ -15,7 +15,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from server import keys
 from server.http.errors import ApiError
 from server.http.names import path_name
-from server.http.sdp import SDP, ice_server_links, read_sdp, sdp_created
+from server.http.openapi import operation
+from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_created
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.refusals import refusals_as_http
 
@@ -25,6 +26,13 @@ NO_PATCH = "trickle ICE and ICE restarts are not supported: send a complete offe
 
 
 @routes.post("/api/whip/{name}")
+@operation(
+    "WHIP (RFC 9725): publish a camera into a name, an SDP offer in and the answer out",
+    tag="whip",
+    errors={400: "not an offer aiortc takes", 422: "not a name a stream can take", 503: "server full, or no model"},
+    description="201 with a Location to DELETE; the stylized video comes back when the offer receives video.",
+    **SDP_ANSWER,
+)
 async def publish(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     sdp = await read_sdp(request)
@@ -44,6 +52,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 @routes.route("OPTIONS", "/api/whip/{name}")
+@operation("WHIP: what the endpoint takes (Accept-Post) and its ICE servers (Link)", tag="whip", status=204)
 async def options(request: web.Request) -> web.Response:
     path_name(request, latest=False)
     response = web.Response(status=204, headers={"Accept-Post": SDP, "Allow": "OPTIONS, POST"})
@@ -53,6 +62,7 @@ async def options(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/whip/{name}/{stream_id}")
+@operation("WHIP: hang up a session", tag="whip", errors={404: "no such session under that name"})
 async def hang_up(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     stream_id = request.match_info["stream_id"]
@@ -65,5 +75,6 @@ async def hang_up(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/whip/{name}/{stream_id}")
+@operation("WHIP: trickle ICE and ICE restarts are not supported", tag="whip", errors={405: "always"})
 async def no_patch(request: web.Request) -> web.Response:
     raise ApiError(405, "method not allowed", NO_PATCH)

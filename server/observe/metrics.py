@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from pipeline.contract import BatchReport
+from server.control.osc import DROP_REASONS as OSC_DROP_REASONS
+from server.control.osc import DropReason as OscDropReason
 from server.control.settings import SettingsChange, Source
 from server.observe.recent_window import RECENT_S, RecentWindow
 
@@ -85,7 +87,23 @@ class Metrics:
         )
         self.osc_rejected = Counter(
             "stylize_osc_rejected_total",
-            "OSC messages dropped for a wrong address, type or value, or a disallowed sender",
+            "OSC messages dropped, by reason: source (not on the allow-list), size, depth, count and malformed "
+            "(the datagram's framing), address (nobody serves it), value (wrong count, type or range), "
+            "preset (cannot be applied), internal (a failure while applying)",
+            ["reason"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "stylize_http_requests_total",
+            "HTTP requests answered, by route template (unmatched: no route), method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "stylize_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template (streams and sockets: their whole life)",
+            ["route"],
+            buckets=SECONDS_BUCKETS,
             registry=registry,
         )
         self.gpu_memory = Gauge(
@@ -99,6 +117,8 @@ class Metrics:
             self.stage_seconds.labels(stage=stage)
         for source in get_args(Source):
             self.control_updates.labels(source=source)
+        for osc_reason in OSC_DROP_REASONS:
+            self.osc_rejected.labels(reason=osc_reason)
 
         self.recent_in = RecentWindow(RECENT_S)
         self.recent_out = RecentWindow(RECENT_S)
@@ -149,6 +169,13 @@ class Metrics:
     def count_control_update(self, change: SettingsChange) -> None:
         """A `SettingsStore` listener."""
         self.control_updates.labels(source=change.source).inc()
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route=route, method=method, status=str(status)).inc()
+        self.http_duration.labels(route=route).observe(seconds)
+
+    def osc_dropped(self, reason: OscDropReason) -> None:
+        self.osc_rejected.labels(reason=reason).inc()
 
     def set_jobs(self, counts: Mapping[str, int]) -> None:
         """The jobs feature reports how many jobs are in each status; statuses left out read 0."""

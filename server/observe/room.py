@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from server import keys
 from server.observe import routes
+from server.observe.http_metrics import http_metrics_middleware
 from server.observe.stats import RecentErrors, StatsReporter, package_version
 
 
@@ -18,7 +20,12 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     errors = RecentErrors()
     root = logging.getLogger()
     root.addHandler(errors)
-    reporter = StatsReporter(app[keys.METRICS], version=await asyncio.to_thread(package_version), errors=errors)
+    reporter = StatsReporter(
+        app[keys.METRICS],
+        version=await asyncio.to_thread(package_version),
+        errors=errors,
+        data_dir=Path(app[keys.CONFIG].server.data_dir),
+    )
     app[keys.STATS] = reporter
     yield
     root.removeHandler(errors)
@@ -32,6 +39,9 @@ async def _settings_metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     store.remove_listener(count)
 
+
+# Outermost: it sees the final status of every request, the JSON errors and 500s included.
+MIDDLEWARES = [http_metrics_middleware]
 
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [_stats_ctx, _settings_metrics_ctx]
 

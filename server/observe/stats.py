@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
@@ -68,15 +71,44 @@ class RecentErrors(logging.Handler):
             return list(self._entries)
 
 
+DISK_EVERY_S = 10.0
+
+
+def disk_usage(data_dir: Path) -> dict[str, Any]:
+    """Bytes under the data dir (and its jobs folder), and free and total on its file system (blocking)."""
+    used = jobs = 0
+    jobs_dir = data_dir / "jobs"
+    for root, _, files in os.walk(data_dir):  # symlinked folders (a shared model cache) are not followed
+        in_jobs = Path(root).is_relative_to(jobs_dir)
+        for name in files:
+            try:
+                size = os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # removed while walking
+            used += size
+            jobs += size if in_jobs else 0
+    free: int | None = None
+    total: int | None = None
+    try:
+        usage = shutil.disk_usage(data_dir)
+        free, total = usage.free, usage.total
+    except OSError:
+        pass
+    return {"data_dir": str(data_dir), "data_bytes": used, "jobs_bytes": jobs, "free_bytes": free, "total_bytes": total}
+
+
 class SystemProbe:
-    """CPU, RAM and, where nvidia-ml-py finds a GPU, its utilisation and memory.
+    """CPU, RAM, disk use of the data dir and, where nvidia-ml-py finds a GPU, its utilisation and memory.
 
     `sample()` reads /proc and the driver, so `read()` runs it on the probe's own thread (one
     thread, because psutil measures CPU use since the calling thread's previous call). NVML is
     loaded on first use.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._data_dir = data_dir
+        self._disk: dict[str, Any] | None = None
+        self._disk_at = float("-inf")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize-probe")
         self._lock = threading.Lock()
         self._process: psutil.Process | None = None
@@ -104,7 +136,17 @@ class SystemProbe:
                 "process_rss_bytes": self._process.memory_info().rss,
                 "gpu_memory_allocated_bytes": cuda_memory_allocated(),
                 "gpus": self._gpus(),
+                "disk": self._disk_usage(),
             }
+
+    def _disk_usage(self) -> dict[str, Any] | None:
+        """Walking the data dir is slow with many job files: at most once every `DISK_EVERY_S`."""
+        if self._data_dir is None:
+            return None
+        if time.monotonic() - self._disk_at >= DISK_EVERY_S:
+            self._disk = disk_usage(self._data_dir)
+            self._disk_at = time.monotonic()
+        return self._disk
 
     def close(self) -> None:
         """Blocks until a running sample ends."""
@@ -167,11 +209,13 @@ def package_version() -> str:
 
 
 class StatsReporter:
-    def __init__(self, metrics: Metrics, *, version: str, errors: RecentErrors | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, *, version: str, errors: RecentErrors | None = None, data_dir: Path | None = None
+    ) -> None:
         self.metrics = metrics
         self.version = version
         self.errors = errors if errors is not None else RecentErrors()
-        self.probe = SystemProbe()
+        self.probe = SystemProbe(data_dir)
         self.jobs: Counts = metrics.jobs_by_status
         self.presets: AsyncCounts | None = None
         self._started = time.monotonic()
@@ -211,6 +255,7 @@ class StatsReporter:
             "jobs": dict(self.jobs()),
             "presets": presets,
             "errors": self.errors.entries(),
+            "disk": system.get("disk"),
             "system": system,
         }
 

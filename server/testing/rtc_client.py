@@ -196,14 +196,17 @@ def _incoming_track(pc: RTCPeerConnection) -> asyncio.Future[MediaStreamTrack]:
     return track_ready
 
 
-async def offer_sdp() -> str:
-    """A valid video offer from a peer that goes away at once (for requests that must fail before ICE)."""
+async def offer_sdp(*, candidates: bool = True) -> str:
+    """An SDP offer for one video transceiver, its peer closed at once; without `candidates`, as a peer
+    that never sends ICE makes it (no candidates, and none will follow)."""
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="sendrecv")
     await pc.setLocalDescription(await pc.createOffer())
     sdp: str = pc.localDescription.sdp
     await pc.close()
-    return sdp
+    if candidates:
+        return sdp
+    return "".join(line + "\r\n" for line in sdp.splitlines() if not line.startswith("a=candidate"))
 
 
 async def connect(

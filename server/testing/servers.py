@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -52,6 +53,11 @@ class RunningServer:
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A JSON request (`body` sent as JSON unless None): the status and the decoded answer."""
+        async with self.http.request(method, self.url(path), json=body) as response:
+            return response.status, await response.json()
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         await wait_ready(self.http, self.url("").rstrip("/"), timeout)

@@ -1,27 +1,6 @@
 // JSON over HTTP: every call goes through api(); failures become ApiError with the server's words.
 
-const TOKEN_KEY = "stylize-token";
-
-// A server with [security] api_token wants "Authorization: Bearer ..." on changes.
-// Open the page once as /?token=... and the token is remembered in this browser.
-function apiToken() {
-  const fromUrl = new URLSearchParams(location.search).get("token");
-  if (fromUrl) {
-    try {
-      localStorage.setItem(TOKEN_KEY, fromUrl);
-    } catch {
-      // private mode: use it for this visit only
-    }
-    return fromUrl;
-  }
-  try {
-    return localStorage.getItem(TOKEN_KEY);
-  } catch {
-    return null;
-  }
-}
-
-const token = apiToken();
+import { authHeaders } from "./token.js";
 
 export class ApiError extends Error {
   constructor(status, error, detail) {
@@ -53,17 +32,11 @@ function describe(status, error, detail) {
 }
 
 // options: timeoutMs (give up after), keepalive (let the request outlive the page, e.g. on pagehide).
-// For requests that are not JSON (WHEP's application/sdp): the Authorization api() sends.
-export function authHeaders() {
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
 export async function api(method, path, body, options = {}) {
-  const headers = {};
-  // FormData (file uploads) goes as multipart, with the boundary the browser picks.
+  const headers = authHeaders();
+  // FormData (file uploads) goes as multipart, with the boundary the browser picks; the rest is JSON.
   const form = body instanceof FormData;
   if (body !== undefined && !form) headers["Content-Type"] = "application/json";
-  if (token && method !== "GET") headers.Authorization = `Bearer ${token}`;
   let response;
   try {
     response = await fetch(path, {

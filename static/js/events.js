@@ -1,5 +1,7 @@
 // GET /api/events as a WebSocket that comes back by itself: settings, stream, preset and job events.
 
+import { withToken } from "./token.js";
+
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 
 export class EventFeed {
@@ -27,7 +29,7 @@ export class EventFeed {
 
   #connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/api/events`);
+    const socket = new WebSocket(`${scheme}://${location.host}${withToken("/api/events")}`);
     this.socket = socket;
     socket.addEventListener("open", () => {
       this.failures = 0;

@@ -230,13 +230,16 @@ window.addEventListener("pagehide", () => {
   setStatus("idle", "idle");
   server.start();
   const events = new EventFeed({ onEvent, onOpen: () => Promise.all([loadSettings(), jobs.refresh()]) });
-  events.start();
+  let authorized = true;
   try {
     const config = await api("GET", "/api/client-config");
     connection.rtcConfig = { iceServers: config.ice_servers };
   } catch (error) {
+    authorized = error.status !== 401;
     showError(error);
   }
+  // Without the token the events socket would be refused too, again and again: not until the page has it.
+  if (authorized) events.start();
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
   window.stylize = { connection, controls, stats, events, jobs, server, outputs };

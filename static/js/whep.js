@@ -2,7 +2,7 @@
 // POST the offer as application/sdp, play the answer, DELETE the Location when stopping; when the
 // connection fails or the server restarts, connect again with back-off (0.5, 1, 2, 4, 5 s).
 
-import { authHeaders } from "./api.js";
+import { authHeaders } from "./token.js";
 import { Redialer, iceGatheringComplete, lowLatency } from "./redial.js";
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 5000];

@@ -61,8 +61,9 @@ async def open_page(browser: Any, server: RunningServer, path: str = "/", **cont
     return under_test
 
 
-async def get_json(server: RunningServer, path: str) -> Any:
-    async with server.http.get(server.url(path)) as response:
+async def get_json(server: RunningServer, path: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with server.http.get(server.url(path), headers=headers) as response:
         assert response.status == 200, await response.text()
         return await response.json()
 
@@ -271,12 +272,15 @@ async def test_unauthorized_refusal_is_shown_and_a_token_in_the_address_is_used(
         # Not worth retrying: the page stops, ready for another Start, and no stream was made.
         await page.wait_for_function("document.getElementById('status').textContent === 'refused'")
         assert await page.is_enabled("#start") and await page.is_disabled("#stop")
-        assert (await get_json(running, "/api/streams"))["streams"] == []
+        assert (await get_json(running, "/api/streams", "stage-42"))["streams"] == []
         assert under_test.unexpected_errors(401) == []
 
-        # Opened once as /?token=..., the page sends the token and streams.
-        with_token = await open_page(browser, running, "/?token=stage-42")
+        # Opened once as /?token=..., the page keeps the token, takes it off the address bar, sends it and streams.
+        with_token = await open_page(browser, running, "/?token=stage-42&view=1#top")
         page = with_token.page
+        assert page.url == running.url("/?view=1#top")
+        assert await page.evaluate("localStorage.getItem('stylize-token')") == "stage-42"
+        await page.wait_for_function("document.getElementById('prompt').value !== ''")  # settings read with it
         await page.select_option("#resolution", "320x240")
         await page.click("#start")
         await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
@@ -284,7 +288,7 @@ async def test_unauthorized_refusal_is_shown_and_a_token_in_the_address_is_used(
         await page.click("#stop")
 
         async def no_streams() -> bool:
-            return (await get_json(running, "/api/streams"))["streams"] == []
+            return (await get_json(running, "/api/streams", "stage-42"))["streams"] == []
 
         await eventually(no_streams, 10, interval=0.1, what="the server to list no streams after Stop")
         assert with_token.unexpected_errors() == []
