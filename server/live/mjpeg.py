@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from av import VideoFrame
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.http.errors import invalid
 from server.jpeg import JpegOutput
@@ -24,6 +26,25 @@ MIN_FPS = 1.0
 
 # What a viewer sees now: a frame to encode, a JPEG made already (the waiting card), or nothing yet.
 Picture = VideoFrame | bytes | None
+
+
+class MjpegQuery(BaseModel):
+    """Documents ?fps= (checked by `requested_fps`: capped at [outputs] mjpeg_max_fps)."""
+
+    model_config = ConfigDict(extra="allow")
+    fps: float | None = Field(None, ge=1.0, description="frames a second; default [outputs] mjpeg_fps")
+
+
+# What `@operation` says of the routes that answer with a JPEG, or with MJPEG.
+BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+JPEG_ANSWER: dict[str, Any] = {"response": BINARY, "media_type": "image/jpeg"}
+MJPEG_ANSWER: dict[str, Any] = {"query": MjpegQuery, "response": BINARY, "media_type": "multipart/x-mixed-replace"}
+
+
+async def snapshot_response(encoder: JpegOutput, frame: VideoFrame) -> web.Response:
+    """One frame as a JPEG nobody caches."""
+    jpeg = await encoder.encode(frame)
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 async def serve_mjpeg(

@@ -16,8 +16,7 @@ from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.pages import STATIC_DIR
-from server.live.mjpeg import requested_fps, serve_mjpeg
-from server.live.output_routes import MjpegQuery
+from server.live.mjpeg import JPEG_ANSWER, MJPEG_ANSWER, requested_fps, serve_mjpeg, snapshot_response
 
 routes = web.RouteTableDef()
 
@@ -62,9 +61,8 @@ async def list_outputs(request: web.Request) -> web.Response:
 @operation(
     "A name's newest stylized frame as JPEG",
     tag="outputs",
-    response={"type": "string", "format": "binary"},
-    media_type="image/jpeg",
     errors={404: "no stream had that name since start", 422: "not a name", 503: "no frame yet"},
+    **JPEG_ANSWER,
 )
 async def snapshot(request: web.Request) -> web.Response:
     name = path_name(request)
@@ -73,18 +71,15 @@ async def snapshot(request: web.Request) -> web.Response:
         raise ApiError(404, "unknown name", {"name": name, "why": "no stream of that name since the server started"})
     if output.frame is None:
         raise ApiError(503, "no frame yet", {"name": name, "stream_id": output.stream_id})
-    jpeg = await request.app[keys.JPEG].encode(output.frame)
-    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    return await snapshot_response(request.app[keys.JPEG], output.frame)
 
 
 @routes.get("/api/outputs/{name}/mjpeg")
 @operation(
     "A name as MJPEG that follows its newest stream through reconnects (a waiting card until one comes)",
     tag="outputs",
-    query=MjpegQuery,
-    response={"type": "string", "format": "binary"},
-    media_type="multipart/x-mixed-replace",
     errors={422: "not a name, or a bad fps"},
+    **MJPEG_ANSWER,
 )
 async def mjpeg(request: web.Request) -> web.StreamResponse:
     name = path_name(request)

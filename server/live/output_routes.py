@@ -4,51 +4,33 @@ from __future__ import annotations
 
 from aiohttp import web
 from av import VideoFrame
-from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
 from server.http.errors import ApiError
 from server.http.openapi import operation
-from server.live.mjpeg import requested_fps, serve_mjpeg
+from server.live.mjpeg import JPEG_ANSWER, MJPEG_ANSWER, requested_fps, serve_mjpeg, snapshot_response
 from server.live.session import Session
 from server.live.track import StylizedTrack
 
 routes = web.RouteTableDef()
 
-
-class MjpegQuery(BaseModel):
-    """Documents ?fps= (checked by `requested_fps`: capped at [outputs] mjpeg_max_fps)."""
-
-    model_config = ConfigDict(extra="allow")
-    fps: float | None = Field(None, ge=1.0, description="frames a second; default [outputs] mjpeg_fps")
-
-
 OUTPUT_ERRORS = {404: "unknown stream", 503: "no stylized frame yet"}
 
 
 @routes.get("/api/streams/{stream_id}/snapshot.jpg")
-@operation(
-    "The stream's newest stylized frame as JPEG",
-    tag="outputs",
-    response={"type": "string", "format": "binary"},
-    media_type="image/jpeg",
-    errors=OUTPUT_ERRORS,
-)
+@operation("The stream's newest stylized frame as JPEG", tag="outputs", errors=OUTPUT_ERRORS, **JPEG_ANSWER)
 async def snapshot(request: web.Request) -> web.Response:
     _, frame = _latest_output(request)
-    jpeg = await request.app[keys.JPEG].encode(frame)
-    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    return await snapshot_response(request.app[keys.JPEG], frame)
 
 
 @routes.get("/api/streams/{stream_id}/mjpeg")
 @operation(
     "The stream as MJPEG (multipart/x-mixed-replace), for OBS browser sources and <img>",
     tag="outputs",
-    query=MjpegQuery,
-    response={"type": "string", "format": "binary"},
-    media_type="multipart/x-mixed-replace",
     errors=OUTPUT_ERRORS,
     description="A JPEG part whenever the stream has a newer frame, at most fps a second; ?token= for an <img>.",
+    **MJPEG_ANSWER,
 )
 async def mjpeg(request: web.Request) -> web.StreamResponse:
     """multipart/x-mixed-replace: a new JPEG part whenever the stream has a newer output, at most `?fps=`."""
