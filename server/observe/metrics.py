@@ -32,6 +32,8 @@ DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 # From 1 ms: a fast GPU stage takes a few ms, a CPU model call or a stalled stream seconds.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# The device's idle time between batches: a pipelined engine keeps it under a couple of milliseconds.
+IDLE_GAP_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class Metrics:
@@ -68,7 +70,7 @@ class Metrics:
         self.engine_idle_gap = Histogram(
             "stylize_engine_idle_gap_seconds",
             "Time the device sat idle between the end of one batch and the start of the next",
-            buckets=(0.0005, *SECONDS_BUCKETS),
+            buckets=IDLE_GAP_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
