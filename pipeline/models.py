@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -357,7 +358,8 @@ def ensure_tiny_model(folder: Path) -> Path:
         timestep_spacing="trailing",
         steps_offset=1,
     )
-    partial = folder.with_name(folder.name + ".partial")
+    # A folder of this process's own: the workers of a cluster may all build it at once on a fresh data dir.
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     unet.save_pretrained(partial / "unet")
     vae.save_pretrained(partial / "vae")
@@ -366,7 +368,12 @@ def ensure_tiny_model(folder: Path) -> Path:
     scheduler.save_pretrained(partial / "scheduler")
     _drop_stale_vae_key(partial)
     (partial / "model_index.json").write_text(json.dumps(TINY_INDEX, indent=2))
-    partial.rename(folder)
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not (folder / "model_index.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process built it first: the same seeded weights
     return folder
 
 

@@ -76,6 +76,11 @@ def timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def event_message(event_type: str, **payload: Any) -> str:
+    """One event as listeners receive it: `{"type": event_type, "ts": now, ...payload}` as JSON."""
+    return json.dumps({"type": event_type, "ts": timestamp(), **payload}, default=str)
+
+
 class EventHub:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[str | None]] = set()
@@ -86,7 +91,10 @@ class EventHub:
 
     def publish(self, event_type: str, **payload: Any) -> None:
         """Queue `{"type": event_type, "ts": now, ...payload}` for every listener; never blocks."""
-        message = json.dumps({"type": event_type, "ts": timestamp(), **payload}, default=str)
+        self.deliver(event_message(event_type, **payload))
+
+    def deliver(self, message: str) -> None:
+        """Queue one encoded event for every listener of this hub."""
         for queue in list(self._queues):
             if queue.qsize() >= QUEUE_LIMIT:
                 logger.warning("event listener too slow, disconnecting")

@@ -105,7 +105,7 @@ class OscFeedback:
 
     def changed(self, change: SettingsChange) -> None:
         """A `SettingsStore` listener: queue the change for every target but its sender's."""
-        sent_by = self._sender() if change.source == "osc" else None
+        sent_by = self._sender() if change.source == "osc" and not change.remote else None
         origin = (normal(sent_by[0]), sent_by[1]) if sent_by is not None else None
         echo = {origin, self._subscribed.get(origin)} if origin is not None else set()
         update = messages(change)

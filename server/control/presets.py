@@ -14,7 +14,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -196,59 +196,50 @@ def load_builtin_presets(path: Path = BUILTIN_PRESETS) -> list[Preset]:
     return presets
 
 
-class PresetLibrary:
-    def __init__(
-        self,
-        builtins: list[Preset],
-        db: Database,
-        settings: SettingsStore,
-        events: EventHub,
-        default_subject: str = "a person",
-    ) -> None:
-        self._builtins = {preset.id: preset for preset in builtins}  # keeps file order
+class PresetStorage(Protocol):
+    """Where custom presets and their apply counts are kept: SQLite here, Redis in a cluster."""
+
+    async def customs(self) -> list[Preset]:
+        """Every custom preset, by id."""
+        ...
+
+    async def find(self, preset_id: str) -> Preset | None: ...
+
+    async def insert(self, preset: Preset) -> bool:
+        """False when a preset with its id exists already."""
+        ...
+
+    async def replace(self, preset: Preset) -> bool:
+        """False when no preset has its id."""
+        ...
+
+    async def remove(self, preset_id: str) -> bool:
+        """Remove the preset and its count; False when there was none."""
+        ...
+
+    async def count_apply(self, preset_id: str) -> None: ...
+
+    async def usage(self) -> tuple[list[Preset], dict[str, int]]:
+        """The custom presets and how many times each preset was applied, read together."""
+        ...
+
+
+class SqlitePresets:
+    """Custom presets and apply counts in the server's SQLite database (`SCHEMA`)."""
+
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._settings = settings
-        self._events = events
-        self._default_subject = default_subject
-        # Applies read the current settings, then await the database: one at a time, so that two
-        # quick /stylize/preset/next messages step twice instead of landing on the same preset.
-        self._apply_lock = asyncio.Lock()
 
-    def is_builtin(self, preset_id: str) -> bool:
-        return preset_id in self._builtins
+    async def customs(self) -> list[Preset]:
+        return await self._db.run(_read_customs)
 
-    async def presets(self, category: str | None = None) -> list[Preset]:
-        """Every preset in the stable order: built-ins in file order, then custom ones by id."""
-        customs = await self._db.run(self._read_customs)
-        ordered = [*self._builtins.values(), *customs]
-        return [p for p in ordered if category is None or p.category == category]
-
-    async def get(self, preset_id: str) -> Preset:
-        builtin = self._builtins.get(preset_id)
-        if builtin is not None:
-            return builtin
+    async def find(self, preset_id: str) -> Preset | None:
         row = await self._db.run(
             lambda conn: conn.execute(f"SELECT {_COLUMNS} FROM presets WHERE id = ?", (preset_id,)).fetchone()
         )
-        if row is None:
-            raise UnknownPresetError(f"no preset {preset_id!r}")
-        return Preset.model_validate(dict(row))
+        return None if row is None else Preset.model_validate(dict(row))
 
-    async def usage(self) -> dict[str, int]:
-        """How many times each preset has been applied, every preset listed, in the stable order."""
-
-        def read(conn: sqlite3.Connection) -> tuple[list[Preset], dict[str, int]]:
-            counts = dict(conn.execute("SELECT preset_id, applied FROM preset_usage").fetchall())
-            return self._read_customs(conn), counts
-
-        customs, counts = await self._db.run(read)
-        return {preset.id: counts.get(preset.id, 0) for preset in [*self._builtins.values(), *customs]}
-
-    async def create(self, new: NewPreset) -> Preset:
-        if new.id in self._builtins:
-            raise DuplicatePresetError(f"{new.id!r} is a built-in preset")
-        preset = Preset.model_validate(new.model_dump())
-
+    async def insert(self, preset: Preset) -> bool:
         def insert(conn: sqlite3.Connection) -> bool:
             now = time.time()
             values = preset.model_dump(exclude={"builtin"})
@@ -263,16 +254,9 @@ class PresetLibrary:
                 return False
             return True
 
-        if not await self._db.run(insert):
-            raise DuplicatePresetError(f"preset {new.id!r} exists already")
-        logger.info("preset created id=%s", preset.id)
-        self._events.publish("preset", action="created", preset_id=preset.id, preset=preset.model_dump())
-        return preset
+        return await self._db.run(insert)
 
-    async def update(self, preset_id: str, fields: PresetFields) -> Preset:
-        if preset_id in self._builtins:
-            raise BuiltinPresetError(f"{preset_id!r} is a built-in preset and read-only")
-        preset = Preset.model_validate({**fields.model_dump(), "id": preset_id})
+    async def replace(self, preset: Preset) -> bool:
         values = {**preset.model_dump(exclude={"builtin"}), "updated": time.time()}
         changed = await self._db.run(
             lambda conn: (
@@ -284,7 +268,81 @@ class PresetLibrary:
                 ).rowcount
             )
         )
-        if not changed:
+        return bool(changed)
+
+    async def remove(self, preset_id: str) -> bool:
+        def remove(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM preset_usage WHERE preset_id = ?", (preset_id,))
+            return conn.execute("DELETE FROM presets WHERE id = ?", (preset_id,)).rowcount
+
+        return bool(await self._db.run(remove))
+
+    async def count_apply(self, preset_id: str) -> None:
+        await self._db.run(lambda conn: _count_apply(conn, preset_id))
+
+    async def usage(self) -> tuple[list[Preset], dict[str, int]]:
+        def read(conn: sqlite3.Connection) -> tuple[list[Preset], dict[str, int]]:
+            counts = dict(conn.execute("SELECT preset_id, applied FROM preset_usage").fetchall())
+            return _read_customs(conn), counts
+
+        return await self._db.run(read)
+
+
+class PresetLibrary:
+    def __init__(
+        self,
+        builtins: list[Preset],
+        storage: PresetStorage,
+        settings: SettingsStore,
+        events: EventHub,
+        default_subject: str = "a person",
+    ) -> None:
+        self._builtins = {preset.id: preset for preset in builtins}  # keeps file order
+        self._storage = storage
+        self._settings = settings
+        self._events = events
+        self._default_subject = default_subject
+        # Applies read the current settings, then await the database: one at a time, so that two
+        # quick /stylize/preset/next messages step twice instead of landing on the same preset.
+        self._apply_lock = asyncio.Lock()
+
+    def is_builtin(self, preset_id: str) -> bool:
+        return preset_id in self._builtins
+
+    async def presets(self, category: str | None = None) -> list[Preset]:
+        """Every preset in the stable order: built-ins in file order, then custom ones by id."""
+        ordered = [*self._builtins.values(), *self._customs(await self._storage.customs())]
+        return [p for p in ordered if category is None or p.category == category]
+
+    async def get(self, preset_id: str) -> Preset:
+        builtin = self._builtins.get(preset_id)
+        if builtin is not None:
+            return builtin
+        preset = await self._storage.find(preset_id)
+        if preset is None:
+            raise UnknownPresetError(f"no preset {preset_id!r}")
+        return preset
+
+    async def usage(self) -> dict[str, int]:
+        """How many times each preset has been applied, every preset listed, in the stable order."""
+        customs, counts = await self._storage.usage()
+        return {preset.id: counts.get(preset.id, 0) for preset in [*self._builtins.values(), *self._customs(customs)]}
+
+    async def create(self, new: NewPreset) -> Preset:
+        if new.id in self._builtins:
+            raise DuplicatePresetError(f"{new.id!r} is a built-in preset")
+        preset = Preset.model_validate(new.model_dump())
+        if not await self._storage.insert(preset):
+            raise DuplicatePresetError(f"preset {new.id!r} exists already")
+        logger.info("preset created id=%s", preset.id)
+        self._events.publish("preset", action="created", preset_id=preset.id, preset=preset.model_dump())
+        return preset
+
+    async def update(self, preset_id: str, fields: PresetFields) -> Preset:
+        if preset_id in self._builtins:
+            raise BuiltinPresetError(f"{preset_id!r} is a built-in preset and read-only")
+        preset = Preset.model_validate({**fields.model_dump(), "id": preset_id})
+        if not await self._storage.replace(preset):
             raise UnknownPresetError(f"no preset {preset_id!r}")
         logger.info("preset updated id=%s", preset_id)
         self._events.publish("preset", action="updated", preset_id=preset_id, preset=preset.model_dump())
@@ -293,12 +351,7 @@ class PresetLibrary:
     async def delete(self, preset_id: str) -> None:
         if preset_id in self._builtins:
             raise BuiltinPresetError(f"{preset_id!r} is a built-in preset and read-only")
-
-        def remove(conn: sqlite3.Connection) -> int:
-            conn.execute("DELETE FROM preset_usage WHERE preset_id = ?", (preset_id,))
-            return conn.execute("DELETE FROM presets WHERE id = ?", (preset_id,)).rowcount
-
-        if not await self._db.run(remove):
+        if not await self._storage.remove(preset_id):
             raise UnknownPresetError(f"no preset {preset_id!r}")
         logger.info("preset deleted id=%s", preset_id)
         self._events.publish("preset", action="deleted", preset_id=preset_id)
@@ -355,7 +408,7 @@ class PresetLibrary:
             settings = self._settings.update_global(patch, "preset")
         else:
             settings = self._settings.update_stream(stream_id, patch, "preset")
-        await self._db.run(lambda conn: _count_apply(conn, preset.id))
+        await self._storage.count_apply(preset.id)
         scope = stream_id or "global"
         logger.info("preset applied id=%s scope=%s", preset.id, scope)
         self._events.publish(
@@ -372,10 +425,14 @@ class PresetLibrary:
             return None
         return preset.subject_of(current.prompt)
 
-    def _read_customs(self, conn: sqlite3.Connection) -> list[Preset]:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM presets ORDER BY id").fetchall()
+    def _customs(self, customs: list[Preset]) -> list[Preset]:
         # A built-in id wins over a custom preset saved before that built-in shipped.
-        return [Preset.model_validate(dict(row)) for row in rows if row["id"] not in self._builtins]
+        return [preset for preset in customs if preset.id not in self._builtins]
+
+
+def _read_customs(conn: sqlite3.Connection) -> list[Preset]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM presets ORDER BY id").fetchall()
+    return [Preset.model_validate(dict(row)) for row in rows]
 
 
 def _count_apply(conn: sqlite3.Connection, preset_id: str) -> None:

@@ -99,6 +99,9 @@ class SettingsChange:
     source: Source
     changed: dict[str, Any]
     settings: StyleSettings
+    # Made on another node of a cluster and replicated here: its own node told the events, the
+    # metrics and its sender already; listeners that reach local clients (OSC feedback) still send it.
+    remote: bool = False
 
 
 Listener = Callable[[SettingsChange], None]
@@ -180,13 +183,23 @@ class SettingsStore:
         nulls = [name for name, value in changed.items() if value is None and name != "preset"]
         if nulls:
             raise ValueError(f"global settings cannot be null: {', '.join(sorted(nulls))}")
-        self._global = StyleSettings.model_validate({**self._global.model_dump(), **changed})
-        self._emit(SettingsChange("global", source, changed, self._global))
-        return self._global
+        settings = self._set_global(changed)
+        self._emit(SettingsChange("global", source, changed, settings))
+        return settings
 
     def update_stream(self, stream_id: str, patch: SettingsPatch, source: Source) -> StyleSettings:
-        overrides = self._stream_overrides(stream_id)
         changed = patch.values()
+        settings = self._set_overrides(stream_id, changed)
+        self._emit(SettingsChange(stream_id, source, changed, settings))
+        return settings
+
+    def _set_global(self, changed: dict[str, Any]) -> StyleSettings:
+        self._global = StyleSettings.model_validate({**self._global.model_dump(), **changed})
+        return self._global
+
+    def _set_overrides(self, stream_id: str, changed: dict[str, Any]) -> StyleSettings:
+        """Set (or, for None, drop) the scope's overrides; `UnknownStreamError` for an unknown stream."""
+        overrides = self._stream_overrides(stream_id)
         for name, value in changed.items():
             if value is None:
                 overrides.pop(name, None)
@@ -194,9 +207,7 @@ class SettingsStore:
                 overrides[name] = value
         if not overrides and scope_name(stream_id) is not None:
             self._overrides.pop(stream_id, None)  # a name back to following global holds nothing
-        settings = self.effective(stream_id)
-        self._emit(SettingsChange(stream_id, source, changed, settings))
-        return settings
+        return self.effective(stream_id)
 
     def _stream_overrides(self, stream_id: str) -> dict[str, Any]:
         try:

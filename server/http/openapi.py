@@ -78,8 +78,18 @@ class Operation:
 
 def operation(summary: str, *, tag: str, **details: Any) -> Callable[[F], F]:
     """Declare a handler's place in the API contract (see `Operation` for the fields)."""
-    declared = Operation(summary, tag, **details)
+    return _declaring(Operation(summary, tag, **details))
 
+
+def declared_like(original: Callable[..., Any]) -> Callable[[F], F]:
+    """Declare a handler as `original` is declared (a front door relaying another node's route)."""
+    declared = operation_of(original)
+    if declared is None:
+        raise ValueError(f"{original.__qualname__} declares no @operation")
+    return _declaring(declared)
+
+
+def _declaring(declared: Operation) -> Callable[[F], F]:
     def mark(handler: F) -> F:
         setattr(handler, ATTRIBUTE, declared)
         return handler

@@ -3,17 +3,20 @@
 A job's files live under `<data dir>/jobs/<id>/`; the rows hold their paths relative to the data
 dir, so the API never builds a path from a request. Status moves pending -> processing ->
 completed | failed | cancelled; a job caught in `processing` by a crash goes back to `pending`
-when the next server starts.
+when the next server starts. In a cluster the records live in Redis instead
+(`server.cluster.job_queue`, the same `JobRecords` methods) and a job also names the node that
+holds its files (`files_at`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from pipeline import FrameParams
 from server.db import Database
@@ -76,6 +79,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     processing_s: float | None = None
+    files_at: str | None = None  # in a cluster, the URL of the node whose data dir holds its files
 
     @property
     def progress(self) -> float:
@@ -115,6 +119,52 @@ class Job:
         }
 
 
+def gave_up(max_attempts: int) -> str:
+    """Why a job that was interrupted `max_attempts` times failed."""
+    return (
+        f"gave up after {max_attempts} attempts: the server stopped while rendering it each time ([jobs] max_attempts)"
+    )
+
+
+class JobRecords(Protocol):
+    """What the routes and the render worker need of the job records: SQLite (`JobStore`), or Redis in a cluster."""
+
+    # How long the worker waits for a wake-up after `claim_next` found nothing (it is also woken by submits).
+    idle_wait_s: float
+
+    async def add(self, job: Job) -> None: ...
+
+    async def get(self, job_id: str) -> Job: ...
+
+    async def page(self, offset: int, limit: int, status: Status | None = None) -> tuple[list[Job], int]: ...
+
+    async def claim_next(self) -> Job | None: ...
+
+    async def set_progress(self, job_id: str, frames_done: int) -> bool:
+        """False when the job is no longer this worker's to render (cancelled, deleted, taken over)."""
+        ...
+
+    async def complete(self, job_id: str, frames_done: int) -> Job | None: ...
+
+    async def fail(self, job_id: str, error: str) -> Job | None: ...
+
+    async def release(self, job_id: str) -> None:
+        """The worker is done with a job it claimed, whatever came of it."""
+        ...
+
+    async def cancel(self, job_id: str) -> Job: ...
+
+    async def delete(self, job_id: str) -> Job: ...
+
+    async def requeue_interrupted(self, max_attempts: int) -> tuple[list[str], list[Job]]: ...
+
+    async def finished_before(self, cutoff: float) -> list[Job]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def ids(self) -> set[str]: ...
+
+
 def _from_row(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
@@ -142,6 +192,10 @@ def _select(connection: sqlite3.Connection, job_id: str) -> Job | None:
 
 
 class JobStore:
+    """Job records in the server's SQLite database."""
+
+    idle_wait_s = math.inf  # only a submit (or the sweep) wakes the worker
+
     def __init__(self, database: Database) -> None:
         self._db = database
 
@@ -207,12 +261,18 @@ class JobStore:
 
         return await self._db.run(claim)
 
-    async def set_progress(self, job_id: str, frames_done: int) -> None:
-        await self._db.run(
-            lambda connection: connection.execute(
-                "UPDATE jobs SET frames_done = ? WHERE id = ? AND status = 'processing'", (frames_done, job_id)
+    async def set_progress(self, job_id: str, frames_done: int) -> bool:
+        updated = await self._db.run(
+            lambda connection: (
+                connection.execute(
+                    "UPDATE jobs SET frames_done = ? WHERE id = ? AND status = 'processing'", (frames_done, job_id)
+                ).rowcount
             )
         )
+        return bool(updated)
+
+    async def release(self, job_id: str) -> None:
+        """Nothing to let go of: the row's status says it all."""
 
     async def complete(self, job_id: str, frames_done: int) -> Job | None:
         """Mark a processing job completed; None when it is no longer processing (cancelled meanwhile)."""
@@ -277,10 +337,7 @@ class JobStore:
             given_up = [row["id"] for row in rows if row["attempts"] >= max_attempts]
             connection.executemany("UPDATE jobs SET status = 'pending' WHERE id = ?", [(i,) for i in requeued])
             now = time.time()
-            error = (
-                f"gave up after {max_attempts} attempts: the server stopped while rendering it each time"
-                " ([jobs] max_attempts)"
-            )
+            error = gave_up(max_attempts)
             connection.executemany(
                 "UPDATE jobs SET status = 'failed', finished = ?, processing_s = ? - started, error = ? WHERE id = ?",
                 [(now, now, error, job_id) for job_id in given_up],

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from server.config import JobsConfig
 from server.control.events import EventHub
 from server.engine_service import EngineService
 from server.jobs.media import EncodeOptions, RenderFailed, open_render
-from server.jobs.store import Job, JobNotFound, JobStore
+from server.jobs.store import Job, JobNotFound, JobRecords, gave_up
 from server.jpeg import JpegEncoder
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,12 @@ PROGRESS_INTERVAL_S = 0.5
 SWEEP_INTERVAL_S = 600.0
 # How often the worker looks again while the engine is still loading.
 ENGINE_POLL_S = 0.2
+# In a cluster, a folder without a job is removed only once untouched this long: a front on the same
+# data dir may be receiving that upload right now.
+ORPHAN_AGE_IN_CLUSTER_S = 3600.0
+
+# Copies a job's input from the node that holds it (`Job.files_at`) to the given path.
+FetchInput = Callable[[Job, Path], Awaitable[None]]
 
 
 class JobCancelled(Exception):
@@ -61,15 +67,17 @@ class _Running:
 class JobWorker:
     def __init__(
         self,
-        store: JobStore,
+        store: JobRecords,
         engine: EngineService,
         events: EventHub,
         config: JobsConfig,
         data_dir: Path,
         live_streams: Callable[[], int],
         on_counts: Callable[[dict[str, int]], None] | None = None,
+        fetch_input: FetchInput | None = None,
     ) -> None:
         self._store = store
+        self._fetch_input = fetch_input  # in a cluster: inputs uploaded to another node come from there
         self._engine = engine
         self._events = events
         self._live_streams = live_streams
@@ -99,7 +107,8 @@ class JobWorker:
             logger.warning("job failed id=%s: %s", job.id, job.error)
             self._publish("failed", job)
         known = await self._store.ids()
-        removed = await self._blocking(_remove_orphans, self._jobs_dir, known)
+        min_age_s = ORPHAN_AGE_IN_CLUSTER_S if self._fetch_input is not None else 0.0
+        removed = await self._blocking(_remove_orphans, self._jobs_dir, known, min_age_s)
         if removed:
             logger.info("removed %d job folder(s) without a job (uploads cut off)", removed)
         await self.sweep()
@@ -181,11 +190,15 @@ class JobWorker:
             job = await self._store.claim_next()
             if job is None:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL_S)
+                    await asyncio.wait_for(self._wake.wait(), min(SWEEP_INTERVAL_S, self._store.idle_wait_s))
                 except TimeoutError:
                     pass
                 continue
             try:
+                if job.attempts > self._config.max_attempts:  # taken over after its workers died each time
+                    await self._fail(job, gave_up(self._config.max_attempts))
+                    await self._store.release(job.id)
+                    continue
                 await self._process(job)
             except Exception:
                 # The database refused an update: the job stays as it was and is retried at restart.
@@ -226,6 +239,7 @@ class JobWorker:
         finally:
             if ended:
                 await self._blocking(shutil.rmtree, self._segments(job), ignore_errors=True)
+                await self._store.release(job.id)
             self._engine_forget(f"job-{job.id}")
             self._running = None
             running.done.set()
@@ -235,9 +249,12 @@ class JobWorker:
         key = f"job-{job.id}"
         target = self.data_dir / job.output_path
         partial = target.with_name(target.name + ".part")
+        source = self.data_dir / job.input_path
+        if self._fetch_input is not None and not await self._blocking(source.is_file):
+            await self._fetch_input(job, source)  # uploaded to another node that shares no disk with this one
         render = await self._blocking(
             open_render,
-            self.data_dir / job.input_path,
+            source,
             partial,
             job.media,
             self._options,
@@ -261,7 +278,8 @@ class JobWorker:
                 await self._yield_to_live(time.monotonic() - started)
                 if time.monotonic() - reported >= PROGRESS_INTERVAL_S:
                     reported = time.monotonic()
-                    await self._store.set_progress(job.id, done)
+                    if not await self._store.set_progress(job.id, done):
+                        raise JobCancelled(job.id)  # cancelled or deleted elsewhere, or taken over
                     self._publish("progress", dataclasses.replace(job, frames_done=done))
             if running.cancelled.is_set():
                 raise JobCancelled(job.id)
@@ -320,10 +338,15 @@ def _lower_priority(nice: int) -> None:
             logger.warning("could not lower the job thread's priority to nice %d: %s", nice, e)
 
 
-def _remove_orphans(jobs_dir: Path, known: set[str]) -> int:
+def _remove_orphans(jobs_dir: Path, known: set[str], min_age_s: float = 0.0) -> int:
     if not jobs_dir.is_dir():
         return 0
-    orphans = [folder for folder in jobs_dir.iterdir() if folder.is_dir() and folder.name not in known]
+    before = time.time() - min_age_s
+    orphans = [
+        folder
+        for folder in jobs_dir.iterdir()
+        if folder.is_dir() and folder.name not in known and (not min_age_s or folder.stat().st_mtime < before)
+    ]
     for folder in orphans:
         shutil.rmtree(folder, ignore_errors=True)
     return len(orphans)

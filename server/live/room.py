@@ -84,11 +84,18 @@ CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
 ]
 
 
+# Every route of the room (a cluster's front door relays them to its workers).
+ROUTES: list[web.RouteTableDef] = [
+    offer_routes.routes,
+    output_routes.routes,
+    named_output_routes.routes,
+    whip_routes.routes,
+    whep_routes.routes,
+    client_config.routes,
+]
+
+
 def setup_routes(app: web.Application) -> None:
     app.on_shutdown.append(_end_mjpeg_streams)
-    app.add_routes(offer_routes.routes)
-    app.add_routes(output_routes.routes)
-    app.add_routes(named_output_routes.routes)
-    app.add_routes(whip_routes.routes)
-    app.add_routes(whep_routes.routes)
-    app.add_routes(client_config.routes)
+    for table in ROUTES:
+        app.add_routes(table)

@@ -169,8 +169,9 @@ class Metrics:
     # -- control and jobs ----------------------------------------------------------------------
 
     def count_control_update(self, change: SettingsChange) -> None:
-        """A `SettingsStore` listener."""
-        self.control_updates.labels(source=change.source).inc()
+        """A `SettingsStore` listener; a change made on another node is counted there."""
+        if not change.remote:
+            self.control_updates.labels(source=change.source).inc()
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route=route, method=method, status=str(status)).inc()

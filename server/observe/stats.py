@@ -8,6 +8,7 @@ that come later plug in their counts: jobs report through `Metrics.set_jobs` (or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from server.engine_service import EngineService
+from server.engine_service import EngineNotReady, EngineService
 from server.observe.metrics import DROP_REASONS, Metrics, cuda_memory_allocated
 from server.observe.recent_window import RECENT_S
 
@@ -274,6 +275,7 @@ class StatsReporter:
             }
         )
         if service.ready:
-            engine = service.engine
-            described.update({"max_batch": engine.max_batch, "pending": engine.pending})
+            with contextlib.suppress(EngineNotReady):  # a cluster's front: the engines run on its workers
+                engine = service.engine
+                described.update({"max_batch": engine.max_batch, "pending": engine.pending})
         return described

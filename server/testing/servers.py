@@ -89,10 +89,10 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    data_dir: Path, log: Path, *, model: str = "tiny", env: Mapping[str, str] | None = None
+    data_dir: Path, log: Path, *, model: str = "tiny", env: Mapping[str, str] | None = None, port: int | None = None
 ) -> AsyncIterator[ServerProcess]:
     """Start a server on `data_dir` (OSC off, output appended to `log`); stopped and reaped on the way out."""
-    port = free_port()
+    port = port or free_port()
     variables = {**os.environ, "STYLIZE_OSC_ENABLED": "false", **(env or {})}
     command = [sys.executable, "-m", "server", "--model", model, "--data-dir", str(data_dir), "--port", str(port)]
     with log.open("ab") as output:
