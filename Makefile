@@ -27,11 +27,13 @@ $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(DEV_STAMP)
 
-# Debian packages the tests need: Chromium for the browser tests, libturbojpeg for JPEG output.
+# Debian packages the tests need: Chromium for the browser tests, libturbojpeg for JPEG output,
+# redis-server for the cluster's tests (and `make cluster`).
 system-deps:
 	@missing=""; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	ldconfig -p | grep -q libturbojpeg || missing="$$missing libturbojpeg0"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -32,6 +32,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="where models, the database, jobs and logs live")
     parser.add_argument("--osc-port", type=int, help="UDP port for OSC control")
     parser.add_argument("--osc-host", help="address the OSC listener binds (0.0.0.0 for controllers on the LAN)")
+    cluster = parser.add_argument_group("cluster", "past one GPU and one machine (README: Past one GPU)")
+    cluster.add_argument(
+        "--workers", help='start this many worker processes on this box behind this one ("auto": one per GPU)'
+    )
+    cluster.add_argument("--role", choices=["none", "front", "worker"], help="this process's part in a cluster")
+    cluster.add_argument("--redis-url", help="the cluster's Redis, shared by every node (redis://host:6379/0)")
     commands = parser.add_subparsers(dest="command", metavar="{download}")
     download = commands.add_parser(
         "download",
@@ -58,6 +64,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         (args.data_dir, "server", "data_dir"),
         (args.osc_port, "osc", "port"),
         (args.osc_host, "osc", "host"),
+        (getattr(args, "workers", None), "cluster", "workers"),
+        (getattr(args, "role", None), "cluster", "role"),
+        (getattr(args, "redis_url", None), "cluster", "redis_url"),
         (getattr(args, "vae", None), "model", "vae"),
     ):
         if value is not None:
@@ -71,18 +80,22 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup_logging(config: Config) -> list[logging.Handler]:
     """Console plus a rotating file `<data_dir>/logs/stylize.log`, at the configured level.
 
-    Returns the handlers it added to the root logger (so a caller can take them off again).
+    In a cluster each process names itself in every line and keeps a file of its own
+    (`<role>-<port>.log`: the nodes of one box share the data dir). Returns the handlers it added to
+    the root logger (so a caller can take them off again).
     """
     folder = Path(config.server.data_dir) / "logs"
     folder.mkdir(parents=True, exist_ok=True)
+    cluster = config.cluster
+    node = f"{cluster.role}-{config.server.port}" if cluster.enabled else ""
     console = logging.StreamHandler(sys.stderr)
     file = logging.handlers.RotatingFileHandler(
-        folder / "stylize.log",
+        folder / (f"{node}.log" if node else "stylize.log"),
         maxBytes=config.logging.file_max_mb * 1024 * 1024,
         backupCount=config.logging.file_count,
         encoding="utf-8",
     )
-    formatter = logging.Formatter(LOG_FORMAT)
+    formatter = logging.Formatter(LOG_FORMAT.replace("%(name)s", f"[{node}] %(name)s") if node else LOG_FORMAT)
     root = logging.getLogger()
     for handler in (console, file):
         handler.setFormatter(formatter)
@@ -134,6 +147,9 @@ def serve(config: Config) -> None:
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         fail(f"cannot listen on {host}:{port} ({why}); choose another port with --port (or STYLIZE_PORT)")
+    if not port:  # the port the system picked: where the other nodes of a cluster reach this one
+        bound = config.server.model_copy(update={"port": int(sock.getsockname()[1])})
+        config = config.model_copy(update={"server": bound})
     setup_logging(config)
     log = logging.getLogger("server")
     web.run_app(

@@ -1,4 +1,10 @@
-"""The application factory: `create_app(config)` wires state, the rooms' resources and their routes."""
+"""The application factory: `create_app(config)` wires state, the rooms' resources and their routes.
+
+Alone (the default), settings, events, presets and jobs live in this process and its SQLite
+database. With `[cluster] role` set they live in Redis instead (`server.cluster`): this is the one
+place that chooses. A worker runs every room; a front runs every room but the live one, whose
+routes it relays to its workers.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,13 @@ from pathlib import Path
 from aiohttp import web
 
 from server import keys
+from server.cluster import room as cluster
+from server.cluster.node import ClusterNode
 from server.config import Config
 from server.control import presets, saved_settings
 from server.control import room as control
 from server.control.events import EVENT_TYPES, EventHub
+from server.control.presets import SqlitePresets
 from server.control.settings import SettingsStore, StyleSettings
 from server.db import Database
 from server.engine_service import EngineService
@@ -35,29 +44,45 @@ def create_app(config: Config) -> web.Application:
         client_max_size=64 * 1024 * 1024,
     )
     app[keys.CONFIG] = config
-    app[keys.SETTINGS] = SettingsStore(StyleSettings(**config.defaults.model_dump()))
-    app[keys.EVENTS] = EventHub()
     app[keys.METRICS] = Metrics()
+    database = Database(Path(config.server.data_dir) / "stylize.db", schemas=SCHEMAS)
+    app[keys.DB] = database
+    initial = StyleSettings(**config.defaults.model_dump())
+    if config.cluster.enabled:
+        node = ClusterNode(config, initial)
+        app[keys.CLUSTER] = node
+        app[keys.SETTINGS], app[keys.EVENTS] = node.settings, node.events
+        app[keys.PRESET_STORAGE], app[keys.JOBS] = node.presets, node.jobs
+    else:
+        app[keys.SETTINGS], app[keys.EVENTS] = SettingsStore(initial), EventHub()
+        app[keys.PRESET_STORAGE], app[keys.JOBS] = SqlitePresets(database), job_store.JobStore(database)
+    front = config.cluster.role == "front"
     # Start-up order (shut-down runs it backwards): observe first, so the others' start-up errors
-    # show in /api/stats; the database and the engine before the rooms that use them.
+    # show in /api/stats; the database, the cluster link and the engine before the rooms that use them.
     app.cleanup_ctx.extend(observe.CONTEXTS)
     app.cleanup_ctx.extend(http.CONTEXTS)
     app.cleanup_ctx.append(_database_ctx)
-    app.cleanup_ctx.append(_engine_ctx)
+    if config.cluster.enabled:
+        app.cleanup_ctx.extend(cluster.CONTEXTS)
+    if not front:  # a front's engine is its workers'
+        app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.extend(control.CONTEXTS)
-    app.cleanup_ctx.extend(live.CONTEXTS)
+    if not front:
+        app.cleanup_ctx.extend(live.CONTEXTS)
     app.cleanup_ctx.extend(jobs.CONTEXTS)
     # The API contract from every room's routes, with the /api/events message types.
     app.cleanup_ctx.append(http.document_ctx(EVENT_TYPES))
-    for room in (observe, control, live, jobs, http):
+    rooms = [observe, control, *([] if front else [live]), jobs, http]
+    if config.cluster.enabled:
+        rooms.append(cluster)  # /api/cluster; on a front, the live room's routes relayed
+    for room in rooms:
         room.setup_routes(app)
     return app
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
-    database = Database(Path(app[keys.CONFIG].server.data_dir) / "stylize.db", schemas=SCHEMAS)
+    database = app[keys.DB]
     await database.open()
-    app[keys.DB] = database
     yield
     await database.close()
 

@@ -200,6 +200,51 @@ class JobsConfig(_Section):
     video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
 
 
+ClusterRole = Literal["none", "front", "worker"]
+
+
+class ClusterConfig(_Section):
+    role: ClusterRole = "none"
+    workers: int | Literal["auto"] = Field(0, description="local worker processes a front starts")
+    redis_url: str = ""
+    node_id: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    advertise_url: str = ""
+    prefix: str = Field("stylize", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    heartbeat_s: float = Field(1.0, gt=0.0, le=60.0)
+    node_ttl_s: float = Field(3.0, gt=0.0, le=600.0)
+    job_claim_timeout_s: float = Field(30.0, gt=0.0, le=86_400.0)
+    relay_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    worker_port: int = Field(0, ge=0, le=65535)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 64:
+            raise ValueError(f'must be 0..64 or "auto", got {value}')
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ClusterConfig:
+        if self.workers and self.role == "none":
+            self.role = "front"  # --workers N: this process fronts the workers it starts
+        if self.workers and self.role == "worker":
+            raise ValueError("a worker starts no workers: workers is for a front")
+        if self.role == "worker" and not self.redis_url:
+            raise ValueError("a worker needs redis_url (the cluster's Redis, where it registers)")
+        if self.role == "front" and not self.workers and not self.redis_url:
+            raise ValueError("a front without workers of its own needs redis_url (where the workers register)")
+        if self.node_ttl_s <= self.heartbeat_s:
+            raise ValueError(f"node_ttl_s ({self.node_ttl_s}) must be longer than heartbeat_s ({self.heartbeat_s})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Part of a cluster: settings, events, presets and jobs live in Redis, not in this process."""
+        return self.role != "none"
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file_max_mb: int = Field(10, ge=1, le=10_000)
@@ -218,6 +263,14 @@ class Config(_Section):
     presets: PresetsConfig = PresetsConfig()
     jobs: JobsConfig = JobsConfig()
     logging: LoggingConfig = LoggingConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _workers_take_no_osc(self) -> Config:
+        # Controllers talk to a front; a worker on the same box must not take (or fight over) the OSC port.
+        if self.cluster.role == "worker" and self.osc.enabled:
+            self.osc = self.osc.model_copy(update={"enabled": False})
+        return self
 
 
 def load_config(
@@ -247,6 +300,8 @@ def _describe(error: Any) -> str:
     location = [str(part) for part in error["loc"]]
     if len(location) >= 2:
         where = f"[{location[0]}] {'.'.join(location[1:])} (STYLIZE_{location[0].upper()}_{location[1].upper()})"
+    elif location and location[0] in Config.model_fields:
+        where = f"[{location[0]}]"  # a rule across the section's keys
     else:
         where = ".".join(location) or "configuration"
     return f"{where}: {error['msg']}"

@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from server.cluster.node import ClusterNode
     from server.config import Config
     from server.control.events import EventHub
     from server.control.osc import OscListener
     from server.control.osc_feedback import OscFeedback
     from server.control.oscquery import OscQueryServer
-    from server.control.presets import PresetLibrary
+    from server.control.presets import PresetLibrary, PresetStorage
     from server.control.settings import SettingsStore
     from server.control.suggestions import PromptSuggestions
     from server.db import Database
     from server.engine_service import EngineService
-    from server.jobs.store import JobStore
+    from server.http.relay import Relay
+    from server.jobs.store import JobRecords
     from server.jobs.worker import JobWorker
     from server.jpeg import JpegOutput
     from server.live.outputs import NamedOutputs
@@ -40,14 +42,18 @@ OSC: web.AppKey[OscListener] = web.AppKey("osc")
 OSC_FEEDBACK: web.AppKey[OscFeedback] = web.AppKey("osc_feedback")
 OSC_QUERY: web.AppKey[OscQueryServer] = web.AppKey("osc_query")
 PRESETS: web.AppKey[PresetLibrary] = web.AppKey("presets")
+PRESET_STORAGE: web.AppKey[PresetStorage] = web.AppKey("preset_storage")
 SUGGESTIONS: web.AppKey[PromptSuggestions] = web.AppKey("suggestions")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 STATS: web.AppKey[StatsReporter] = web.AppKey("stats")
-JOBS: web.AppKey[JobStore] = web.AppKey("jobs")
+JOBS: web.AppKey[JobRecords] = web.AppKey("jobs")
 JOB_WORKER: web.AppKey[JobWorker] = web.AppKey("job_worker")
 JPEG: web.AppKey[JpegOutput] = web.AppKey("jpeg")
 OUTPUTS: web.AppKey[NamedOutputs] = web.AppKey("outputs")
 VIEWERS: web.AppKey[ViewerManager] = web.AppKey("viewers")
+# Only in a cluster (`[cluster] role`): this node's part in it, and its client for the other nodes.
+CLUSTER: web.AppKey[ClusterNode] = web.AppKey("cluster")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
 # The OpenAPI document, built at start-up from the routes (GET /openapi.json).
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 

@@ -12,7 +12,7 @@ import pytest
 
 from server.config import ROOT
 
-ROOMS = ("live", "control", "jobs", "observe")
+ROOMS = ("live", "control", "jobs", "observe", "cluster")
 
 
 def _module_name(path: Path) -> str:

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 async def _saved_settings_ctx(app: web.Application) -> AsyncIterator[None]:
+    if keys.CLUSTER in app:  # a cluster keeps the look in Redis, shared by every node
+        yield
+        return
     store = app[keys.SETTINGS]
     saved = SavedSettings(app[keys.DB], store)
     await saved.restore()
@@ -41,7 +44,7 @@ async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
     builtins = await asyncio.to_thread(load_builtin_presets)
     app[keys.PRESETS] = PresetLibrary(
         builtins,
-        app[keys.DB],
+        app[keys.PRESET_STORAGE],
         app[keys.SETTINGS],
         app[keys.EVENTS],
         default_subject=app[keys.CONFIG].presets.default_subject,
@@ -59,6 +62,8 @@ async def _settings_events_ctx(app: web.Application) -> AsyncIterator[None]:
     events = app[keys.EVENTS]
 
     def publish(change: SettingsChange) -> None:
+        if change.remote:
+            return  # the node it was made on published it to every node's listeners
         events.publish(
             "settings",
             scope=change.scope,

@@ -28,6 +28,7 @@ from server.fields import Prompt, Seed, Strength
 from server.http.errors import ApiError, invalid, validate
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
+from server.http.relay import NodeUnreachable, unreachable
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
 from server.jobs.store import Job, JobFinished, JobNotFound, Status
 from server.jobs.worker import JOBS_FOLDER
@@ -290,17 +291,40 @@ async def get_job(request: web.Request) -> web.Response:
     media_type="application/octet-stream",
     errors={**UNKNOWN_JOB, 409: "the job has not completed"},
 )
-async def get_result(request: web.Request) -> web.FileResponse:
+async def get_result(request: web.Request) -> web.StreamResponse:
     job = await _job(request)
     if job.status != "completed":
         raise ApiError(409, "job not completed", {"status": job.status})
-    path = request.app[keys.JOB_WORKER].data_dir / job.output_path
-    if not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
-        raise ApiError(404, "result file missing", job.id)
-    return web.FileResponse(
-        path,
-        headers={hdrs.CONTENT_TYPE: job.content_type, hdrs.CONTENT_DISPOSITION: _attachment(job.download_name)},
-    )
+    return await _file(request, job, job.output_path, job.content_type, _attachment(job.download_name))
+
+
+@routes.get("/api/jobs/{job_id}/input")
+@operation(
+    "Download a job's upload as it was received (the worker that renders it fetches it so)",
+    tag="jobs",
+    response={"type": "string", "format": "binary"},
+    media_type="application/octet-stream",
+    errors=UNKNOWN_JOB,
+)
+async def get_input(request: web.Request) -> web.StreamResponse:
+    job = await _job(request)
+    return await _file(request, job, job.input_path, "application/octet-stream", _attachment(job.filename))
+
+
+async def _file(
+    request: web.Request, job: Job, relative: str, content_type: str, disposition: str
+) -> web.StreamResponse:
+    """One of the job's files from this node's data dir, or, in a cluster, from the node that holds it."""
+    path = request.app[keys.JOB_WORKER].data_dir / relative
+    if await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+        return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CONTENT_DISPOSITION: disposition})
+    relay = request.app.get(keys.RELAY)
+    if relay is None or job.files_at is None or job.files_at == relay.here:
+        raise ApiError(404, "file missing", job.id)
+    try:
+        return await relay.forward(request, job.files_at)
+    except NodeUnreachable as e:
+        raise unreachable(e) from e
 
 
 def _attachment(name: str) -> str:

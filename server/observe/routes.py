@@ -22,7 +22,12 @@ routes = web.RouteTableDef()
 )
 async def metrics(request: web.Request) -> web.Response:
     # Off the loop: the GPU memory gauge asks torch at scrape time.
-    body, content_type = await asyncio.to_thread(request.app[keys.METRICS].render, request.headers.get("Accept", ""))
+    accept = request.headers.get("Accept", "")
+    body, content_type = await asyncio.to_thread(request.app[keys.METRICS].render, accept)
+    cluster = request.app.get(keys.CLUSTER)
+    spanning = await cluster.metrics(body, accept) if cluster is not None else None
+    if spanning is not None:  # a cluster's front: its workers' figures summed with its own
+        body, content_type = spanning
     # The content type carries a version parameter, which aiohttp's content_type= refuses: a header.
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -38,5 +43,7 @@ async def metrics(request: web.Request) -> web.Response:
 )
 async def stats(request: web.Request) -> web.Response:
     app = request.app
-    body = await app[keys.STATS].report(app[keys.ENGINE], app[keys.PEERS].sessions.values())
-    return web.json_response(body)
+    peers = app.get(keys.PEERS)  # none on a cluster's front
+    body = await app[keys.STATS].report(app[keys.ENGINE], peers.sessions.values() if peers is not None else ())
+    cluster = app.get(keys.CLUSTER)
+    return web.json_response(await cluster.stats(body) if cluster is not None else body)
