@@ -33,7 +33,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from pythonosc.udp_client import SimpleUDPClient
 
-from server.testing.rtc_client import RtcClient, connect, pattern_frame, read_index
+from server.testing.rtc_client import RtcClient, connect, is_plain
 from server.testing.servers import ROOT, free_port, server_process, wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -228,17 +228,11 @@ async def _first_obeying(client: RtcClient, seen: int, want_plain: bool, within_
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         for received in client.received[seen:]:
-            if _is_plain(received.frame) == want_plain:
+            if is_plain(received.frame) == want_plain:
                 return received.at
         seen = len(client.received)
         await asyncio.sleep(0.002)
     return None
-
-
-def _is_plain(frame: Any) -> bool:
-    """True when a frame is the untouched camera picture (strength 0)."""
-    expected = pattern_frame(read_index(frame), frame.width, frame.height).astype(np.int16)
-    return float(np.abs(frame.to_ndarray(format="rgb24").astype(np.int16) - expected).mean()) < 12
 
 
 def _median(values: list[float]) -> float | None:

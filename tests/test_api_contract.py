@@ -30,7 +30,30 @@ async def document(server: RunningServer) -> dict[str, Any]:
 
 
 async def test_every_registered_route_is_in_the_document(server: RunningServer) -> None:
-    paths = (await document(server))["paths"]
+    await _every_route_documented(server)
+
+
+async def test_a_cluster_front_documents_the_same_routes_and_its_own(
+    server: RunningServer, make_config: Callable[..., Config], redis_url: str
+) -> None:
+    """A front relays the live room's routes to its workers: the contract stays what one server publishes."""
+    cluster = {"role": "front", "redis_url": redis_url, "prefix": "contract"}
+    front = await start_server(make_config(cluster=cluster, security={"api_token": "t"}), ready=False)
+    try:
+        paths = await _every_route_documented(front)
+        validate(await document(front))
+        single = (await document(server))["paths"]
+        assert paths.keys() == single.keys() | {"/api/cluster"}
+        for path, operations in single.items():
+            assert paths[path].keys() == operations.keys(), path
+            for method, entry in operations.items():
+                assert paths[path][method]["summary"] == entry["summary"], (method, path)
+    finally:
+        await stop_server(front)
+
+
+async def _every_route_documented(server: RunningServer) -> dict[str, Any]:
+    paths: dict[str, Any] = (await document(server))["paths"]
     for route in server.app.router.routes():
         resource = route.resource
         assert resource is not None
@@ -41,6 +64,7 @@ async def test_every_registered_route_is_in_the_document(server: RunningServer) 
             assert operation_of(route.handler) is not None, f"{route.method} {path} has no @operation"
         assert path in paths, path
         assert route.method.lower() in paths[path], f"{route.method} {path}"
+    return paths
 
 
 async def test_the_document_is_valid_openapi_3_1_with_errors_and_events(server: RunningServer) -> None:

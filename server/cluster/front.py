@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -31,6 +32,8 @@ PROGRESS = {"stopped": 0, "failed": 1, "loading": 2, "warming": 3, "ready": 4}
 NO_WORKERS = "no worker has registered yet"
 # A fan-out asks every worker at once and waits this long at most for each.
 FAN_OUT_S = 3.0
+# A stream this front started counts for its worker until Redis has told every replica of it: a moment.
+ROUTED_GRACE_S = 2.0
 
 
 class WorkerEngines(EngineService):
@@ -75,15 +78,18 @@ class Front:
         self._settings = settings
         self._relay = relay
         self._inflight: Counter[str] = Counter()  # offers on their way to each worker (by instance)
-        self._routed: dict[str, str] = {}  # streams this front started, by id -> worker instance, until replicated
+        # Streams this front started, by id -> (worker instance, when), until the replica knows them.
+        self._routed: dict[str, tuple[str, float]] = {}
 
     # -- choosing a worker ---------------------------------------------------------------------
 
     def candidates(self) -> list[dict[str, Any]]:
         """Ready workers, the least loaded first: fewest streams (with offers on their way), then least busy."""
         streams: Counter[str] = Counter(owner.instance for _, owner in self._settings.streams().values())
-        for stream_id, instance in list(self._routed.items()):
-            if self._settings.owner(stream_id) is None:
+        now = time.monotonic()
+        for stream_id, (instance, when) in list(self._routed.items()):
+            known = self._settings.owner(stream_id) is not None or self._settings.departed(stream_id)
+            if not known and now - when < ROUTED_GRACE_S:
                 streams[instance] += 1  # started through here, not yet heard of through Redis
             else:
                 del self._routed[stream_id]
@@ -136,7 +142,7 @@ class Front:
                 continue
             stream_id = _started_stream(response)
             if stream_id is not None:
-                self._routed[stream_id] = instance
+                self._routed[stream_id] = (instance, time.monotonic())
                 logger.info("stream %s started on worker %s", stream_id, node["id"])
             return response
         if tried:

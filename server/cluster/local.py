@@ -2,7 +2,7 @@
 box, each pinned to a GPU (`CUDA_VISIBLE_DEVICES`, round robin: N above the GPU count puts two or
 more on one), and, without `[cluster] redis_url`, a private redis-server on a Unix socket under the
 data dir. `auto` is one worker per visible GPU (one on a CPU machine), counted by torch in a
-subprocess: the front never imports torch.
+subprocess: the front never imports torch (nor counts, with `[model] device = "cpu"`).
 
 Each worker is `python -m server` with this front's whole configuration in its environment
 (`STYLIZE_<SECTION>_<KEY>`), as the worker role on 127.0.0.1 (only the front talks to its HTTP
@@ -84,7 +84,7 @@ class LocalCluster:
     async def start(self) -> None:
         if self._redis is not None:
             await self._redis.start()
-        gpus = await asyncio.to_thread(gpu_count)
+        gpus = 0 if self._config.model.device == "cpu" else await asyncio.to_thread(gpu_count)
         workers = self._config.cluster.workers
         count = max(1, gpus) if workers == "auto" else int(workers)
         logger.info("starting %d worker(s) on this box%s", count, f" over {gpus} GPU(s)" if gpus else " (CPU)")

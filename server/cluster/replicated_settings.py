@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -45,6 +46,7 @@ from server.fields import DEFAULT_NAME
 logger = logging.getLogger(__name__)
 
 GLOBAL = "global"
+DEPARTED_KEPT = 512
 SOURCES: frozenset[str] = frozenset(get_args(Source))
 # Removes a stream only if it is still registered, so that of the nodes that find it dead one tells.
 REAP_SCRIPT = """
@@ -76,6 +78,7 @@ class ReplicatedSettings(SettingsStore):
         self._node = node
         self._me = Owner(node.id, node.instance)
         self._owners: dict[str, Owner] = {}  # every stream of the cluster, oldest first
+        self._departed: deque[str] = deque(maxlen=DEPARTED_KEPT)  # the latest streams to leave
         self._epoch: str | None = None
         self._channel = link.key("settings")
         self._scopes = link.key("scopes")
@@ -88,6 +91,10 @@ class ReplicatedSettings(SettingsStore):
 
     def owner(self, stream_id: str) -> Owner | None:
         return self._owners.get(stream_id)
+
+    def departed(self, stream_id: str) -> bool:
+        """Whether the stream was here and has left (of the last few hundred to leave)."""
+        return stream_id in self._departed
 
     def streams(self) -> dict[str, tuple[str, Owner]]:
         """Every stream of the cluster, oldest first: id -> (name, owner)."""
@@ -128,6 +135,7 @@ class ReplicatedSettings(SettingsStore):
         super().remove_stream(stream_id)
         if self._owners.pop(stream_id, None) is None:
             return
+        self._departed.append(stream_id)
         message = self._message("unstream", id=stream_id)
 
         def write(pipe: Pipeline) -> None:
@@ -189,7 +197,8 @@ class ReplicatedSettings(SettingsStore):
         self._owners[stream_id] = owner
 
     def _forget(self, stream_id: str) -> None:
-        self._owners.pop(stream_id, None)
+        if self._owners.pop(stream_id, None) is not None:
+            self._departed.append(stream_id)
         SettingsStore.remove_stream(self, stream_id)
 
     def _take_change(self, scope: str, changed: dict[str, Any], source: Any, mine: bool) -> None:
@@ -246,6 +255,7 @@ class ReplicatedSettings(SettingsStore):
         await self._link.transaction(write)
 
     async def _register_own_streams(self) -> None:
+        """This node's streams back in Redis, and told of again (nodes that resynced first read none)."""
         own = {sid: self._names.get(sid, DEFAULT_NAME) for sid, owner in self._owners.items() if owner == self._me}
         if not own:
             return
@@ -253,8 +263,13 @@ class ReplicatedSettings(SettingsStore):
         def write(pipe: Pipeline) -> None:
             for stream_id, name in own.items():
                 pipe.hset(self._streams, stream_id, json.dumps(self._me.as_dict(name)))
-                for field, value in self._overrides.get(stream_id, {}).items():
+                pipe.publish(self._channel, self._message("stream", id=stream_id, **self._me.as_dict(name)))
+                overrides = self._overrides.get(stream_id, {})
+                for field, value in overrides.items():
                     pipe.hsetnx(self._key(stream_id), field, json.dumps(value))
+                if overrides:
+                    changed = self._message("set", scope=stream_id, changed=overrides, source="config")
+                    pipe.publish(self._channel, changed)
                 pipe.sadd(self._scopes, stream_id)
 
         await self._link.transaction(write)

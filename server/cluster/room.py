@@ -110,7 +110,7 @@ def setup_routes(app: web.Application) -> None:
         for table in live.ROUTES:
             for route in table:
                 assert isinstance(route, RouteDef)
-                app.router.add_route(route.method, route.path, _front_handler(route), **route.kwargs)
+                RouteDef(route.method, route.path, _front_handler(route), route.kwargs).register(app.router)
 
 
 def _front_handler(route: RouteDef) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

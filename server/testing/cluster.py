@@ -1,6 +1,7 @@
 """A cluster on this box for tests and benchmarks: a redis-server on a free port (its data in a folder),
 worker processes and front processes (`python -m server --role ...`), each started, killed and
-started again at will, on one shared data dir as `make cluster` runs them."""
+started again at will: on one shared data dir as `make cluster` runs them, or each node on a data
+dir of its own, as on machines that share no disk."""
 
 from __future__ import annotations
 
@@ -71,7 +72,13 @@ class ClusterOnThisBox:
         await self.redis.start()
 
     async def start(
-        self, role: str, *, port: int | None = None, ready: bool = True, env: Mapping[str, str] | None = None
+        self,
+        role: str,
+        *,
+        port: int | None = None,
+        ready: bool = True,
+        env: Mapping[str, str] | None = None,
+        data_dir: Path | None = None,
     ) -> Node:
         """A worker or a front as a process of its own; waited for until its /readyz says 200."""
         stack = contextlib.AsyncExitStack()
@@ -79,7 +86,7 @@ class ClusterOnThisBox:
         log = self.root / f"{role}-{port}.log"
         variables = {**self.env, "STYLIZE_CLUSTER_ROLE": role, **(env or {})}
         process = await stack.enter_async_context(
-            server_process(self.data_dir, log, model=self.model, env=variables, port=port)
+            server_process(data_dir or self.data_dir, log, model=self.model, env=variables, port=port)
         )
         node = Node(role, process.url, port, log, process, stack)
         self.nodes.append(node)

@@ -55,6 +55,12 @@ def read_index(frame: VideoFrame) -> int:
     return index
 
 
+def is_plain(frame: VideoFrame) -> bool:
+    """True when a frame that came back is the untouched camera picture (strength 0)."""
+    expected = pattern_frame(read_index(frame), frame.width, frame.height).astype(np.int16)
+    return float(np.abs(frame.to_ndarray(format="rgb24").astype(np.int16) - expected).mean()) < 12
+
+
 class NumberedTrack(MediaStreamTrack):
     """A camera stand-in at `fps`: frame i has pts i * 3000 and its index drawn into the picture."""
 
