@@ -23,7 +23,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from server.testing.clips import make_clip
 from server.testing.cluster import ClusterOnThisBox, Node, cluster_view, workers_ready
-from server.testing.rtc_client import RtcClient, connect, is_plain
+from server.testing.rtc_client import RtcClient, connect, is_plain, whep_view, whip_publish
 from server.testing.servers import free_port, server_process, wait_ready
 from server.testing.waiting import eventually
 
@@ -168,9 +168,41 @@ async def test_offers_spread_over_the_workers_and_every_stream_answers_from_the_
             assert (status, body["error"]) == (404, "unknown stream")
             await eventually(lambda: on_front.find("stream", action="down", stream_id=first.stream_id), what="down")
             assert first.stream_id not in {stream["id"] for stream in await cluster.streams()}
+            # The front's figures span the workers.
+            async with cluster.http.get(cluster.url("/metrics")) as response:
+                metrics = await response.text()
+            assert "stylize_cluster_workers 2.0" in metrics and "stylize_streams_active 1.0" in metrics
+            status, stats = await cluster.call("GET", cluster.url("/api/stats"))
+            assert [s["worker"] for s in stats["streams"]] == [streams[second.stream_id]["worker"]]
+            assert len(stats["workers"]) == 2 and stats["frames"]["out"] > 0
         finally:
             await first.close()
             await second.close()
+
+
+async def test_whip_in_and_whep_out_through_the_front(cluster: Cluster) -> None:
+    await cluster.idle()
+    obs = await whip_publish(cluster.http, cluster.url("/api/whip/cam"), receive=False)
+    try:
+        await eventually(lambda: _live(cluster, "cam"), 30, what="the name live")
+        viewer = await whep_view(cluster.http, cluster.url("/api/outputs/cam/whep"))
+        try:
+            await viewer.wait_frames(3)  # routed to the worker the name streams on
+            async with cluster.http.get(viewer.location) as response:
+                assert response.status == 200
+        finally:
+            async with cluster.http.delete(viewer.location) as response:
+                assert response.status == 200
+            await viewer.close()
+    finally:
+        async with cluster.http.delete(str(obs.answer["location"])) as response:
+            assert response.status == 200
+        await obs.close()
+
+
+async def _live(cluster: Cluster, name: str) -> bool:
+    _, body = await cluster.call("GET", cluster.url("/api/outputs"))
+    return any(o["name"] == name and o["state"] == "live" and o["frames"] > 0 for o in body["outputs"])
 
 
 async def _loads(cluster: Cluster) -> list[int]:
