@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: run test lint bench bench-gpu system-deps wheelhouse clean
+.PHONY: run cluster test lint bench bench-gpu system-deps wheelhouse clean
 
 # `make wheelhouse`: the project's dependencies but torch, as wheels for another machine's Python,
 # and installed from them into .whl/site, ready for PYTHONPATH there (README: "On an offline GPU box").
@@ -42,6 +42,30 @@ system-deps:
 run: $(STAMP)
 	$(PY) -m server $(ARGS)
 
+# A cluster on this box, started as separate commands the way an operator starts one on several
+# machines (README: Past one GPU): redis-server on a free port (data in $(DATA)/redis), N workers on
+# ports PORT+1... (worker i on GPU i mod the GPU count), a front on PORT. Ctrl-C stops them all.
+N ?= 2
+PORT ?= 8080
+DATA ?= data
+cluster: $(STAMP)
+	@command -v redis-server >/dev/null || { echo "redis-server is missing: make system-deps"; exit 2; }
+	@mkdir -p $(DATA)/redis
+	@redis_port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	url=redis://127.0.0.1:$$redis_port/0; \
+	trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT INT TERM; \
+	set -x; \
+	redis-server --port $$redis_port --bind 127.0.0.1 --dir $(abspath $(DATA))/redis --appendonly yes --save "" \
+		--logfile redis.log & \
+	gpus=$$(nvidia-smi -L 2>/dev/null | wc -l); \
+	for i in $$(seq 1 $(N)); do \
+		if [ "$$gpus" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$$(( (i - 1) % gpus )); fi; \
+		$(PY) -m server --role worker --redis-url $$url --host 127.0.0.1 --port $$(( $(PORT) + i )) \
+			--data-dir $(DATA) $(ARGS) & \
+	done; \
+	unset CUDA_VISIBLE_DEVICES; \
+	$(PY) -m server --role front --redis-url $$url --port $(PORT) --data-dir $(DATA) $(ARGS)
+
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check pipeline server tests bench
 	$(VENV)/bin/ruff format --check pipeline server tests bench
@@ -54,6 +78,7 @@ bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
 	$(PY) -m bench.live --model tiny --resolution 256 --size 256 --peers 1,4 --engine-batch 4 --seconds 15
 	$(PY) -m bench.jobs --model tiny --seconds 10
+	$(PY) -m bench.cluster --model tiny --resolution 256 --size 256 --workers 1,2 --peers 4 --seconds 15
 
 # On a CUDA machine: the real SD-Turbo architecture (random weights, nothing to download), fp16, 512².
 bench-gpu: $(STAMP)

@@ -42,12 +42,12 @@ START_MARGIN_S = 1.0  # time for every client process to read its `go` line
 
 
 class Server:
-    """The server process under test, with what the benchmark reads of it."""
+    """The server under test (its process, or a cluster's front and workers), with what the benchmark reads of it."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, pid: int, osc_port: int) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str, pids: list[int], osc_port: int) -> None:
         self.http = http
         self.url = url
-        self.pid = pid
+        self.pids = pids
         self.osc_port = osc_port
 
     async def patch(self, body: dict[str, Any]) -> None:
@@ -64,9 +64,12 @@ class Server:
         }
 
     def cpu_s(self) -> float:
-        """User + system seconds the server process has used (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system seconds the server's processes have used (Linux /proc)."""
+        total = 0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 async def _start_clients(server: Server, peers: int, processes: int, args: argparse.Namespace) -> list[Any]:
@@ -257,7 +260,7 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     log = Path(tempfile.mkdtemp(prefix="bench-live-")) / "server.log"
     async with aiohttp.ClientSession() as http, server_process(args.data_dir, log, model=args.model, env=env) as proc:
         await wait_ready(http, proc.url, within_s=600)
-        server = Server(http, proc.url, proc.process.pid, osc_port)
+        server = Server(http, proc.url, [proc.process.pid], osc_port)
         async with http.get(f"{proc.url}/readyz") as response:
             engine = await response.json()
         runs = [
@@ -290,21 +293,26 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split("\n")[0])
+def live_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a live run (model, cameras, peers' client processes, strength, control changes)."""
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--resolution", type=int, default=0, help="model resolution; 0 = the model's native size")
     parser.add_argument("--size", type=int, default=512, help="camera frames are size x size")
     parser.add_argument("--fps", type=float, default=30.0, help="camera frames per second of each peer")
-    parser.add_argument("--peers", default="1,2,4,8,12,16")
     parser.add_argument("--clients", type=int, default=4, help="client processes the peers are spread over")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--engine-batch", type=int, default=0, help="also measure the engine alone at this batch")
     parser.add_argument("--changes", type=int, default=20, help="control-to-pixel changes (0 = skip)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split("\n")[0])
+    live_options(parser)
+    parser.add_argument("--peers", default="1,2,4,8,12,16")
+    parser.add_argument("--engine-batch", type=int, default=0, help="also measure the engine alone at this batch")
     args = parser.parse_args(argv)
     result = asyncio.run(amain(args, argv))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -167,15 +167,25 @@ class Front:
         return await self._forward(request, node)
 
     async def to_viewer(self, request: web.Request) -> web.StreamResponse:
-        """To whichever worker knows the path's WHEP viewer (each is asked in turn); else its 404."""
+        """To whichever worker knows the path's WHEP viewer (each is asked in turn); else its 404.
+
+        A viewer that connected before its name streamed may sit on another worker than the one its
+        name now streams on: asked for its session (what the player does while no frames come), it
+        is told it is unknown, so the player connects again and lands where the frames are.
+        """
         workers = self._registry.workers()
         if not workers:
             return await self._forward(request, self._any_worker())
         response: web.StreamResponse | None = None
         for node in workers:
             response = await self._forward(request, node)
-            if response.status != 404:
-                return response
+            if response.status == 404:
+                continue
+            holder = self.name_holder(request.match_info["name"])
+            if request.method == "GET" and holder is not None and holder["instance"] != node["instance"]:
+                where = {"name": request.match_info["name"], "viewer_id": request.match_info["viewer_id"]}
+                raise ApiError(404, "unknown viewer", {**where, "why": "the name streams on another worker now"})
+            return response
         assert response is not None
         return response
 

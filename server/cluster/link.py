@@ -88,6 +88,7 @@ class RedisLink:
         self._head = asyncio.Lock()  # the writer and a reconnection's flush never run the same write twice
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False  # as well as the cancel, which a Redis call under way may swallow
         self.connections = 0  # how many times the link came up (1 after the first start)
 
     def key(self, *parts: str) -> str:
@@ -120,6 +121,7 @@ class RedisLink:
         if self.up:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flushed.wait(), FLUSH_ON_CLOSE_S)
+        self._closing = True
         for task in (self._reader, self._writer):
             if task is not None:
                 task.cancel()
@@ -145,7 +147,7 @@ class RedisLink:
 
     async def _write(self) -> None:
         attempt = 0
-        while True:
+        while not self._closing:
             if not self._writes:
                 self._flushed.set()
                 self._queued.clear()
@@ -172,7 +174,7 @@ class RedisLink:
 
     async def _read(self) -> None:
         attempt = 0
-        while True:
+        while not self._closing:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self._handlers)
@@ -184,7 +186,7 @@ class RedisLink:
                 if attempt:
                     logger.info("Redis at %s reachable again: resynced", redacted(self.url))
                 attempt = 0
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=READ_TIMEOUT_S)
                     if message is not None:
                         self._dispatch(message)

@@ -54,6 +54,7 @@ class Registry:
         self.nodes: list[dict[str, Any]] = []  # the last view read, every node's entry, by id
         self.read_at: float | None = None  # wall-clock time of that view
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         link.on_connect(self.beat)
 
     def workers(self) -> list[dict[str, Any]]:
@@ -81,6 +82,7 @@ class Registry:
 
     async def close(self) -> None:
         """Stop beating and leave the view at once (a stopped node is not waited out)."""
+        self._closing = True  # as well as the cancel, which a Redis call under way may swallow
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -97,7 +99,7 @@ class Registry:
                 logger.warning("could not leave the view (%s): it expires in %g s", e, self._config.node_ttl_s)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             if self._link.up:
                 try:
                     await self.beat()
