@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from server import keys
+from server.bounded_json import MAX_INT_DIGITS, MAX_JSON_DEPTH, parse_json
 from server.config import Config
 from server.http.errors import error_middleware
-from server.http.inputs import MAX_INT_DIGITS, MAX_JSON_DEPTH, parse_json
 from server.testing.servers import RunningServer, start_server, stop_server
 
 BODY_TIMEOUT_S = 1.5

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 # A listener that falls this far behind is cut off rather than let memory grow.
 QUEUE_LIMIT = 256
+CLOSE_TIMEOUT_S = 0.5
 
 
 class _Event(BaseModel):
@@ -109,7 +110,9 @@ class EventHub:
         self._queues.clear()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20.0)
+        # A listener that does not answer our close at once is dropped: a server going down must not wait
+        # on browsers (Chromium answers a server's close frame only after about two seconds).
+        ws = web.WebSocketResponse(heartbeat=20.0, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._queues.add(queue)

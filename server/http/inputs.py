@@ -4,7 +4,7 @@ bounds, and both body and query string validated into the route's pydantic model
 `request.content.read(n)` answers with what is buffered so far, not `n` bytes: a body that reaches
 the server in two TCP reads (a browser on Wi-Fi) looked cut short, and a body promised by
 Content-Length that never came was waited for forever. `read_body` reads to the end of the body
-with one deadline for all of it. `parse_json` refuses what `json.loads` would choke on before it
+with one deadline for all of it. `parse_json` (server.bounded_json) refuses what `json.loads` would choke on before it
 can: nesting deeper than any request model has, integers longer than any field takes, and the
 NaN/Infinity words strict JSON has not got.
 """
@@ -12,27 +12,17 @@ NaN/Infinity words strict JSON has not got.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from server import keys
+from server.bounded_json import parse_json
 from server.http.errors import ApiError, validate
 from server.http.openapi import operation_of
 
 M = TypeVar("M", bound=BaseModel)
-
-# No request model nests deeper than a few levels (an offer's settings, a preset's parameters).
-MAX_JSON_DEPTH = 32
-# A seed (2^32) has 10 digits; a 4300-digit integer makes Python refuse to convert it.
-MAX_INT_DIGITS = 32
-
-# A JSON string (skipped whole, in C) or a bracket that opens or closes an array or object.
-_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-_OPENING = frozenset(b"[{")
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -52,32 +42,6 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         detail = {"received_bytes": size, "declared_bytes": request.content_length, "timeout_s": timeout_s}
         raise ApiError(408, "request body timed out", detail) from e
     return b"".join(chunks)
-
-
-def parse_json(raw: bytes) -> Any:
-    """`json.loads` within bounds: ValueError naming what is wrong, never RecursionError."""
-    depth = 0
-    for match in _STRING_OR_BRACKET.finditer(raw):
-        token = match.group()
-        if len(token) != 1:
-            continue  # a string
-        if token[0] in _OPENING:
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-        else:
-            depth -= 1
-    return json.loads(raw, parse_int=_bounded_int, parse_constant=_no_constant)
-
-
-def _bounded_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(digits)} digits is longer than {MAX_INT_DIGITS}")
-    return int(digits)
-
-
-def _no_constant(word: str) -> Any:
-    raise ValueError(f"{word} is not a JSON number")
 
 
 async def read_json_object(request: web.Request, limit: int, timeout_s: float) -> dict[str, Any]:

@@ -31,12 +31,12 @@ from aiortc import (
 )
 from pydantic import ValidationError
 
+from server.bounded_json import parse_json
 from server.config import ServerConfig, TransportConfig
 from server.control.events import EventHub
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineService
 from server.fields import DEFAULT_NAME, validation_detail
-from server.http.inputs import parse_json
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics
