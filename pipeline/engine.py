@@ -433,7 +433,9 @@ class Engine:
         """Live frames first, oldest first, up to `max_batch`; [] when none waits and `wait` is off;
         None once stopped. A wait ends at `max_wait_ms` or when every active stream has a frame in."""
         with self._cond:
-            if wait:
+            # A wait may end with nothing to take: the frames that woke it were withdrawn meanwhile
+            # (their streams left); then it starts again, as a waiting caller has no batch in flight.
+            while wait:
                 while not self._pending and not self._stopped:
                     self._cond.wait()
                 deadline = time.perf_counter() + self.max_wait_s
@@ -445,6 +447,8 @@ class Engine:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+                if self._pending or self._stopped:
+                    break
             if self._stopped:
                 return None
             ordered = sorted(self._pending.values(), key=lambda r: (r.priority, r.arrived))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -492,3 +493,27 @@ def test_batch_report_says_how_long_the_device_worked_and_idled(model: ModelBund
         assert report.busy_s >= report.stages["model"]
     assert modelled[0].idle_s == 0  # nothing ran before it
     assert (untouched.busy_s, untouched.idle_s, untouched.stages) == (0.0, 0.0, {})
+
+
+def test_a_stream_leaving_while_the_engine_waits_for_a_fuller_batch(
+    model: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two active streams: with one frame in, the idle engine waits up to max_wait for the other's.
+    # The waiting frame's stream leaves during that wait; the engine must go back to waiting, not die.
+    monkeypatch.setattr("pipeline.engine.ACTIVE_WINDOW_S", 60.0)  # both stay active however slow this box is
+    engine = Engine(model, max_batch=4, max_wait_ms=1500.0)
+    params = FrameParams(prompt="x", strength=0.5)
+    first = [engine.submit("a", _frame(1), params), engine.submit("b", _frame(2), params)]
+    engine.start()  # both frames are waiting: the first batch takes them together
+    try:
+        for future in first:
+            future.result(timeout=30)
+        lone = engine.submit("a", _frame(3), params)
+        time.sleep(0.3)  # the engine is in its wait by now (it wakes on the submit, then waits for "b")
+        engine.forget("a")
+        assert isinstance(lone.exception(timeout=5), EngineClosed)
+        time.sleep(1.5)  # past the wait's deadline with nothing left to take
+        assert engine.ready
+        assert engine.submit("b", _frame(4), params).result(timeout=30).shape == _frame(4).shape
+    finally:
+        engine.stop()
