@@ -76,9 +76,9 @@ test: $(DEV_STAMP) system-deps lint
 
 bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
-	$(PY) -m bench.live --model tiny --resolution 256 --size 256 --peers 1,4 --engine-batch 4 --seconds 15
+	$(PY) -m bench.live --model tiny --size 256 --peers 1,4 --engine-batch 4 --seconds 15
 	$(PY) -m bench.jobs --model tiny --seconds 10
-	$(PY) -m bench.cluster --model tiny --resolution 256 --size 256 --workers 1,2 --peers 4 --seconds 15
+	$(PY) -m bench.cluster --model tiny --size 256 --workers 1,2 --peers 4 --seconds 15
 
 # On a CUDA machine: the real SD-Turbo architecture (random weights, nothing to download), fp16, 512².
 bench-gpu: $(STAMP)
