@@ -121,6 +121,31 @@ def listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family)
 
 
+def osc_ports_free(config: Config) -> None:
+    """A busy OSC (UDP) or OSCQuery (TCP) port is one line too, not a traceback from inside start-up.
+
+    Probed and let go (the listeners bind later, in the app): the window between is start-up's own
+    few hundred milliseconds, and a port taken in it still fails, with the traceback.
+    """
+    osc = config.osc
+    if not osc.enabled:
+        return
+    probes = [(socket.SOCK_DGRAM, osc.port, "the OSC port", "--osc-port (or [osc] port, STYLIZE_OSC_PORT)")]
+    if osc.query_port:
+        probes.append((socket.SOCK_STREAM, osc.query_port, "the OSCQuery port", "[osc] query_port"))
+    for kind, port, what, knob in probes:
+        family = socket.getaddrinfo(osc.host, port, type=kind)[0][0]
+        try:
+            with socket.socket(family, kind) as probe:
+                if kind == socket.SOCK_STREAM:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener will
+                probe.bind((osc.host, port))
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            where = f"{what} {osc.host}:{port} ({why})"
+            fail(f"cannot listen on {where}; choose another with {knob}, or set [osc] enabled = false")
+
+
 def fail(message: str) -> NoReturn:
     print(f"{PROG}: {message}", file=sys.stderr)
     sys.exit(2)
@@ -147,6 +172,7 @@ def serve(config: Config) -> None:
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         fail(f"cannot listen on {host}:{port} ({why}); choose another port with --port (or STYLIZE_PORT)")
+    osc_ports_free(config)
     if not port:  # the port the system picked: where the other nodes of a cluster reach this one
         bound = config.server.model_copy(update={"port": int(sock.getsockname()[1])})
         config = config.model_copy(update={"server": bound})

@@ -20,7 +20,7 @@ from pipeline import hub
 from server import keys
 from server.config import ROOT, Config, load_config
 from server.engine_service import download_model
-from server.testing.servers import server_process, start_server, stop_server, wait_ready
+from server.testing.servers import free_port, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
 
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
@@ -42,6 +42,29 @@ def test_a_busy_port_is_one_line_naming_it_and_the_flag(data_dir: Path) -> None:
     assert result.stderr.splitlines() == [
         f"python -m server: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "choose another port with --port (or STYLIZE_PORT)"
+    ]
+
+
+@pytest.mark.parametrize("which", ["osc", "oscquery"])
+def test_a_busy_osc_or_oscquery_port_is_one_line_naming_its_setting(data_dir: Path, which: str) -> None:
+    kind = socket.SOCK_DGRAM if which == "osc" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as busy:
+        busy.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            busy.listen()
+        taken = busy.getsockname()[1]
+        osc_port = taken if which == "osc" else free_port()
+        env = {"STYLIZE_OSC_ENABLED": "true", "STYLIZE_OSC_QUERY_PORT": str(taken if which == "oscquery" else 0)}
+        args = ["--model", "tiny", "--data-dir", str(data_dir), "--port", "0", "--osc-port", str(osc_port)]
+        result = _server(*args, env=env)
+    assert result.returncode == 2
+    what, knob = {
+        "osc": ("the OSC port", "--osc-port (or [osc] port, STYLIZE_OSC_PORT)"),
+        "oscquery": ("the OSCQuery port", "[osc] query_port"),
+    }[which]
+    assert result.stderr.splitlines() == [
+        f"python -m server: cannot listen on {what} 127.0.0.1:{taken} (Address already in use); "
+        f"choose another with {knob}, or set [osc] enabled = false"
     ]
 
 
