@@ -1,7 +1,7 @@
 """The live path under load, measured from outside: the server in a process of its own, its peers in others.
 
     python -m bench.live --model tiny --peers 1,2,4,8,12,16 --seconds 15 --size 512
-    python -m bench.live --model tiny --resolution 256 --size 256 --peers 1,4 --engine-batch 4   # the CPU target
+    python -m bench.live --model tiny --size 256 --peers 1,4 --engine-batch 4 --server-cpus 0 --client-cpus 1
 
 A load generator must never share the server's GIL or its process, so `python -m server` runs as a
 subprocess and the peers are spread over `bench.live_client` processes. For each peer count it runs
@@ -9,9 +9,11 @@ twice: at strength 0 (the model is skipped: the transport floor) and at `--stren
 fps per peer and in all, round trip p50/p95 (matched by pts) and its first vs last third, the
 server's CPU-ms per output frame (from /proc), the engine's busy ratio, mean batch and idle gap
 (from /metrics). `--engine-batch N` also measures the engine alone at batch N in the same run, so the
-server's throughput can be put against what its engine can do. Then the control-to-pixel latency: an
-OSC or HTTP strength change to the first frame that obeys it. JSON with the command line goes under
-bench/results/.
+server's throughput can be put against what its engine can do. `--server-cpus` and `--client-cpus`
+keep the server (and the engine alone) and the load generators on CPUs of their own, so the clients'
+codecs do not take the server's CPU on a small box; the clients' CPU is reported either way. Then
+the control-to-pixel latency: an OSC or HTTP strength change to the first frame that obeys it. JSON
+with the command line goes under bench/results/.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pythonosc.udp_client import SimpleUDPClient
 
 from server.testing.rtc_client import RtcClient, connect, is_plain
-from server.testing.servers import ROOT, free_port, server_process, wait_ready
+from server.testing.servers import ROOT, free_port, on_cpus, server_process, wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTLE_S = 1.0  # after a strength change, before measuring
@@ -64,12 +66,17 @@ class Server:
         }
 
     def cpu_s(self) -> float:
-        """User + system seconds the server's processes have used (Linux /proc)."""
-        total = 0
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        """User + system seconds the server's processes have used."""
+        return process_cpu_s(self.pids)
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system seconds these processes have used (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def _start_clients(server: Server, peers: int, processes: int, args: argparse.Namespace) -> list[Any]:
@@ -80,7 +87,11 @@ async def _start_clients(server: Server, peers: int, processes: int, args: argpa
         command += ["--size", str(args.size), "--fps", str(args.fps)]
         clients.append(
             await asyncio.create_subprocess_exec(
-                *command, cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                *command,
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=on_cpus(args.client_cpus),
             )
         )
     return clients
@@ -104,8 +115,10 @@ async def run_peers(server: Server, peers: int, strength: float, args: argparse.
             await client.stdin.drain()
         await asyncio.sleep(max(0.0, start_at - time.time()))
         metrics_before, cpu_before = await server.metrics(), server.cpu_s()
+        clients_before = process_cpu_s([client.pid for client in clients])
         await asyncio.sleep(args.seconds)
         metrics_after, cpu_after = await server.metrics(), server.cpu_s()
+        clients_cpu = process_cpu_s([client.pid for client in clients]) - clients_before
         reports = []
         for client in clients:
             out, _ = await asyncio.wait_for(client.communicate(), 120)
@@ -125,6 +138,7 @@ async def run_peers(server: Server, peers: int, strength: float, args: argparse.
         "fps_out_per_peer": [round(peer["fps_out"], 2) for peer in per_peer],
         "latency_ms_p50_per_peer": [_ms(_median(peer["round_trips_s"])) for peer in per_peer],
         **_server_side(metrics_before, metrics_after, cpu_after - cpu_before, args.seconds),
+        "clients_cpu_percent": round(100 * clients_cpu / args.seconds, 1),
     }
 
 
@@ -184,7 +198,9 @@ async def engine_alone(args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, "-m", "bench.engine", "--model", args.model, "--data-dir", str(args.data_dir)]
         command += ["--resolution", str(args.resolution), "--batch-sizes", str(args.engine_batch)]
         command += ["--seconds", str(args.seconds), "--out", out]
-        process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL)
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, preexec_fn=on_cpus(args.server_cpus)
+        )
         if await process.wait() != 0:
             raise RuntimeError(f"{' '.join(command)} failed")
         result = await asyncio.to_thread(_read_result, Path(out))
@@ -258,7 +274,10 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
     alone = await engine_alone(args) if args.engine_batch else None
     log = Path(tempfile.mkdtemp(prefix="bench-live-")) / "server.log"
-    async with aiohttp.ClientSession() as http, server_process(args.data_dir, log, model=args.model, env=env) as proc:
+    async with (
+        aiohttp.ClientSession() as http,
+        server_process(args.data_dir, log, model=args.model, env=env, cpus=args.server_cpus) as proc,
+    ):
         await wait_ready(http, proc.url, within_s=600)
         server = Server(http, proc.url, [proc.process.pid], osc_port)
         async with http.get(f"{proc.url}/readyz") as response:
@@ -282,6 +301,8 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "command": " ".join(["python -m bench.live", *argv]),
         "device": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "server_cpus": sorted(args.server_cpus or []),
+        "client_cpus": sorted(args.client_cpus or []),
         "server_engine": engine,
         "camera": {"size": args.size, "fps": args.fps},
         "engine_alone": alone,
@@ -305,6 +326,21 @@ def live_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=0.5)
     parser.add_argument("--changes", type=int, default=20, help="control-to-pixel changes (0 = skip)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--server-cpus", type=cpu_list, help="CPUs the server (and the engine alone) run on, e.g. 0 or 0-3"
+    )
+    parser.add_argument(
+        "--client-cpus", type=cpu_list, help="CPUs the client processes and this one run on, e.g. 1 or 4-7"
+    )
+
+
+def cpu_list(text: str) -> set[int]:
+    """'0', '0,2' or '4-7' as a set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -314,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers", default="1,2,4,8,12,16")
     parser.add_argument("--engine-batch", type=int, default=0, help="also measure the engine alone at this batch")
     args = parser.parse_args(argv)
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)  # this process runs a client too (control to pixel)
     result = asyncio.run(amain(args, argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"live-{args.model.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(

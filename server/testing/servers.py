@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,13 @@ async def stop_server(running: RunningServer) -> None:
 # -- as a process of its own -------------------------------------------------------------------
 
 
+def on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A child's pre-exec step that keeps it (and every thread it starts) on `cpus`; None: anywhere."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 @dataclass
 class ServerProcess:
     process: asyncio.subprocess.Process
@@ -89,14 +96,23 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    data_dir: Path, log: Path, *, model: str = "tiny", env: Mapping[str, str] | None = None, port: int | None = None
+    data_dir: Path,
+    log: Path,
+    *,
+    model: str = "tiny",
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    cpus: set[int] | None = None,
 ) -> AsyncIterator[ServerProcess]:
-    """Start a server on `data_dir` (OSC off, output appended to `log`); stopped and reaped on the way out."""
+    """Start a server on `data_dir` (OSC off, output appended to `log`, on `cpus` when given); stopped
+    and reaped on the way out."""
     port = port or free_port()
     variables = {**os.environ, "STYLIZE_OSC_ENABLED": "false", **(env or {})}
     command = [sys.executable, "-m", "server", "--model", model, "--data-dir", str(data_dir), "--port", str(port)]
     with log.open("ab") as output:
-        process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=variables, stdout=output, stderr=output)
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=ROOT, env=variables, stdout=output, stderr=output, preexec_fn=on_cpus(cpus)
+        )
     try:
         scheme = "https" if variables.get("STYLIZE_SERVER_TLS_CERT") else "http"
         yield ServerProcess(process, f"{scheme}://127.0.0.1:{port}")
