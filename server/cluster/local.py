@@ -13,7 +13,6 @@ back-off (1 s doubling to 30 s); stopping the front stops them, then Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server.children import stop_child
 from server.cluster.redis_server import RedisServer, socket_path
 from server.config import ENV_ALIASES, ROOT, Config
 
@@ -147,13 +147,4 @@ class LocalCluster:
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), STOP_WAIT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+    await stop_child(process, STOP_WAIT_S)

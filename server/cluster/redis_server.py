@@ -18,6 +18,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from server.children import stop_child
+
 logger = logging.getLogger(__name__)
 
 BINARY = "redis-server"
@@ -90,14 +92,8 @@ class RedisServer:
     async def stop(self) -> None:
         """SIGTERM (Redis writes its append-only file out and exits), then wait for it."""
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is not None:
+            await stop_child(process, 30)
 
 
 async def _answers(client: aioredis.Redis) -> bool:

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from server.app import create_app
+from server.children import stop_child
 from server.config import ROOT, Config
 from server.testing.waiting import eventually
 
@@ -117,10 +118,4 @@ async def server_process(
         scheme = "https" if variables.get("STYLIZE_SERVER_TLS_CERT") else "http"
         yield ServerProcess(process, f"{scheme}://127.0.0.1:{port}")
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-        await process.wait()
+        await stop_child(process, 30)
