@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--resolution", type=int, default=0, help="0 = the model's native size")
+    parser.add_argument(
+        "--frame-size",
+        type=int,
+        default=0,
+        help="input frames are size x size (the engine converts and resizes them); 0 = the model's size",
+    )
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         resolution=args.resolution or None,
     )
     rng = np.random.default_rng(0)
-    frame = rng.integers(16, 236, (model.height * 3 // 2, model.width), dtype=np.uint8)
+    height, width = (args.frame_size, args.frame_size) if args.frame_size else (model.height, model.width)
+    frame = rng.integers(16, 236, (height * 3 // 2, width), dtype=np.uint8)
     baseline = bench_diffusers(model, args.seconds)
     graph_modes = [True, False] if device.type == "cuda" and not args.no_graphs else [False]
     engine = [
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python -m bench.engine", *(sys.argv[1:] if argv is None else argv)]),
         "model": args.model,
         "resolution": model.width,
+        "frame": [width, height],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).removeprefix("torch."),
         "compile": args.compile,

@@ -9,9 +9,11 @@ twice: at strength 0 (the model is skipped: the transport floor) and at `--stren
 fps per peer and in all, round trip p50/p95 (matched by pts) and its first vs last third, the
 server's CPU-ms per output frame (from /proc), the engine's busy ratio, mean batch and idle gap
 (from /metrics). `--engine-batch N` also measures the engine alone at batch N in the same run, so the
-server's throughput can be put against what its engine can do. `--server-cpus` and `--client-cpus`
-keep the server (and the engine alone) and the load generators on CPUs of their own, so the clients'
-codecs do not take the server's CPU on a small box; the clients' CPU is reported either way. Then
+server's throughput can be put against what its engine can do: fed the cameras' frames (which it
+converts and resizes, as in the server) and frames at the model's size (its best case).
+`--server-cpus` and `--client-cpus` keep the server (and the engine alone) and the load generators on
+CPUs of their own, so the clients' codecs do not take the server's CPU on a small box; the clients'
+CPU is reported either way. Then
 the control-to-pixel latency: an OSC or HTTP strength change to the first frame that obeys it. JSON
 with the command line goes under bench/results/.
 """
@@ -192,11 +194,13 @@ def _bucket_median(before: dict[Any, float], after: dict[Any, float], name: str)
     return next(round(le * 1000, 3) for le, count in bounds if count >= total / 2)
 
 
-async def engine_alone(args: argparse.Namespace) -> dict[str, Any]:
-    """`bench.engine` at `--engine-batch` with the same model and size, as a process of its own."""
+async def engine_alone(args: argparse.Namespace, frame_size: int) -> dict[str, Any]:
+    """`bench.engine` at `--engine-batch` with the same model and size, as a process of its own, fed
+    `frame_size`² frames (0: the model's size, so no resize and the least colour conversion)."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "bench.engine", "--model", args.model, "--data-dir", str(args.data_dir)]
         command += ["--resolution", str(args.resolution), "--batch-sizes", str(args.engine_batch)]
+        command += ["--frame-size", str(frame_size)]
         command += ["--seconds", str(args.seconds), "--out", out]
         process = await asyncio.create_subprocess_exec(
             *command, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, preexec_fn=on_cpus(args.server_cpus)
@@ -272,7 +276,13 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "STYLIZE_OSC_ENABLED": "true",
         "STYLIZE_OSC_PORT": str(osc_port),
     }
-    alone = await engine_alone(args) if args.engine_batch else None
+    # Alone with the cameras' frames (what the server's engine converts and resizes: like for like),
+    # and with frames at the model's size (the engine's best case).
+    alone = (
+        {"camera_frames": await engine_alone(args, args.size), "model_frames": await engine_alone(args, 0)}
+        if args.engine_batch
+        else None
+    )
     log = Path(tempfile.mkdtemp(prefix="bench-live-")) / "server.log"
     async with (
         aiohttp.ClientSession() as http,
@@ -292,11 +302,12 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         summary["fps_ratio_most_vs_fewest_peers"] = round(
             stylized[-1]["fps_out_total"] / max(stylized[0]["fps_out_total"], 1e-9), 2
         )
-    if alone is not None:
-        best = max(row["frames_per_s"] for row in alone.values())
-        at_batch = next((run for run in stylized if run["peers"] == args.engine_batch), None)
-        if at_batch is not None:
-            summary[f"server_vs_engine_alone_at_{args.engine_batch}"] = round(at_batch["fps_out_total"] / best, 3)
+    at_batch = next((run for run in stylized if run["peers"] == args.engine_batch), None)
+    if alone is not None and at_batch is not None:
+        for frames, rows in alone.items():
+            best = max(row["frames_per_s"] for row in rows.values())
+            key = f"server_vs_engine_alone_at_{args.engine_batch}_{frames}"
+            summary[key] = round(at_batch["fps_out_total"] / best, 3)
     return {
         "command": " ".join(["python -m bench.live", *argv]),
         "device": platform.processor() or platform.machine(),
