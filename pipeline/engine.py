@@ -32,7 +32,6 @@ from itertools import groupby
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.colour import Yuv420pConverter
 from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameReplaced, Priority
@@ -490,13 +489,12 @@ class Engine:
         uploaded = self._upload(timesteps, [r.params.guidance_scale for r in padded], [r.frame for r in work])
         start = self._mark()
 
-        # 3. Colour in: each group converted to [-1, 1] and resized into the bucket's images at once;
+        # 3. Colour in: each group resized and converted to [-1, 1] into the bucket's images at once;
         # padding rows repeat the last frame.
         offset, row = HEADER_BYTES_PER_ROW * bucket.size, 0
         for (rows, width), count in groups:
             frames = uploaded[offset : offset + count * rows * width].view(count, rows, width)
-            rgb = self._colour.to_rgb(frames)
-            bucket.images[row : row + count].copy_(_resize(rgb, (self.model.height, self.model.width)))
+            bucket.images[row : row + count].copy_(self._colour.to_rgb(frames, (self.model.height, self.model.width)))
             offset, row = offset + count * rows * width, row + count
         if row < bucket.size:
             bucket.images[row:] = bucket.images[row - 1]
@@ -518,12 +516,12 @@ class Engine:
         stylized = self._transform(bucket, guided)
         modelled = self._mark()
 
-        # 6. Colour out: each group resized back to its frames' size and converted into one buffer.
+        # 6. Colour out: each group converted and resized back to its frames' size into one buffer.
         out = torch.empty(sum(r.frame.size for r in work), dtype=torch.uint8, device=self.model.device)
         offset, row = 0, 0
         for (rows, width), count in groups:
-            resized = _resize(stylized[row : row + count], (rows * 2 // 3, width))
-            self._colour.to_yuv(resized, out=out[offset : offset + count * rows * width].view(count, rows, width))
+            into = out[offset : offset + count * rows * width].view(count, rows, width)
+            self._colour.to_yuv(stylized[row : row + count], out=into, size=(rows * 2 // 3, width))
             offset, row = offset + count * rows * width, row + count
         converted = self._mark()
 
@@ -712,14 +710,6 @@ class Engine:
             return None
         difference = np.abs(request.thumbnail - last.thumbnail).mean() / 255.0
         return last.output if difference < self.similarity_threshold else None
-
-
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 3, h, w) -> (B, 3, H, W), bilinear with antialiasing, kept in the VAE's [-1, 1]."""
-    if tuple(images.shape[-2:]) == size:
-        return images
-    resized = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return resized.clamp_(-1.0, 1.0)
 
 
 def _resolve(future: Future[np.ndarray], result: np.ndarray) -> None:

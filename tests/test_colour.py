@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from av import VideoFrame
 
 from pipeline.colour import Yuv420pConverter, rgb_to_yuv420p, yuv420p_to_rgb
@@ -61,3 +62,29 @@ def test_a_batch_converts_as_each_frame_alone_with_the_vae_range_folded_in() -> 
         torch.testing.assert_close(rgb[i], alone * 2 - 1, atol=1e-4, rtol=0)
         difference = (back[i].int() - rgb_to_yuv420p(alone).int()).abs().max()
         assert difference <= 1
+
+
+@pytest.mark.parametrize("size", [(48, 64), (32, 32), (192, 256)])
+def test_resizing_the_planes_equals_resizing_the_pictures(size: tuple[int, int]) -> None:
+    # The engine resizes yuv planes (half the pixels of RGB); colour is affine and bilinear a weighted
+    # mean, so with flat chroma the order is exact; with varying chroma only the chroma upsampling
+    # differs (bilinear from the planes, nearest-neighbour in swscale's full-size conversion).
+    vae = Yuv420pConverter(DEVICE, (-1.0, 1.0))
+    grey = np.repeat(_smooth_rgb()[..., :1], 3, axis=-1)
+    pictures = [grey, _smooth_rgb(), 255 - _smooth_rgb()]
+    frames = [VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p").to_ndarray() for p in pictures]
+    batch = torch.from_numpy(np.stack(frames)).to(DEVICE)
+
+    def resized(rgb: torch.Tensor, to: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(rgb, size=to, mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+
+    rgb = vae.to_rgb(batch, size)
+    assert rgb.shape == (3, 3, *size)
+    expected = resized(vae.to_rgb(batch), size)
+    torch.testing.assert_close(rgb[0], expected[0], atol=1e-4, rtol=0)
+    assert (rgb - expected).abs().max() < 0.06 and (rgb - expected).abs().mean() < 0.01
+
+    back = vae.to_yuv(rgb, size=(96, 128))
+    assert back.shape == batch.shape
+    difference = (back.int() - vae.to_yuv(resized(rgb, (96, 128))).int()).abs()
+    assert difference[0].max() <= 1 and difference.max() <= 2
