@@ -13,9 +13,8 @@ server's throughput can be put against what its engine can do: fed the cameras' 
 converts and resizes, as in the server) and frames at the model's size (its best case).
 `--server-cpus` and `--client-cpus` keep the server (and the engine alone) and the load generators on
 CPUs of their own, so the clients' codecs do not take the server's CPU on a small box; the clients'
-CPU is reported either way. Then
-the control-to-pixel latency: an OSC or HTTP strength change to the first frame that obeys it. JSON
-with the command line goes under bench/results/.
+CPU is reported either way. Then the control-to-pixel latency: an OSC or HTTP strength change to the
+first frame that obeys it. JSON with the command line goes under bench/results/.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class LocalCluster:
             try:
                 code = await process.wait()
             except asyncio.CancelledError:
-                await _stop(process)
+                await stop_child(process, STOP_WAIT_S)
                 raise
             attempt = 0 if time.monotonic() - started > STABLE_S else attempt + 1
             delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** max(0, attempt - 1))
@@ -144,7 +144,3 @@ class LocalCluster:
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "server", cwd=ROOT, env=variables)
         logger.info("worker %d pid=%d on 127.0.0.1:%d%s", index, process.pid, port, f" GPU {device}" if device else "")
         return process
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    await stop_child(process, STOP_WAIT_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -66,12 +67,14 @@ class StylizedTrack(MediaStreamTrack):
         self._failed_in_a_row = 0
         self._outputs: LatestMailbox[_Result] = LatestMailbox()
         self._reader: asyncio.Task[None] | None = None
+        self._loop_thread = 0  # the event loop's thread, known once started
         self._last: np.ndarray | None = None  # the newest stylized picture, for `paused`
         self.latest_output: VideoFrame | None = None
         # Told of every stylized frame as it is made (the name's outputs: MJPEG, WHEP viewers); must not block.
         self.output_listeners: list[Callable[[VideoFrame], None]] = []
 
     def start(self) -> None:
+        self._loop_thread = threading.get_ident()
         self._reader = asyncio.create_task(self._read(), name=f"read-{self._stream_id}")
 
     async def recv(self) -> VideoFrame:
@@ -133,7 +136,12 @@ class StylizedTrack(MediaStreamTrack):
     def _hand_back(
         self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, arrived: float, future: Future[np.ndarray]
     ) -> None:
-        if not loop.is_closed():
+        if loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            # Replaced by the stream's next frame, inside its submit on the loop: no wake-up to send.
+            loop.call_soon(self._finished, future, frame, arrived)
+        else:
             loop.call_soon_threadsafe(self._finished, future, frame, arrived)
 
     def _finished(self, future: Future[np.ndarray], frame: VideoFrame, arrived: float) -> None:
