@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -85,9 +86,14 @@ class ModelBundle:
 
     @property
     def vae_scale_factor(self) -> int:
-        if isinstance(self.vae, AutoencoderTiny):
-            return 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
+
+
+def vae_scale_factor(vae: AutoencoderTiny | AutoencoderKL) -> int:
+    """Pixels per latent along a side, from the VAE's own config (diffusers' pipelines read it the same way)."""
+    if isinstance(vae, AutoencoderTiny):
+        return 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def default_device() -> torch.device:
@@ -128,8 +134,7 @@ def load_model(
     vae_model.to(device=device, memory_format=torch.channels_last).eval()
     text_encoder.to(device=device).eval()
     latent_size = int(unet.config.sample_size)
-    scale = 2 ** (len(vae_model.config.encoder_block_out_channels) - 1) if isinstance(vae_model, AutoencoderTiny) else 8
-    side = resolution or latent_size * scale
+    side = resolution or latent_size * vae_scale_factor(vae_model)
     logger.info("model loaded spec=%s device=%s dtype=%s resolution=%d", spec, device, dtype, side)
     return ModelBundle(spec, unet, vae_model, text_encoder, tokenizer, scheduler, device, dtype, side, side)
 
@@ -248,15 +253,23 @@ def _build_arch(name: str, dtype: torch.dtype) -> _Parts:
     if not folder.is_dir():
         known = sorted(p.name for p in ARCH_DIR.iterdir() if p.is_dir())
         raise ModelUnavailableError(f"unknown architecture {name!r}; known: {known}")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(_read_json(folder / "unet.json"))
-    vae = AutoencoderTiny.from_config(_read_json(folder / "vae.json"))
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_read_json(folder / "text_encoder.json")))
+    with _seeded():
+        unet = UNet2DConditionModel.from_config(_read_json(folder / "unet.json"))
+        vae = AutoencoderTiny.from_config(_read_json(folder / "vae.json"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_read_json(folder / "text_encoder.json")))
     scheduler = EulerDiscreteScheduler.from_config(_read_json(folder / "scheduler.json"))
     unet.to(dtype)
     vae.to(dtype)
     text_encoder.to(dtype)
     return unet, vae, text_encoder, byte_level_tokenizer(), scheduler
+
+
+@contextmanager
+def _seeded(seed: int = 0) -> Iterator[None]:
+    """Random weights from a fixed seed, leaving the caller's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -317,39 +330,39 @@ def ensure_tiny_model(folder: Path) -> Path:
         _drop_stale_vae_key(folder)  # folders built by earlier versions
         return folder
     logger.info("building the tiny model at %s", folder)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-    vae = AutoencoderTiny(
-        encoder_block_out_channels=(16, 16, 16, 16),
-        decoder_block_out_channels=(16, 16, 16, 16),
-        num_encoder_blocks=(1, 1, 1, 1),
-        num_decoder_blocks=(1, 1, 1, 1),
-    )
-    _visible_init(vae)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=1000,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
+    with _seeded():
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=16,
         )
-    )
+        vae = AutoencoderTiny(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+        )
+        _visible_init(vae)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=1000,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=512,
+                eos_token_id=513,
+                pad_token_id=513,
+            )
+        )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

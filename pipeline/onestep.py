@@ -110,9 +110,13 @@ class OneStepImg2Img:
                 raise ValueError(f"{name} has {tensor.shape[0]} rows for {images.shape[0]} images")
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        # As diffusers' `retrieve_latents` (argmax mode): the tiny VAE gives latents, a KL VAE a
+        # distribution; anything else is an error, not a guess.
         encoded = self.vae.encode(images.contiguous(memory_format=torch.channels_last))
-        if hasattr(encoded, "latents"):
+        if hasattr(encoded, "latent_dist"):
+            latents = encoded.latent_dist.mode()
+        elif hasattr(encoded, "latents"):
             latents = encoded.latents
         else:
-            latents = encoded.latent_dist.mode()
+            raise AttributeError("could not access latents of the VAE's encoder output")
         return latents * self.scaling_factor

@@ -107,15 +107,14 @@ def test_a_stream_leaving_mid_batch_loses_only_its_own_frames(model: ModelBundle
     gate = threading.Event()
     started = threading.Event()
     engine = Engine(model, max_batch=4)
-    original = engine.transform.__call__
+    original = engine.runner.transform
 
-    def gated_call(*args: object) -> torch.Tensor:
+    def gated_call(images: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         started.set()
         assert gate.wait(30)
-        return original(*args)  # type: ignore[arg-type]
+        return original(images, **inputs)
 
-    engine.transform = type("GatedTransform", (), {"__call__": staticmethod(gated_call)})()  # type: ignore[assignment]
-    engine.transform.num_train_timesteps = 1000  # type: ignore[attr-defined]
+    engine.runner.transform = gated_call
     params = FrameParams(prompt="x", strength=0.5)
     staying = engine.submit("stay", _frame(1), params)
     leaving = engine.submit("leave", _frame(2), params)
@@ -206,16 +205,16 @@ class _StandIn:
         self.sizes: list[int] = []
         self.threads: set[int] = set()
 
-    def __call__(self, images: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         self.sizes.append(images.shape[0])
         self.threads.add(threading.get_ident())
         error = self._refuse(images)
         if error is not None:
             raise error
-        return self._transform(images, *rest)
+        return self._transform(images, **inputs)
 
 
-def _identity(images: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+def _identity(images: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
@@ -237,7 +236,7 @@ def test_a_row_that_fails_costs_only_its_own_frame(model: ModelBundle) -> None:
         black = images.flatten(1).mean(1) < -0.9
         return RuntimeError("cannot stylize a black frame") if bool(black.any()) else None
 
-    engine.transform = _StandIn(engine.transform, refuse_black)  # type: ignore[assignment]
+    engine.runner.transform = _StandIn(engine.runner.transform, refuse_black)
     params = FrameParams(prompt="x", strength=0.5)
     good = [engine.submit("a", _frame(1), params), engine.submit("b", _frame(2), params)]
     bad = engine.submit("c", _black_frame(), params)
@@ -264,8 +263,8 @@ def test_out_of_memory_shrinks_max_batch_for_the_rest_of_the_run(
     def refuse_large(images: torch.Tensor) -> Exception | None:
         return torch.OutOfMemoryError("CUDA out of memory (simulated)") if images.shape[0] > 2 else None
 
-    stand_in = _StandIn(engine.transform, refuse_large)
-    engine.transform = stand_in  # type: ignore[assignment]
+    stand_in = _StandIn(engine.runner.transform, refuse_large)
+    engine.runner.transform = stand_in
     params = FrameParams(prompt="x", strength=0.5)
     futures = [engine.submit(f"s{i}", _frame(i), params) for i in range(5)]
     with caplog.at_level(logging.WARNING, logger="pipeline.engine"):
@@ -290,8 +289,8 @@ def test_out_of_memory_shrinks_max_batch_for_the_rest_of_the_run(
 
 def test_warm_up_runs_every_bucket_on_the_thread_that_serves(model: ModelBundle) -> None:
     engine = Engine(model, max_batch=8)
-    stand_in = _StandIn(engine.transform, _never)
-    engine.transform = stand_in  # type: ignore[assignment]
+    stand_in = _StandIn(engine.runner.transform, _never)
+    engine.runner.transform = stand_in
     progress: list[tuple[int, int, int]] = []
     engine.start(warmup=True, progress=lambda done, total: progress.append((done, total, threading.get_ident())))
     try:
@@ -314,7 +313,7 @@ def test_out_of_memory_in_warm_up_drops_the_buckets_that_do_not_fit(model: Model
     def refuse_large(images: torch.Tensor) -> Exception | None:
         return torch.OutOfMemoryError("CUDA out of memory (simulated)") if images.shape[0] > 2 else None
 
-    engine.transform = _StandIn(engine.transform, refuse_large)  # type: ignore[assignment]
+    engine.runner.transform = _StandIn(engine.runner.transform, refuse_large)
     progress: list[tuple[int, int]] = []
     engine.start(warmup=True, progress=lambda done, total: progress.append((done, total)))
     try:
@@ -327,7 +326,7 @@ def test_out_of_memory_in_warm_up_drops_the_buckets_that_do_not_fit(model: Model
 
 def test_wait_ready_raises_what_kept_the_engine_from_serving(model: ModelBundle) -> None:
     engine = Engine(model, max_batch=2)
-    engine.transform = _StandIn(engine.transform, lambda images: ValueError("broken model"))  # type: ignore[assignment]
+    engine.runner.transform = _StandIn(engine.runner.transform, lambda images: ValueError("broken model"))
     engine.start(warmup=True)
     try:
         with pytest.raises(ValueError, match="broken model"):
@@ -363,7 +362,7 @@ def test_continuous_submission_from_many_streams(model: ModelBundle) -> None:
             progress.notify_all()
 
     engine = Engine(model, max_batch=4, max_wait_ms=1.0, on_batch=on_batch)
-    engine.transform = _StandIn(_identity, _never)  # type: ignore[assignment]
+    engine.runner.transform = _StandIn(_identity, _never)
     params = FrameParams(prompt="x", strength=0.5)
     submitted: dict[int, list[tuple[int, Future[np.ndarray]]]] = {key: [] for key in range(keys)}
     landed: dict[int, list[int]] = {key: [] for key in range(keys)}
@@ -424,7 +423,7 @@ def test_continuous_submission_from_many_streams(model: ModelBundle) -> None:
 
 def test_stop_and_forget_under_continuous_submission_leave_no_future_behind(model: ModelBundle) -> None:
     engine = Engine(model, max_batch=4, max_wait_ms=1.0)
-    engine.transform = _StandIn(_identity, _never)  # type: ignore[assignment]
+    engine.runner.transform = _StandIn(_identity, _never)
     params = FrameParams(prompt="x", strength=0.5)
     futures: list[Future[np.ndarray]] = []
     some_done = threading.Event()
@@ -495,13 +494,11 @@ def test_batch_report_says_how_long_the_device_worked_and_idled(model: ModelBund
     assert (untouched.busy_s, untouched.idle_s, untouched.stages) == (0.0, 0.0, {})
 
 
-def test_a_stream_leaving_while_the_engine_waits_for_a_fuller_batch(
-    model: ModelBundle, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stream_leaving_while_the_engine_waits_for_a_fuller_batch(model: ModelBundle) -> None:
     # Two active streams: with one frame in, the idle engine waits up to max_wait for the other's.
     # The waiting frame's stream leaves during that wait; the engine must go back to waiting, not die.
-    monkeypatch.setattr("pipeline.engine.ACTIVE_WINDOW_S", 60.0)  # both stay active however slow this box is
     engine = Engine(model, max_batch=4, max_wait_ms=1500.0)
+    engine.scheduler.active_window_s = 60.0  # both stay active however slow this box is
     params = FrameParams(prompt="x", strength=0.5)
     first = [engine.submit("a", _frame(1), params), engine.submit("b", _frame(2), params)]
     engine.start()  # both frames are waiting: the first batch takes them together

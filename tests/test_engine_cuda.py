@@ -71,9 +71,10 @@ def test_graph_output_equals_eager_output_through_pinned_batched_copies(model: M
     assert not eager_engine.cuda_graphs and engine.cuda_graphs
     assert [r.size for r in reports] == [3, 3]
     # Each bucket warmed up (and recorded its graph); the guided round recorded its own.
-    assert set(engine._buckets) == {1, 2, 4}
-    assert set(engine._buckets[4].graphs) == {False, True}
-    assert engine._staging.is_pinned()
+    assert set(engine.runner.buckets) == {1, 2, 4}
+    plain = frozenset({"prompt_embeds", "timesteps", "noise"})
+    assert set(engine.runner.buckets[4].graphs) == {plain, plain | {"negative_embeds", "guidance_scale"}}
+    assert engine.runner._staging.is_pinned()
     for round_eager, round_captured, rows in zip(eager, captured, ROUNDS, strict=True):
         for single, graphed, (key, frame, _) in zip(round_eager, round_captured, rows, strict=True):
             assert graphed.shape == frame.shape and graphed.dtype == np.uint8

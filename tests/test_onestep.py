@@ -82,7 +82,10 @@ def test_guided_row_matches_diffusers_classifier_free_guidance(model: ModelBundl
     negative = engine.prompts.get("blurry").unsqueeze(0)
     latent = model.width // model.vae_scale_factor
     noise = torch.randn((1, model.latent_channels, latent, latent), generator=torch.Generator().manual_seed(3))
-    got = engine.transform(image * 2 - 1, embeds, torch.tensor([600]), noise, negative, torch.tensor([3.0])) / 2 + 0.5
+    got = (
+        engine.runner.transform(image * 2 - 1, embeds, torch.tensor([600]), noise, negative, torch.tensor([3.0])) / 2
+        + 0.5
+    )
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
