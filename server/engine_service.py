@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pipeline.contract import BatchReport, EngineClosed
 from server.config import Config
@@ -39,6 +39,28 @@ class EngineNotReady(Exception):
         super().__init__(reason)
         self.state = state
         self.reason = reason
+
+
+class EngineStatus(Protocol):
+    """The engine as the rooms see it: this process's own (`EngineService`), or on a cluster's front
+    its view of the workers' (`WorkerEngines`), whose `engine` is never here."""
+
+    state: State
+    reason: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def engine(self) -> Engine:
+        """The running engine; raises `EngineNotReady` while there is none here."""
+        ...
+
+    def describe(self) -> dict[str, object]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class EngineService:

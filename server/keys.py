@@ -1,61 +1,38 @@
-"""Every piece of app state, declared once as a typed `web.AppKey` (and per-request state as `web.RequestKey`).
+"""The core app state every room may read, declared once as typed `web.AppKey`s.
 
-The types are imported for the type checker only, so importing this module loads nothing but
-aiohttp: any room (and the http edge) can name app state without importing the other rooms.
+Each room declares the keys of the state it creates in its own `keys` module, and reads only those
+and these (tests/test_layout.py checks it). What a room needs from another is handed in by the
+composition root (`server/app.py`) through a key of the needing room's own. The core is what the
+root makes before any room: the config, this process's place in the deployment, the database, the
+engine, and the three buses every room uses (settings, events, metrics), whose implementation the
+topology decides (in-process, or Redis in a cluster).
+
+The types are imported for the type checker only, so importing this module loads nothing but aiohttp.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from server.cluster.node import ClusterNode
     from server.config import Config
     from server.control.events import EventHub
-    from server.control.osc import OscListener
-    from server.control.osc_feedback import OscFeedback
-    from server.control.oscquery import OscQueryServer
-    from server.control.presets import PresetLibrary, PresetStorage
     from server.control.settings import SettingsStore
-    from server.control.suggestions import PromptSuggestions
     from server.db import Database
-    from server.engine_service import EngineService
+    from server.engine_service import EngineStatus
     from server.http.relay import Relay
-    from server.jobs.store import JobRecords
-    from server.jobs.worker import JobWorker
-    from server.jpeg import JpegOutput
-    from server.live.outputs import NamedOutputs
-    from server.live.peers import PeerManager
-    from server.live.viewers import ViewerManager
     from server.observe.metrics import Metrics
-    from server.observe.stats import StatsReporter
+    from server.topology import Topology
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
-SETTINGS: web.AppKey[SettingsStore] = web.AppKey("settings")
-ENGINE: web.AppKey[EngineService] = web.AppKey("engine")
-PEERS: web.AppKey[PeerManager] = web.AppKey("peers")
-EVENTS: web.AppKey[EventHub] = web.AppKey("events")
+TOPOLOGY: web.AppKey[Topology] = web.AppKey("topology")
 DB: web.AppKey[Database] = web.AppKey("db")
-OSC: web.AppKey[OscListener] = web.AppKey("osc")
-OSC_FEEDBACK: web.AppKey[OscFeedback] = web.AppKey("osc_feedback")
-OSC_QUERY: web.AppKey[OscQueryServer] = web.AppKey("osc_query")
-PRESETS: web.AppKey[PresetLibrary] = web.AppKey("presets")
-PRESET_STORAGE: web.AppKey[PresetStorage] = web.AppKey("preset_storage")
-SUGGESTIONS: web.AppKey[PromptSuggestions] = web.AppKey("suggestions")
+# The local engine service, or on a cluster's front its view of the workers' engines.
+ENGINE: web.AppKey[EngineStatus] = web.AppKey("engine")
+SETTINGS: web.AppKey[SettingsStore] = web.AppKey("settings")
+EVENTS: web.AppKey[EventHub] = web.AppKey("events")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-STATS: web.AppKey[StatsReporter] = web.AppKey("stats")
-JOBS: web.AppKey[JobRecords] = web.AppKey("jobs")
-JOB_WORKER: web.AppKey[JobWorker] = web.AppKey("job_worker")
-JPEG: web.AppKey[JpegOutput] = web.AppKey("jpeg")
-OUTPUTS: web.AppKey[NamedOutputs] = web.AppKey("outputs")
-VIEWERS: web.AppKey[ViewerManager] = web.AppKey("viewers")
-# Only in a cluster (`[cluster] role`): this node's part in it, and its client for the other nodes.
-CLUSTER: web.AppKey[ClusterNode] = web.AppKey("cluster")
+# Only in a cluster: the client for the other nodes (files and routes that live elsewhere).
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
-# The OpenAPI document, built at start-up from the routes (GET /openapi.json).
-OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
-
-# The client's address as the security middleware found it (a trusted proxy's X-Forwarded-For believed).
-CLIENT: web.RequestKey[str] = web.RequestKey("client")

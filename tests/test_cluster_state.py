@@ -21,6 +21,7 @@ from server.cluster.job_queue import RedisJobs
 from server.cluster.link import RedisLink
 from server.cluster.redis_presets import RedisPresets
 from server.cluster.replicated_settings import ReplicatedSettings
+from server.control.events import StreamEvent
 from server.control.presets import NewPreset, PresetLibrary, load_builtin_presets
 from server.control.settings import SettingsChange, SettingsPatch, StyleSettings, name_scope
 from server.jobs.media import MediaInfo
@@ -127,8 +128,8 @@ async def test_events_of_every_node_reach_every_nodes_listeners_once(nodes: Call
     queues = {name: asyncio.Queue[str | None]() for name in heard}
     a.events._queues.add(queues["a"])
     b.events._queues.add(queues["b"])
-    a.events.publish("stream", action="up", stream_id="x", streams=1)
-    b.events.publish("stream", action="down", stream_id="y", streams=0, reason="hung up")
+    a.events.publish(StreamEvent(action="up", stream_id="x", streams=1))
+    b.events.publish(StreamEvent(action="down", stream_id="y", streams=0, reason="hung up"))
     for name, queue in queues.items():
         for _ in range(2):
             heard[name].append(str(await asyncio.wait_for(queue.get(), 5)))

@@ -11,6 +11,7 @@ import torch
 
 from server import keys
 from server.config import Config
+from server.live import keys as live_keys
 from server.testing.rtc_client import connect, offer_sdp
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -44,7 +45,7 @@ async def test_bad_offers_are_refused_and_leave_no_peer(
     ) as response:
         assert response.status == status
         assert (await response.json())["error"] == error
-    assert server.app[keys.PEERS].sessions == {}
+    assert server.app[live_keys.PEERS].sessions == {}
     async with server.http.get(server.url("/health")) as response:
         assert response.status == 200
 
@@ -73,7 +74,7 @@ async def test_more_peers_than_max_is_503(make_config: Callable[..., Config]) ->
             ) as response:
                 assert response.status == 503
                 assert (await response.json())["error"] == "server full"
-            assert list(running.app[keys.PEERS].sessions) == [first.stream_id]
+            assert list(running.app[live_keys.PEERS].sessions) == [first.stream_id]
         finally:
             await first.close()
     finally:
@@ -106,8 +107,14 @@ async def test_invalid_settings_are_422_naming_the_field(server: RunningServer, 
 
 
 async def test_null_for_a_global_field_is_422(server: RunningServer) -> None:
-    async with server.http.patch(server.url("/api/settings"), json={"strength": None}) as response:
+    async with server.http.patch(server.url("/api/settings"), json={"strength": None, "seed": None}) as response:
         assert response.status == 422
+        body = await response.json()
+    # The one error shape: each bad field with its message and type.
+    assert [(item["field"], item["type"]) for item in body["detail"]] == [
+        ("seed", "value_error"),
+        ("strength", "value_error"),
+    ]
 
 
 async def test_settings_round_trip_and_shorthands(server: RunningServer) -> None:

@@ -23,6 +23,7 @@ from pipeline.contract import FrameParams
 from server import keys
 from server.config import Config
 from server.db import Database
+from server.jobs import keys as jobs_keys
 from server.jobs.image_header import image_size
 from server.jobs.media import (
     SEGMENT_FRAMES,
@@ -342,7 +343,7 @@ async def test_retention_removes_old_finished_jobs(make_config: Callable[..., Co
         assert (await wait_job(running, job["id"]))["status"] == "completed"
         folder = Path(running.app[keys.CONFIG].server.data_dir) / "jobs" / job["id"]
         assert folder.is_dir()
-        worker = running.app[keys.JOB_WORKER]
+        worker = running.app[jobs_keys.JOB_WORKER]
         assert await worker.sweep() == []  # finished less than half a second ago
         assert await worker.sweep(now=time.time() + 1.0) == [job["id"]]
         async with running.http.get(running.url(f"/api/jobs/{job['id']}")) as response:

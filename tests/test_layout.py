@@ -13,6 +13,8 @@ import pytest
 from server.config import ROOT
 
 ROOMS = ("live", "control", "jobs", "observe", "cluster")
+# The app state every room may read (server/keys.py); everything else is some room's own.
+CORE_KEYS = {"CONFIG", "TOPOLOGY", "DB", "ENGINE", "SETTINGS", "EVENTS", "METRICS", "RELAY"}
 
 
 def _module_name(path: Path) -> str:
@@ -74,6 +76,41 @@ def test_domain_modules_import_no_other_rooms_routes() -> None:
                 name for name in _runtime_imports(path) if name in routes and not name.startswith(f"server.{room}.")
             }
             assert not foreign, f"{path.relative_to(ROOT)} imports routes of another room: {sorted(foreign)}"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every module `path` names in an import, for the type checker's too."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_core_keys_are_only_the_core() -> None:
+    tree = ast.parse((ROOT / "server" / "keys.py").read_text())
+    declared = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign | ast.Assign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    }
+    assert declared == CORE_KEYS
+
+
+def test_a_room_reads_only_its_own_keys_and_the_core_ones() -> None:
+    # What a room needs from another is handed in by the composition root (server/app.py) through a
+    # key of the needing room's own: no room reaches into another's state.
+    rooms_keys = {f"server.{room}.keys" for room in (*ROOMS, "http")}
+    assert all((ROOT / name.replace(".", "/")).with_suffix(".py").is_file() for name in rooms_keys)
+    for room in (*ROOMS, "http"):
+        for path in _sources(f"server/{room}"):
+            foreign = {name for name in _all_imports(path) if name in rooms_keys and name != f"server.{room}.keys"}
+            assert not foreign, f"{path.relative_to(ROOT)} reads another room's keys: {sorted(foreign)}"
 
 
 def test_nothing_outside_tests_imports_tests() -> None:

@@ -12,9 +12,9 @@ from aiohttp import web
 from aiortc import RTCPeerConnection
 from av import VideoFrame
 
-from server import keys
 from server.app import create_app
 from server.config import Config
+from server.live import keys as live_keys
 from server.live.mjpeg import BOUNDARY
 from server.live.session import Session
 from server.testing.mjpeg import MjpegReader
@@ -40,7 +40,7 @@ async def test_snapshot_decodes_to_the_stream_output_size(server: RunningServer)
     client = await connect(server.http, server.url("/api/offer"))
     try:
         await client.wait_frames(3)
-        track = server.app[keys.PEERS].sessions[client.stream_id].track
+        track = server.app[live_keys.PEERS].sessions[client.stream_id].track
         assert track is not None and track.latest_output is not None
         output_size = (track.latest_output.height, track.latest_output.width)
         async with server.http.get(server.url(f"/api/streams/{client.stream_id}/snapshot.jpg")) as response:
@@ -135,7 +135,7 @@ async def test_bad_requests_unknown_streams_and_streams_without_output(server: R
 
     # A stream whose camera track has not arrived yet has nothing to show.
     pc = RTCPeerConnection()
-    sessions = server.app[keys.PEERS].sessions
+    sessions = server.app[live_keys.PEERS].sessions
     sessions["waiting"] = Session(id="waiting", pc=pc)
     try:
         for path in ("/api/streams/waiting/snapshot.jpg", "/api/streams/waiting/mjpeg"):

@@ -17,6 +17,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from server import keys
 from server.config import Config, OscConfig
+from server.control import keys as control_keys
 from server.control.osc import LOGGED_ADDRESSES, OscListener
 from server.control.osc_datagram import MAX_DATAGRAM_BYTES, MAX_DEPTH, MAX_MESSAGES
 from server.control.settings import SettingsStore, StyleSettings
@@ -30,7 +31,7 @@ def _client(server: RunningServer) -> SimpleUDPClient:
 
 
 def _port(server: RunningServer) -> int:
-    return server.app[keys.OSC].port
+    return server.app[control_keys.OSC].port
 
 
 async def _settings(server: RunningServer) -> dict[str, Any]:
@@ -39,7 +40,7 @@ async def _settings(server: RunningServer) -> dict[str, Any]:
 
 
 def _listener(server: RunningServer) -> OscListener:
-    return server.app[keys.OSC]
+    return server.app[control_keys.OSC]
 
 
 async def test_osc_messages_change_global_settings(server: RunningServer) -> None:
@@ -148,7 +149,7 @@ async def test_an_osc_change_reaches_an_events_listener(server: RunningServer) -
 async def test_osc_presets_apply_and_cycle(server: RunningServer) -> None:
     osc = _client(server)
     listener = _listener(server)
-    library = server.app[keys.PRESETS]
+    library = server.app[control_keys.PRESETS]
     ordered = [preset.id for preset in await library.presets()]
     osc.send_message("/stylize/preset", ordered[1])
     await eventually(lambda: listener.accepted == 1)

@@ -14,6 +14,7 @@ import pytest
 from server import keys
 from server.__main__ import config_from_args, parse_args
 from server.config import Config, ConfigError, load_config
+from server.control import keys as control_keys
 from server.control.settings import SettingsPatch
 from server.testing.osc_controller import OscController
 from server.testing.servers import RunningServer, start_server, stop_server
@@ -26,7 +27,7 @@ class Rig:
     target: OscController  # an [osc] feedback target: only listens
 
     def controller(self) -> OscController:
-        return OscController(self.server.app[keys.OSC].port)
+        return OscController(self.server.app[control_keys.OSC].port)
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ async def test_a_controller_subscribes_and_never_hears_its_own_changes(rig: Rig)
         assert all(abs(args[0] - 0.44) > 1e-6 for args in touchosc.received("/stylize/strength")), "no echo"
 
         touchosc.send("/stylize/feedback/unsubscribe", touchosc.port)
-        feedback = server.app[keys.OSC_FEEDBACK]
+        feedback = server.app[control_keys.OSC_FEEDBACK]
         await eventually(lambda: ("127.0.0.1", touchosc.port) not in feedback.targets, what="the unsubscribe")
     finally:
         touchosc.close()
@@ -98,7 +99,7 @@ async def test_a_controller_subscribes_and_never_hears_its_own_changes(rig: Rig)
 
 async def test_bad_feedback_and_name_messages_are_dropped_counted_and_change_nothing(rig: Rig) -> None:
     server = rig.server
-    listener, feedback = server.app[keys.OSC], server.app[keys.OSC_FEEDBACK]
+    listener, feedback = server.app[control_keys.OSC], server.app[control_keys.OSC_FEEDBACK]
     before = server.app[keys.SETTINGS].global_settings
     controller = rig.controller()
     bad = [

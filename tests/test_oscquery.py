@@ -17,8 +17,8 @@ from pythonosc.osc_message import OscMessage
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from server import keys
 from server.config import Config
+from server.control import keys as control_keys
 from server.control.mdns import OSC_SERVICE, OSCQUERY_SERVICE, service_infos
 from server.control.osc import FIELDS
 from server.control.osc_namespace import LEAVES
@@ -35,7 +35,7 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
 
 
 def query_url(server: RunningServer, path: str = "/") -> str:
-    return f"http://127.0.0.1:{server.app[keys.OSC_QUERY].port}{path}"
+    return f"http://127.0.0.1:{server.app[control_keys.OSC_QUERY].port}{path}"
 
 
 async def get(server: RunningServer, path: str) -> tuple[int, Any]:
@@ -65,7 +65,7 @@ async def test_the_namespace_describes_every_address_with_its_type_range_and_val
     assert (await get(server, "/stylize?VALUE"))[0] == 204, "a container holds no value"
 
     status, info = await get(server, "/?HOST_INFO")
-    assert info["OSC_PORT"] == server.app[keys.OSC].port and info["OSC_TRANSPORT"] == "UDP"
+    assert info["OSC_PORT"] == server.app[control_keys.OSC].port and info["OSC_TRANSPORT"] == "UDP"
     assert info["OSC_IP"] == "127.0.0.1" and info["EXTENSIONS"]["LISTEN"] is True
 
 
@@ -80,7 +80,9 @@ async def test_listen_streams_each_change_of_a_listened_value_as_osc(server: Run
         await ws.send_str("not json")  # ignored, as is anything that is not a command
 
         wanted = {"/stylize/strength", "/stylize/name/cam/prompt"}
-        await eventually(lambda: server.app[keys.OSC_QUERY].listened() == wanted, what="LISTEN and IGNORE applied")
+        await eventually(
+            lambda: server.app[control_keys.OSC_QUERY].listened() == wanted, what="LISTEN and IGNORE applied"
+        )
         panel.send("/stylize/seed", 99)  # ignored path: not sent
         panel.send("/stylize/strength", 0.75)
         message = await ws.receive(timeout=10)
@@ -118,7 +120,7 @@ async def test_oscquery_is_advertised_over_mdns_when_enabled(make_config: Callab
             return info if await info.async_request(browser.zeroconf, 500) else None
 
         info = await eventually(found, 20, what="the _oscjson._tcp service on loopback")
-        assert info.port == running.app[keys.OSC_QUERY].port
+        assert info.port == running.app[control_keys.OSC_QUERY].port
         assert info.parsed_addresses() == ["127.0.0.1"]
     finally:
         await browser.async_close()

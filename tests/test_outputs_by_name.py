@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from av import VideoFrame
 
-from server import keys
 from server.config import Config
+from server.live import keys as live_keys
 from server.live.outputs import waiting_card
 from server.testing.mjpeg import MjpegReader, decode_jpeg
 from server.testing.rtc_client import HEIGHT, WIDTH, RtcClient, connect, read_index
@@ -136,7 +136,7 @@ async def test_bad_output_requests_change_nothing(server: RunningServer) -> None
         assert response.status == 422
     async with server.http.get(server.url("/view/stage")) as response:
         assert response.status == 200 and response.content_type == "text/html"
-    assert server.app[keys.PEERS].sessions == {}
+    assert server.app[live_keys.PEERS].sessions == {}
     assert await outputs(server) == {}
 
 

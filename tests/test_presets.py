@@ -13,6 +13,7 @@ import pytest
 from pipeline import FrameParams, Priority
 from server import keys
 from server.config import Config
+from server.control import keys as control_keys
 from server.control.presets import UnknownPresetError, load_builtin_presets
 from server.control.settings import UnknownStreamError
 from server.testing.rtc_client import connect
@@ -199,7 +200,7 @@ async def test_apply_sets_global_settings_keeps_the_subject_and_counts_usage(ser
     status, listed = await call(server, "GET", "/api/presets")
     usage = {p["id"]: p["usage"] for p in listed["presets"]}
     assert (usage["watercolor"], usage["anime"], usage["pixel-art"], usage["claymation"]) == (1, 2, 1, 0)
-    assert await server.app[keys.PRESETS].usage() == usage
+    assert await server.app[control_keys.PRESETS].usage() == usage
 
 
 async def test_apply_bad_input(server: RunningServer) -> None:
@@ -258,14 +259,14 @@ async def test_custom_preset_and_usage_survive_a_restart(make_config: Callable[.
     try:
         status, read = await call(second, "GET", "/api/presets/my-look")
         assert (status, read) == (200, {**custom(), "builtin": False})
-        usage = await second.app[keys.PRESETS].usage()
+        usage = await second.app[control_keys.PRESETS].usage()
         assert (usage["my-look"], usage["anime"], usage["watercolor"]) == (1, 1, 0)
     finally:
         await stop_server(second)
 
 
 async def test_step_cycles_in_a_stable_order(server: RunningServer) -> None:
-    library = server.app[keys.PRESETS]
+    library = server.app[control_keys.PRESETS]
     for preset_id in ("zz-last", "aa-first"):
         assert (await call(server, "POST", "/api/presets", custom(preset_id)))[0] == 201
     order = [*BUILTIN_IDS, "aa-first", "zz-last"]
@@ -339,7 +340,7 @@ async def test_apply_changes_what_the_engine_generates_next(
         assert server.app[keys.SETTINGS].global_settings.preset == "comic-book"
 
         # The OSC path: stepping the stream moves it to the next preset, and the engine follows.
-        stepped = await server.app[keys.PRESETS].step(+1, stream_id=client.stream_id)
+        stepped = await server.app[control_keys.PRESETS].step(+1, stream_id=client.stream_id)
         assert stepped.preset.id == BUILTIN_IDS[BUILTIN_IDS.index("pencil-sketch") + 1]
         mark = len(submitted)
         await client.wait_frames(3)

@@ -15,8 +15,10 @@ from aiohttp.test_utils import make_mocked_request
 
 from server import keys
 from server.config import Config, ConfigError, load_config
+from server.http import keys as http_keys
 from server.http.access_log import AccessLog
 from server.http.security import TrustedProxies, exposure_warning, needs_token, origin_of
+from server.live import keys as live_keys
 from server.testing.clips import make_image
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -96,7 +98,7 @@ async def test_a_foreign_page_cannot_change_anything(server: RunningServer) -> N
         assert (await response.json())["total"] == 0
     async with server.http.get(server.url("/api/presets/x")) as response:
         assert response.status == 404
-    assert server.app[keys.PEERS].sessions == {}
+    assert server.app[live_keys.PEERS].sessions == {}
 
 
 async def test_the_page_itself_scripts_and_listed_origins_pass(make_config: Callable[..., Config]) -> None:
@@ -248,7 +250,7 @@ def test_client_address_walks_the_forwarding_chain() -> None:
 
 def test_the_access_log_names_the_client_and_hides_the_token(caplog: pytest.LogCaptureFixture) -> None:
     request = make_mocked_request("GET", f"/api/streams/abc/mjpeg?fps=5&token={TOKEN}")
-    request[keys.CLIENT] = "203.0.113.9"
+    request[http_keys.CLIENT] = "203.0.113.9"
     logger = logging.getLogger("test.access")
     with caplog.at_level(logging.INFO, logger="test.access"):
         AccessLog(logger, "").log(request, web.Response(status=200), 0.25)

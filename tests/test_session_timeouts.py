@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from server import keys
 from server.config import Config
+from server.live import keys as live_keys
 from server.testing.rtc_client import connect, offer_sdp
 from server.testing.servers import RunningServer, start_server, stop_server
 
@@ -40,7 +40,7 @@ async def next_stream_down(events: Any) -> dict[str, Any]:
 
 
 async def test_offers_that_never_connect_give_their_slots_back(server: RunningServer) -> None:
-    peers = server.app[keys.PEERS]
+    peers = server.app[live_keys.PEERS]
     async with server.http.ws_connect(server.url("/api/events")) as events:
         for _ in range(2):
             async with server.http.post(
@@ -60,7 +60,7 @@ async def test_offers_that_never_connect_give_their_slots_back(server: RunningSe
 
 
 async def test_a_peer_that_stops_sending_frames_is_closed(server: RunningServer) -> None:
-    peers = server.app[keys.PEERS]
+    peers = server.app[live_keys.PEERS]
     client = await connect(server.http, server.url("/api/offer"))
     try:
         await client.wait_frames(3)
@@ -78,6 +78,6 @@ async def test_a_steady_peer_stays(server: RunningServer) -> None:
     try:
         # Well past both timeouts (counted in frames rather than seconds: ~3-6 s at 15-30 fps).
         await client.wait_frames(90)
-        assert client.stream_id in server.app[keys.PEERS].sessions
+        assert client.stream_id in server.app[live_keys.PEERS].sessions
     finally:
         await client.close()

@@ -12,6 +12,7 @@ import torch
 
 from server import keys
 from server.config import Config
+from server.observe import keys as observe_keys
 from server.observe.stats import RecentErrors, SystemProbe
 from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
@@ -82,7 +83,7 @@ async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: Runn
     async def usage() -> dict[str, int]:
         return {"watercolor": 3, "neon": 1}
 
-    server.app[keys.STATS].presets = usage
+    server.app[observe_keys.STATS].presets = usage
     try:
         raise RuntimeError("encoder gave up")
     except RuntimeError:
@@ -103,7 +104,7 @@ async def test_stats_show_what_jobs_presets_and_errors_report(quick_server: Runn
 
 async def test_the_error_log_stops_listening_when_the_app_stops(make_config: Callable[..., Config]) -> None:
     running = await start_server(make_config(engine={"warmup": False}))
-    errors = running.app[keys.STATS].errors
+    errors = running.app[observe_keys.STATS].errors
     assert errors in logging.getLogger().handlers
     await stop_server(running)
     assert errors not in logging.getLogger().handlers

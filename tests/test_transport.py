@@ -9,9 +9,9 @@ import pytest
 from aiortc.codecs import h264, vpx
 from pydantic import ValidationError
 
-from server import keys
 from server.config import Config, TransportConfig
 from server.live import bitrate
+from server.live import keys as live_keys
 from server.testing.rtc_client import connect
 from server.testing.servers import start_server, stop_server
 
@@ -48,7 +48,7 @@ async def test_bitrates_are_set_while_the_app_runs_and_restored_after(make_confi
         client = await connect(running.http, running.url("/api/offer"))
         try:
             await client.wait_frames(5)
-            session = running.app[keys.PEERS].sessions[client.stream_id]
+            session = running.app[live_keys.PEERS].sessions[client.stream_id]
             (sender,) = session.pc.getSenders()
             encoder = sender._RTCRtpSender__encoder  # type: ignore[attr-defined]  # aiortc keeps it private
             assert isinstance(encoder, vpx.Vp8Encoder)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
-from server import keys
 from server.config import Config
+from server.live import keys as live_keys
 from server.testing.rtc_client import SdpRefused, whep_view, whip_publish
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -37,7 +37,7 @@ def media_sections(sdp: str) -> dict[str, str]:
 
 async def test_obs_publishes_over_whip_and_players_watch_over_whep(server: RunningServer) -> None:
     """OBS recipe: WHIP output (H.264 and sound, receiving nothing) into a name; players on WHEP."""
-    peers = server.app[keys.PEERS]
+    peers = server.app[live_keys.PEERS]
     # A projector pointed at the name before the performer starts waits for it.
     early = await whep_view(server.http, server.url("/api/outputs/stage/whep"))
     viewers = [early]
@@ -87,7 +87,7 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
         make_config(engine={"max_batch": 1}, server={"max_peers": 1}, outputs={"max_viewers": 1})
     )
     http, url = running.http, running.url
-    peers, viewers = running.app[keys.PEERS], running.app[keys.VIEWERS]
+    peers, viewers = running.app[live_keys.PEERS], running.app[live_keys.VIEWERS]
     clients: list[Any] = []
     try:
         for path in ("/api/whip/stage", "/api/outputs/stage/whep"):

@@ -4,12 +4,11 @@ listeners at once and published on `<p>:events`; the other nodes deliver it to t
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from redis.asyncio.client import Pipeline
 
 from server.cluster.link import RedisLink
-from server.control.events import EventHub, event_message
+from server.control.events import Event, EventHub, event_message
 
 
 class ClusterEvents(EventHub):
@@ -20,8 +19,8 @@ class ClusterEvents(EventHub):
         self._channel = link.key("events")
         link.subscribe(self._channel, self._received)
 
-    def publish(self, event_type: str, **payload: Any) -> None:
-        message = event_message(event_type, **payload)
+    def publish(self, event: Event) -> None:
+        message = event_message(event)
         self.deliver(message)
         envelope = json.dumps({"origin": self._instance, "event": message})
 

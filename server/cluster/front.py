@@ -12,18 +12,21 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from server.cluster.registry import Registry
 from server.cluster.replicated_settings import ReplicatedSettings
 from server.config import Config
-from server.engine_service import EngineService
+from server.engine_service import EngineNotReady, State
 from server.fields import LATEST
 from server.http.errors import ApiError
 from server.http.inputs import read_body
 from server.http.relay import NodeUnreachable, Relay, unreachable
+
+if TYPE_CHECKING:
+    from pipeline import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +39,23 @@ FAN_OUT_S = 3.0
 ROUTED_GRACE_S = 2.0
 
 
-class WorkerEngines(EngineService):
-    """The engine as a front sees it: its workers'. Ready while one is; otherwise the furthest along."""
+class WorkerEngines:
+    """The engine as a front sees it (an `EngineStatus`): its workers'. Ready while one is; otherwise
+    the furthest along. No engine runs here."""
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self) -> None:
+        self.state: State = "loading"
         self.reason = NO_WORKERS
         self._best: dict[str, Any] = {}
         self.workers = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def engine(self) -> Engine:
+        raise EngineNotReady(self.state, "the engines run on the workers")
 
     def start(self) -> None:
         """Nothing to load here: the workers load theirs."""

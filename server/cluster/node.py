@@ -57,7 +57,7 @@ class ClusterNode:
         self.engines: WorkerEngines | None = None
         self.front: Front | None = None
         if cluster.role == "front":
-            self.engines = WorkerEngines(config)
+            self.engines = WorkerEngines()
             self.registry.on_view.append(self.engines.update)
             self.front = Front(config, self.registry, self.settings, self.relay)
 

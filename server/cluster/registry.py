@@ -27,7 +27,7 @@ from server.cluster.identity import NodeIdentity
 from server.cluster.link import ERRORS, RedisLink, texts
 from server.cluster.replicated_settings import ReplicatedSettings
 from server.config import ClusterConfig
-from server.control.events import EventHub
+from server.control.events import EventHub, StreamEvent
 
 logger = logging.getLogger(__name__)
 
@@ -135,5 +135,5 @@ class Registry:
         for stream_id, name in await self._settings.reap(alive):
             logger.info("stream down stream=%s name=%s reason=%s", stream_id, name, LOST)
             streams = len(self._settings.streams())
-            self._events.publish("stream", action="down", stream_id=stream_id, reason=LOST, streams=streams)
+            self._events.publish(StreamEvent(action="down", stream_id=stream_id, reason=LOST, streams=streams))
         return self.nodes

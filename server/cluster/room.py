@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.web_routedef import RouteDef
 
 from server import keys
+from server.cluster import keys as cluster_keys
 from server.cluster import routes
 from server.cluster.front import Front
 from server.cluster.local import LocalCluster
@@ -57,22 +58,18 @@ FRONT_ROUTES: dict[tuple[str, str], Relaying | None] = {
 
 async def _local_cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     """`--workers N`: the private Redis (unless `redis_url` names one) and the worker processes."""
-    config = app[keys.CONFIG]
-    if config.cluster.role != "front" or not config.cluster.workers:
+    if not app[keys.TOPOLOGY].starts_workers:
         yield
         return
-    local = LocalCluster(config)
+    local = LocalCluster(app[keys.CONFIG])
     await local.start()
     yield
     await local.stop()
 
 
 async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
-    node = app[keys.CLUSTER]
+    node = app[cluster_keys.CLUSTER]
     node.registry.describe = _worker_load(app) if node.front is None else dict
-    if node.engines is not None:
-        app[keys.ENGINE] = node.engines  # a front's engine is its workers'
-    app[keys.RELAY] = node.relay
     await node.start()
     yield
     await node.close()
@@ -84,7 +81,7 @@ def _worker_load(app: web.Application) -> Callable[[], dict[str, Any]]:
     metrics = app[keys.METRICS]
 
     def describe() -> dict[str, Any]:
-        engine, peers = app.get(keys.ENGINE), app.get(keys.PEERS)
+        engine = app.get(keys.ENGINE)
         described = engine.describe() if engine is not None else {"state": "loading", "reason": "starting"}
         return {
             "state": described["state"],
@@ -92,7 +89,7 @@ def _worker_load(app: web.Application) -> Callable[[], dict[str, Any]]:
             "device": described.get("device") or config.model.device,
             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "engine": described,
-            "streams": len(peers.sessions) if peers is not None else 0,
+            "streams": app[cluster_keys.LIVE_STREAMS](),
             "max_peers": config.server.max_peers,
             "fps": round(metrics.recent_out.rate(), 2),
             "busy": round(min(1.0, metrics.recent_busy.rate()), 3),
@@ -106,7 +103,7 @@ CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [_local_clust
 
 def setup_routes(app: web.Application) -> None:
     app.add_routes(routes.routes)
-    if app[keys.CONFIG].cluster.role == "front":
+    if not app[keys.TOPOLOGY].runs_live:  # a front: the live room's routes answered here or relayed
         for table in live.ROUTES:
             for route in table:
                 assert isinstance(route, RouteDef)
@@ -123,7 +120,7 @@ def _front_handler(route: RouteDef) -> Callable[[web.Request], Awaitable[web.Str
 
     @declared_like(route.handler)
     async def relayed(request: web.Request) -> web.StreamResponse:
-        front = request.app[keys.CLUSTER].front
+        front = request.app[cluster_keys.CLUSTER].front
         assert front is not None
         return await relaying(front, request)
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server import keys
+from server.cluster import keys as cluster_keys
 from server.http.openapi import operation
 
 routes = web.RouteTableDef()
@@ -31,4 +31,4 @@ class ClusterView(BaseModel):
     errors={404: "this server is not part of a cluster ([cluster] role)"},
 )
 async def cluster(request: web.Request) -> web.Response:
-    return web.json_response(request.app[keys.CLUSTER].describe())
+    return web.json_response(request.app[cluster_keys.CLUSTER].describe())

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, Field
 
-from server.control.settings import StyleSettings
+from server.control.settings import Source, StyleSettings
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +23,22 @@ QUEUE_LIMIT = 256
 CLOSE_TIMEOUT_S = 0.5
 
 
+def timestamp() -> str:
+    """Now as ISO 8601 UTC to the millisecond: 2026-11-30T13:25:57.123Z."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class _Event(BaseModel):
-    ts: str = Field(description="when it was published, ISO 8601 UTC")
+    ts: str = Field(default_factory=timestamp, description="when it was published, ISO 8601 UTC")
 
 
 class SettingsEvent(_Event):
     """Global or per-stream settings changed, from any control path."""
 
-    type: Literal["settings"]
+    type: Literal["settings"] = "settings"
     scope: str = Field(description='"global" or a stream id')
-    source: Literal["http", "osc", "datachannel", "preset", "config"]
+    source: Source
     changed: dict[str, Any]
     settings: StyleSettings
 
@@ -41,7 +46,7 @@ class SettingsEvent(_Event):
 class StreamEvent(_Event):
     """A stream came up or went down (with why)."""
 
-    type: Literal["stream"]
+    type: Literal["stream"] = "stream"
     action: Literal["up", "down"]
     stream_id: str
     streams: int = Field(description="streams live now")
@@ -51,7 +56,7 @@ class StreamEvent(_Event):
 class JobEvent(_Event):
     """A render job changed: queued, started, progress, completed, failed, cancelled, deleted."""
 
-    type: Literal["job"]
+    type: Literal["job"] = "job"
     action: Literal["queued", "started", "progress", "completed", "failed", "cancelled", "deleted"]
     job: dict[str, Any] = Field(description="the job as GET /api/jobs/{id} shows it")
 
@@ -59,7 +64,7 @@ class JobEvent(_Event):
 class PresetEvent(_Event):
     """A custom preset was created, updated or deleted, or a preset applied."""
 
-    type: Literal["preset"]
+    type: Literal["preset"] = "preset"
     action: Literal["created", "updated", "deleted", "applied"]
     preset_id: str
     preset: dict[str, Any] | None = None
@@ -69,17 +74,12 @@ class PresetEvent(_Event):
 
 
 EVENT_TYPES: list[type[BaseModel]] = [SettingsEvent, StreamEvent, JobEvent, PresetEvent]
+Event: TypeAlias = SettingsEvent | StreamEvent | JobEvent | PresetEvent
 
 
-def timestamp() -> str:
-    """Now as ISO 8601 UTC to the millisecond: 2026-11-30T13:25:57.123Z."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def event_message(event_type: str, **payload: Any) -> str:
-    """One event as listeners receive it: `{"type": event_type, "ts": now, ...payload}` as JSON."""
-    return json.dumps({"type": event_type, "ts": timestamp(), **payload}, default=str)
+def event_message(event: Event) -> str:
+    """One event as listeners receive it: its model as JSON, the fields it leaves empty left out."""
+    return event.model_dump_json(exclude_none=True)
 
 
 class EventHub:
@@ -90,9 +90,9 @@ class EventHub:
     def listeners(self) -> int:
         return len(self._queues)
 
-    def publish(self, event_type: str, **payload: Any) -> None:
-        """Queue `{"type": event_type, "ts": now, ...payload}` for every listener; never blocks."""
-        self.deliver(event_message(event_type, **payload))
+    def publish(self, event: Event) -> None:
+        """Queue `event` for every listener; never blocks."""
+        self.deliver(event_message(event))
 
     def deliver(self, message: str) -> None:
         """Queue one encoded event for every listener of this hub."""

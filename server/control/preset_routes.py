@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from server import keys
+from server.control import keys as control_keys
 from server.control.presets import (
     CATEGORY,
     MAX_SUBJECT,
@@ -102,7 +103,7 @@ def _domain_errors() -> Iterator[None]:
 @operation("Every preset, built-ins first", tag="presets", query=ListQuery, response=PresetList)
 async def list_presets(request: web.Request) -> web.Response:
     query = read_query(request, ListQuery)
-    library = request.app[keys.PRESETS]
+    library = request.app[control_keys.PRESETS]
     usage = await library.usage()
     presets = await library.presets(query.category)
     return web.json_response({"presets": [{**p.model_dump(), "usage": usage.get(p.id, 0)} for p in presets]})
@@ -112,7 +113,7 @@ async def list_presets(request: web.Request) -> web.Response:
 @operation("One preset", tag="presets", response=Preset, errors=PRESET_ERRORS)
 async def get_preset(request: web.Request) -> web.Response:
     with _domain_errors():
-        preset = await request.app[keys.PRESETS].get(request.match_info["preset_id"])
+        preset = await request.app[control_keys.PRESETS].get(request.match_info["preset_id"])
     return web.json_response(preset.model_dump())
 
 
@@ -129,7 +130,7 @@ async def get_preset(request: web.Request) -> web.Response:
 async def create_preset(request: web.Request) -> web.Response:
     new = await read_model(request, NewPreset)
     with _domain_errors():
-        preset = await request.app[keys.PRESETS].create(new)
+        preset = await request.app[control_keys.PRESETS].create(new)
     return web.json_response(preset.model_dump(), status=201)
 
 
@@ -142,7 +143,7 @@ async def create_preset(request: web.Request) -> web.Response:
     errors={**PRESET_ERRORS, 403: "built-in presets are read-only"},
 )
 async def replace_preset(request: web.Request) -> web.Response:
-    library = request.app[keys.PRESETS]
+    library = request.app[control_keys.PRESETS]
     preset_id = request.match_info["preset_id"]
     if library.is_builtin(preset_id):  # 403 whatever the body holds
         raise ApiError(403, "built-in presets are read-only", preset_id)
@@ -162,7 +163,7 @@ async def replace_preset(request: web.Request) -> web.Response:
 async def delete_preset(request: web.Request) -> web.Response:
     preset_id = request.match_info["preset_id"]
     with _domain_errors():
-        await request.app[keys.PRESETS].delete(preset_id)
+        await request.app[control_keys.PRESETS].delete(preset_id)
     return web.json_response({"deleted": preset_id})
 
 
@@ -179,7 +180,9 @@ async def delete_preset(request: web.Request) -> web.Response:
 async def apply_preset(request: web.Request) -> web.Response:
     body = await read_model(request, ApplyBody) if request.body_exists else ApplyBody()
     with _domain_errors():
-        applied = await request.app[keys.PRESETS].apply(request.match_info["preset_id"], body.prompt, body.stream_id)
+        applied = await request.app[control_keys.PRESETS].apply(
+            request.match_info["preset_id"], body.prompt, body.stream_id
+        )
     return web.json_response(
         {
             "preset": applied.preset.model_dump(),
@@ -201,7 +204,7 @@ async def apply_preset(request: web.Request) -> web.Response:
 )
 async def preview_preset(request: web.Request) -> web.Response:
     body = await read_model(request, PreviewBody) if request.body_exists else PreviewBody()
-    library = request.app[keys.PRESETS]
+    library = request.app[control_keys.PRESETS]
     preset_id = request.match_info["preset_id"]
     with _domain_errors():
         patch = await library.patch_for(preset_id, body.prompt, request.app[keys.SETTINGS].global_settings)

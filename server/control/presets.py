@@ -19,7 +19,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.config import CONFIGS
-from server.control.events import EventHub
+from server.control.events import EventHub, PresetEvent
 from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, UnknownStreamError
 from server.db import Database
 from server.fields import Guidance, Prompt, Seed, Strength
@@ -335,7 +335,7 @@ class PresetLibrary:
         if not await self._storage.insert(preset):
             raise DuplicatePresetError(f"preset {new.id!r} exists already")
         logger.info("preset created id=%s", preset.id)
-        self._events.publish("preset", action="created", preset_id=preset.id, preset=preset.model_dump())
+        self._events.publish(PresetEvent(action="created", preset_id=preset.id, preset=preset.model_dump()))
         return preset
 
     async def update(self, preset_id: str, fields: PresetFields) -> Preset:
@@ -345,7 +345,7 @@ class PresetLibrary:
         if not await self._storage.replace(preset):
             raise UnknownPresetError(f"no preset {preset_id!r}")
         logger.info("preset updated id=%s", preset_id)
-        self._events.publish("preset", action="updated", preset_id=preset_id, preset=preset.model_dump())
+        self._events.publish(PresetEvent(action="updated", preset_id=preset_id, preset=preset.model_dump()))
         return preset
 
     async def delete(self, preset_id: str) -> None:
@@ -354,7 +354,7 @@ class PresetLibrary:
         if not await self._storage.remove(preset_id):
             raise UnknownPresetError(f"no preset {preset_id!r}")
         logger.info("preset deleted id=%s", preset_id)
-        self._events.publish("preset", action="deleted", preset_id=preset_id)
+        self._events.publish(PresetEvent(action="deleted", preset_id=preset_id))
 
     async def apply(self, preset_id: str, subject: str | None = None, stream_id: str | None = None) -> AppliedPreset:
         """Apply a preset to the global settings, or to one stream's; `subject` fills its `{prompt}` slot.
@@ -412,7 +412,7 @@ class PresetLibrary:
         scope = stream_id or "global"
         logger.info("preset applied id=%s scope=%s", preset.id, scope)
         self._events.publish(
-            "preset", action="applied", preset_id=preset.id, scope=scope, subject=subject, prompt=settings.prompt
+            PresetEvent(action="applied", preset_id=preset.id, scope=scope, subject=subject, prompt=settings.prompt)
         )
         return AppliedPreset(preset, scope, subject, settings)
 

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from server import keys
+from server.control import keys as control_keys
 from server.control import name_settings_routes, preset_routes, settings_routes, suggestion_routes
-from server.control.events import EVENT_TYPES
+from server.control.events import EVENT_TYPES, SettingsEvent
 from server.control.mdns import MdnsAdvertiser, service_infos
 from server.control.osc import start_osc
 from server.control.osc_feedback import OscFeedback
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 async def _saved_settings_ctx(app: web.Application) -> AsyncIterator[None]:
-    if keys.CLUSTER in app:  # a cluster keeps the look in Redis, shared by every node
+    if app[keys.TOPOLOGY].shares_state:  # a cluster keeps the look in Redis, shared by every node
         yield
         return
     store = app[keys.SETTINGS]
@@ -42,19 +43,18 @@ async def _saved_settings_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
     builtins = await asyncio.to_thread(load_builtin_presets)
-    app[keys.PRESETS] = PresetLibrary(
+    app[control_keys.PRESETS] = PresetLibrary(
         builtins,
-        app[keys.PRESET_STORAGE],
+        app[control_keys.PRESET_STORAGE],
         app[keys.SETTINGS],
         app[keys.EVENTS],
         default_subject=app[keys.CONFIG].presets.default_subject,
     )
-    app[keys.STATS].presets = app[keys.PRESETS].usage
     yield
 
 
 async def _suggestions_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[keys.SUGGESTIONS] = await asyncio.to_thread(PromptSuggestions.load)
+    app[control_keys.SUGGESTIONS] = await asyncio.to_thread(PromptSuggestions.load)
     yield
 
 
@@ -65,11 +65,7 @@ async def _settings_events_ctx(app: web.Application) -> AsyncIterator[None]:
         if change.remote:
             return  # the node it was made on published it to every node's listeners
         events.publish(
-            "settings",
-            scope=change.scope,
-            source=change.source,
-            changed=change.changed,
-            settings=change.settings.model_dump(),
+            SettingsEvent(scope=change.scope, source=change.source, changed=change.changed, settings=change.settings)
         )
 
     store = app[keys.SETTINGS]
@@ -84,22 +80,22 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     transport, listener = await start_osc(
-        config, app[keys.SETTINGS], app[keys.PRESETS], on_reject=app[keys.METRICS].osc_dropped
+        config, app[keys.SETTINGS], app[control_keys.PRESETS], on_reject=app[keys.METRICS].osc_dropped
     )
-    app[keys.OSC] = listener
+    app[control_keys.OSC] = listener
     yield
     transport.close()
     await listener.close()
 
 
 async def _osc_feedback_ctx(app: web.Application) -> AsyncIterator[None]:
-    if keys.OSC not in app:
+    if control_keys.OSC not in app:
         yield
         return
-    config, listener, store = app[keys.CONFIG].osc, app[keys.OSC], app[keys.SETTINGS]
+    config, listener, store = app[keys.CONFIG].osc, app[control_keys.OSC], app[keys.SETTINGS]
     feedback = OscFeedback(config.feedback, config.feedback_rate_hz, store, sender=lambda: listener.sender)
     await feedback.start()
-    app[keys.OSC_FEEDBACK] = listener.feedback = feedback
+    app[control_keys.OSC_FEEDBACK] = listener.feedback = feedback
     store.add_listener(feedback.changed)
     yield
     store.remove_listener(feedback.changed)
@@ -112,18 +108,18 @@ async def _oscquery_ctx(app: web.Application) -> AsyncIterator[None]:
     if not config.query_port:
         yield
         return
-    if keys.OSC not in app:
+    if control_keys.OSC not in app:
         logger.warning("[osc] query_port is set but OSC is off ([osc] enabled = false): no OSCQuery server")
         yield
         return
-    presets, store = app[keys.PRESETS], app[keys.SETTINGS]
+    presets, store = app[control_keys.PRESETS], app[keys.SETTINGS]
 
     async def preset_ids() -> list[str]:
         return [preset.id for preset in await presets.presets()]
 
-    server = OscQueryServer(config, store, app[keys.OSC], preset_ids)
+    server = OscQueryServer(config, store, app[control_keys.OSC], preset_ids)
     await server.start()
-    app[keys.OSC_QUERY] = server
+    app[control_keys.OSC_QUERY] = server
     store.add_listener(server.changed)
     yield
     store.remove_listener(server.changed)
@@ -132,12 +128,14 @@ async def _oscquery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _mdns_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG].osc
-    if not config.mdns or keys.OSC_QUERY not in app:
+    if not config.mdns or control_keys.OSC_QUERY not in app:
         if config.mdns:
             logger.warning("[osc] mdns needs the OSCQuery server ([osc] query_port): nothing advertised")
         yield
         return
-    advertiser = MdnsAdvertiser(config.host, service_infos(config.host, app[keys.OSC_QUERY].port, app[keys.OSC].port))
+    advertiser = MdnsAdvertiser(
+        config.host, service_infos(config.host, app[control_keys.OSC_QUERY].port, app[control_keys.OSC].port)
+    )
     advertiser.start()
     yield
     await advertiser.close()

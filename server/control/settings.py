@@ -93,6 +93,15 @@ class UnknownStreamError(KeyError):
     """No stream with that id is registered."""
 
 
+class NullGlobalError(ValueError):
+    """A global field sent as null: the global settings have every field (only a stream's or a
+    name's override can be dropped)."""
+
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__(f"global settings cannot be null: {', '.join(fields)}")
+        self.fields = fields
+
+
 @dataclass(frozen=True)
 class SettingsChange:
     scope: str  # "global", a stream id or a name's scope (`name:<name>`)
@@ -182,7 +191,7 @@ class SettingsStore:
         changed = patch.values()
         nulls = [name for name, value in changed.items() if value is None and name != "preset"]
         if nulls:
-            raise ValueError(f"global settings cannot be null: {', '.join(sorted(nulls))}")
+            raise NullGlobalError(sorted(nulls))
         settings = self._set_global(changed)
         self._emit(SettingsChange("global", source, changed, settings))
         return settings

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from server import keys
-from server.control.settings import SettingsPatch, Source, StyleSettings, UnknownStreamError
-from server.fields import Prompt, Strength
+from server.control.settings import NullGlobalError, SettingsPatch, Source, StyleSettings, UnknownStreamError
+from server.fields import Prompt, Strength, field_error, validation_detail
 from server.http.errors import ApiError
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
@@ -90,8 +90,11 @@ async def set_strength(request: web.Request) -> web.Response:
 def _apply_global(request: web.Request, patch: SettingsPatch, source: Source = "http") -> web.Response:
     try:
         settings = request.app[keys.SETTINGS].update_global(patch, source)
-    except ValueError as e:
-        raise ApiError(422, "invalid fields", str(e)) from e
+    except NullGlobalError as e:
+        detail = [field_error(name, "cannot be null in the global settings") for name in e.fields]
+        raise ApiError(422, "invalid fields", detail) from e
+    except ValidationError as e:  # fields valid alone that the settings refuse together
+        raise ApiError(422, "invalid fields", validation_detail(e)) from e
     return web.json_response(settings.model_dump())
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from server import keys
+from server.control import keys as control_keys
 from server.control.suggestions import UnknownCategoryError
 from server.fields import Prompt, Seed
 from server.http.errors import ApiError
@@ -91,14 +91,14 @@ class RandomPrompts(BaseModel):
 )
 async def autocomplete(request: web.Request) -> web.Response:
     query = read_query(request, AutocompleteQuery)
-    found = request.app[keys.SUGGESTIONS].autocomplete(query.query, query.limit)
+    found = request.app[control_keys.SUGGESTIONS].autocomplete(query.query, query.limit)
     return web.json_response({"query": query.query, "suggestions": [asdict(s) for s in found]})
 
 
 @routes.get("/api/suggestions/categories")
 @operation("Suggestion categories and their sizes", tag="suggestions", response=Categories)
 async def categories(request: web.Request) -> web.Response:
-    counts = request.app[keys.SUGGESTIONS].categories()
+    counts = request.app[control_keys.SUGGESTIONS].categories()
     return web.json_response({"categories": [{"name": name, "count": count} for name, count in counts.items()]})
 
 
@@ -109,7 +109,7 @@ async def categories(request: web.Request) -> web.Response:
 async def by_category(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
-        texts = request.app[keys.SUGGESTIONS].by_category(name)
+        texts = request.app[control_keys.SUGGESTIONS].by_category(name)
     except UnknownCategoryError as e:
         raise ApiError(404, "unknown category", name) from e
     return web.json_response({"category": name, "suggestions": texts})
@@ -119,7 +119,7 @@ async def by_category(request: web.Request) -> web.Response:
 @operation("Add the quality, style and lighting a prompt lacks", tag="suggestions", body=EnhanceBody, response=Enhanced)
 async def enhance(request: web.Request) -> web.Response:
     body = await read_model(request, EnhanceBody)
-    prompt, added = request.app[keys.SUGGESTIONS].enhance(body.prompt)
+    prompt, added = request.app[control_keys.SUGGESTIONS].enhance(body.prompt)
     return web.json_response({"prompt": prompt, "added": added})
 
 
@@ -129,5 +129,5 @@ async def enhance(request: web.Request) -> web.Response:
 )
 async def random_suggestions(request: web.Request) -> web.Response:
     query = read_query(request, RandomQuery)
-    seed, picks = request.app[keys.SUGGESTIONS].random(query.count, query.seed)
+    seed, picks = request.app[control_keys.SUGGESTIONS].random(query.count, query.seed)
     return web.json_response({"seed": seed, "suggestions": [asdict(s) for s in picks]})

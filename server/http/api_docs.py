@@ -9,8 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
-from server import keys
 from server.config import ROOT
+from server.http import keys as http_keys
 from server.http.openapi import openapi_document, operation
 
 DOCS_PAGE = ROOT / "static" / "docs.html"
@@ -19,13 +19,14 @@ UI_PREFIX = "/docs/ui"
 routes = web.RouteTableDef()
 
 
-def document_ctx(event_types: list[type[BaseModel]]) -> Callable[[web.Application], AsyncIterator[None]]:
+def document_ctx(
+    event_types: list[type[BaseModel]], version: Callable[[], str]
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context building the document at start-up, when every room has added its routes;
-    `event_types` are the models of the /api/events messages."""
+    `event_types` are the models of the /api/events messages, `version` the server's."""
 
     async def build(app: web.Application) -> AsyncIterator[None]:
-        version = app[keys.STATS].version  # the observe room read it at start-up
-        app[keys.OPENAPI] = openapi_document(app, title="Stylize", version=version, events=event_types)
+        app[http_keys.OPENAPI] = openapi_document(app, title="Stylize", version=version(), events=event_types)
         yield
 
     return build
@@ -34,7 +35,7 @@ def document_ctx(event_types: list[type[BaseModel]]) -> Callable[[web.Applicatio
 @routes.get("/openapi.json")
 @operation("This document: the API contract, OpenAPI 3.1", tag="docs", response={"type": "object"})
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(request.app[keys.OPENAPI])
+    return web.json_response(request.app[http_keys.OPENAPI])
 
 
 @routes.get("/docs")

@@ -3,7 +3,7 @@ set, each client within a rate; and who the client is behind a trusted reverse p
 
 In order, for every request:
 1. The client's address: the peer's, or, when the peer is one of `[server] trusted_proxies`, the
-   nearest untrusted hop of its `X-Forwarded-For` (for rate limits and logs; `request[keys.CLIENT]`).
+   nearest untrusted hop of its `X-Forwarded-For` (for rate limits and logs; `request[http_keys.CLIENT]`).
 2. CSRF: a mutating request (POST, PUT, PATCH, DELETE) or a WebSocket upgrade whose `Origin` (or,
    without one, whose `Referer`) is neither the server's own origin (scheme, host and port as the
    browser sees them: TLS and a trusted proxy's `X-Forwarded-Proto`/`-Host` count) nor one in
@@ -28,8 +28,8 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
-from server import keys
 from server.config import Config, SecurityConfig, ServerConfig, address_in, networks
+from server.http import keys as http_keys
 from server.http.errors import json_error
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class _Guard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         client = self._proxies.client(request)
-        request[keys.CLIENT] = client
+        request[http_keys.CLIENT] = client
         origin = request.headers.get(hdrs.ORIGIN)
         cors = origin is not None and (self._any_origin or origin in self._cors_origins)
         if request.method == "OPTIONS" and cors:

@@ -8,27 +8,26 @@ from pathlib import Path
 from aiohttp import web
 
 from server import keys
+from server.jobs import keys as jobs_keys
 from server.jobs import routes
 from server.jobs.worker import JobWorker
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    peers = app.get(keys.PEERS)  # none on a cluster's front: it renders nothing
-    cluster = app.get(keys.CLUSTER)
     worker = JobWorker(
-        app[keys.JOBS],
+        app[jobs_keys.JOBS],
         app[keys.ENGINE],
         app[keys.EVENTS],
         config.jobs,
         Path(config.server.data_dir),
-        live_streams=lambda: len(peers.sessions) if peers is not None else 0,
+        live_streams=app[jobs_keys.LIVE_STREAMS],
         on_counts=app[keys.METRICS].set_jobs,
-        fetch_input=cluster.fetch_job_input if cluster is not None else None,
+        fetch_input=app.get(jobs_keys.FETCH_INPUT),
     )
-    app[keys.JOB_WORKER] = worker
+    app[jobs_keys.JOB_WORKER] = worker
     await worker.recover()
-    if peers is not None:  # where an engine runs; a front only takes, lists and cancels jobs
+    if app[keys.TOPOLOGY].renders_jobs:  # a cluster's front only takes, lists and cancels jobs
         worker.start()
     yield
     await worker.stop()

@@ -29,8 +29,9 @@ from server.http.errors import ApiError, invalid, validate
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
 from server.http.relay import NodeUnreachable, unreachable
+from server.jobs import keys as jobs_keys
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
-from server.jobs.store import Job, JobFinished, JobNotFound, Status
+from server.jobs.store import Job, JobFinished, JobNotFound, JobOut, Status
 from server.jobs.worker import JOBS_FOLDER
 
 routes = web.RouteTableDef()
@@ -74,28 +75,6 @@ class Swept(BaseModel):
     older_than_hours: float
 
 
-class JobOut(BaseModel):
-    """A job as the API shows it."""
-
-    id: str
-    status: Status
-    kind: str
-    filename: str
-    preset: str | None
-    params: dict[str, Any]
-    media: dict[str, Any]
-    progress: float
-    frames_done: int
-    frames_total: int
-    error: str | None
-    attempts: int
-    created: float
-    started: float | None
-    finished: float | None
-    processing_s: float | None
-    result_url: str | None
-
-
 class JobPage(BaseModel):
     jobs: list[JobOut]
     total: int
@@ -133,7 +112,7 @@ class JobQuery(BaseModel):
 )
 async def create_job(request: web.Request) -> web.Response:
     config = request.app[keys.CONFIG].jobs
-    worker = request.app[keys.JOB_WORKER]
+    worker = request.app[jobs_keys.JOB_WORKER]
     limit = int(config.max_upload_mb * 1024 * 1024)
     if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD_BYTES:
         raise ApiError(413, "upload too large", {"limit_bytes": limit})
@@ -241,7 +220,7 @@ async def _job_settings(app: web.Application, form: JobForm) -> StyleSettings:
         # As with POST /api/presets/{id}/apply, a prompt sent with a preset fills its {prompt} slot.
         subject = fields.pop("prompt", None)
         try:
-            patch = await app[keys.PRESETS].patch_for(form.preset, subject, app[keys.SETTINGS].global_settings)
+            patch = await app[jobs_keys.PRESET_PATCH](form.preset, subject, app[keys.SETTINGS].global_settings)
         except UnknownPresetError as e:
             raise invalid("preset", f"no preset {form.preset!r}") from e
         values.update({name: value for name, value in patch.values().items() if value is not None})
@@ -271,7 +250,7 @@ def _new_job(
 @operation("Jobs, newest first", tag="jobs", query=JobQuery, response=JobPage)
 async def list_jobs(request: web.Request) -> web.Response:
     query = read_query(request, JobQuery)
-    jobs, total = await request.app[keys.JOBS].page(query.offset, query.limit, query.status)
+    jobs, total = await request.app[jobs_keys.JOBS].page(query.offset, query.limit, query.status)
     return web.json_response(
         {"jobs": [job.public() for job in jobs], "total": total, "offset": query.offset, "limit": query.limit}
     )
@@ -315,7 +294,7 @@ async def _file(
     request: web.Request, job: Job, relative: str, content_type: str, disposition: str
 ) -> web.StreamResponse:
     """One of the job's files from this node's data dir, or, in a cluster, from the node that holds it."""
-    path = request.app[keys.JOB_WORKER].data_dir / relative
+    path = request.app[jobs_keys.JOB_WORKER].data_dir / relative
     if await asyncio.get_running_loop().run_in_executor(None, path.is_file):
         return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CONTENT_DISPOSITION: disposition})
     relay = request.app.get(keys.RELAY)
@@ -339,7 +318,7 @@ def _attachment(name: str) -> str:
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     try:
-        job = await request.app[keys.JOB_WORKER].cancel(job_id)
+        job = await request.app[jobs_keys.JOB_WORKER].cancel(job_id)
     except JobNotFound as e:
         raise ApiError(404, "unknown job", job_id) from e
     except JobFinished as e:
@@ -352,7 +331,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     try:
-        await request.app[keys.JOB_WORKER].delete(job_id)
+        await request.app[jobs_keys.JOB_WORKER].delete(job_id)
     except JobNotFound as e:
         raise ApiError(404, "unknown job", job_id) from e
     return web.json_response({"deleted": job_id})
@@ -371,7 +350,7 @@ async def sweep_jobs(request: web.Request) -> web.Response:
     hours = body.older_than_hours
     if hours is None:
         hours = request.app[keys.CONFIG].jobs.keep_hours
-    removed = await request.app[keys.JOB_WORKER].sweep(older_than_hours=hours)
+    removed = await request.app[jobs_keys.JOB_WORKER].sweep(older_than_hours=hours)
     return web.json_response(Swept(removed=removed, older_than_hours=hours).model_dump())
 
 
@@ -385,6 +364,6 @@ def _job_id(request: web.Request) -> str:
 async def _job(request: web.Request) -> Job:
     job_id = _job_id(request)
     try:
-        return await request.app[keys.JOBS].get(job_id)
+        return await request.app[jobs_keys.JOBS].get(job_id)
     except JobNotFound as e:
         raise ApiError(404, "unknown job", job_id) from e

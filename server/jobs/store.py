@@ -18,11 +18,37 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
+from pydantic import BaseModel
+
 from pipeline import FrameParams
 from server.db import Database
 from server.jobs.media import CONTENT_TYPES, SUFFIXES, MediaInfo
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    status: Status
+    kind: str
+    filename: str
+    preset: str | None
+    params: dict[str, Any]
+    media: dict[str, Any]
+    progress: float
+    frames_done: int
+    frames_total: int
+    error: str | None
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    processing_s: float | None
+    result_url: str | None
+
+
 STATUSES: tuple[Status, ...] = get_args(Status)
 ACTIVE: tuple[Status, ...] = ("pending", "processing")
 
@@ -97,26 +123,26 @@ class Job:
         return f"{stem}-stylized{SUFFIXES[self.media.output_format]}"
 
     def public(self) -> dict[str, Any]:
-        """The job as the API shows it (no file-system paths)."""
-        return {
-            "id": self.id,
-            "status": self.status,
-            "kind": self.media.kind,
-            "filename": self.filename,
-            "preset": self.preset,
-            "params": dataclasses.asdict(self.params),
-            "media": dataclasses.asdict(self.media),
-            "progress": round(self.progress, 4),
-            "frames_done": self.frames_done,
-            "frames_total": self.frames_total,
-            "error": self.error,
-            "attempts": self.attempts,
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "processing_s": self.processing_s,
-            "result_url": f"/api/jobs/{self.id}/result" if self.status == "completed" else None,
-        }
+        """The job as the API shows it (no file-system paths), built from its declared model."""
+        return JobOut(
+            id=self.id,
+            status=self.status,
+            kind=self.media.kind,
+            filename=self.filename,
+            preset=self.preset,
+            params=dataclasses.asdict(self.params),
+            media=dataclasses.asdict(self.media),
+            progress=round(self.progress, 4),
+            frames_done=self.frames_done,
+            frames_total=self.frames_total,
+            error=self.error,
+            attempts=self.attempts,
+            created=self.created,
+            started=self.started,
+            finished=self.finished,
+            processing_s=self.processing_s,
+            result_url=f"/api/jobs/{self.id}/result" if self.status == "completed" else None,
+        ).model_dump()
 
 
 def gave_up(max_attempts: int) -> str:

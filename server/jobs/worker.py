@@ -26,8 +26,8 @@ from typing import ParamSpec, TypeVar
 
 from pipeline import Priority
 from server.config import JobsConfig
-from server.control.events import EventHub
-from server.engine_service import EngineService
+from server.control.events import EventHub, JobEvent
+from server.engine_service import EngineStatus
 from server.jobs.media import EncodeOptions, RenderFailed, open_render
 from server.jobs.store import Job, JobNotFound, JobRecords, gave_up
 from server.jpeg import JpegEncoder
@@ -68,7 +68,7 @@ class JobWorker:
     def __init__(
         self,
         store: JobRecords,
-        engine: EngineService,
+        engine: EngineStatus,
         events: EventHub,
         config: JobsConfig,
         data_dir: Path,
@@ -315,7 +315,7 @@ class JobWorker:
             self._engine.engine.forget(key)
 
     def _publish(self, action: str, job: Job) -> None:
-        self._events.publish("job", action=action, job=job.public())
+        self._events.publish(JobEvent(action=action, job=job.public()))
         if action != "progress" and self._on_counts is not None:
             task = asyncio.create_task(self._report_counts())
             self._counting.add(task)

@@ -16,6 +16,7 @@ from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.pages import STATIC_DIR
+from server.live import keys as live_keys
 from server.live.mjpeg import JPEG_ANSWER, MJPEG_ANSWER, requested_fps, serve_mjpeg, snapshot_response
 
 routes = web.RouteTableDef()
@@ -47,7 +48,7 @@ def output_urls(name: str) -> dict[str, str]:
 )
 async def list_outputs(request: web.Request) -> web.Response:
     named = request.app[keys.SETTINGS].named_overrides()
-    outputs = request.app[keys.OUTPUTS].describe()
+    outputs = request.app[live_keys.OUTPUTS].describe()
     listed = {str(output["name"]) for output in outputs}
     for name in sorted(set(named) - listed):  # styled by name, not streamed since the start
         outputs.append({"name": name, "stream_id": None, "state": "waiting", "viewers": 0, "mjpeg": 0, "frames": 0})
@@ -66,12 +67,12 @@ async def list_outputs(request: web.Request) -> web.Response:
 )
 async def snapshot(request: web.Request) -> web.Response:
     name = path_name(request)
-    output = request.app[keys.OUTPUTS].find(name)
+    output = request.app[live_keys.OUTPUTS].find(name)
     if output is None:
         raise ApiError(404, "unknown name", {"name": name, "why": "no stream of that name since the server started"})
     if output.frame is None:
         raise ApiError(503, "no frame yet", {"name": name, "stream_id": output.stream_id})
-    return await snapshot_response(request.app[keys.JPEG], output.frame)
+    return await snapshot_response(request.app[live_keys.JPEG], output.frame)
 
 
 @routes.get("/api/outputs/{name}/mjpeg")
@@ -85,11 +86,11 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
     name = path_name(request)
     config = request.app[keys.CONFIG].outputs
     fps = requested_fps(request, config.mjpeg_fps, config.mjpeg_max_fps)
-    registry = request.app[keys.OUTPUTS]
+    registry = request.app[live_keys.OUTPUTS]
     with registry.watching(name) as output:
         return await serve_mjpeg(
             request,
-            request.app[keys.JPEG],
+            request.app[live_keys.JPEG],
             fps,
             picture=lambda: output.frame if output.frame is not None else registry.waiting_jpeg,
             live=lambda: True,  # until the viewer leaves or the server stops

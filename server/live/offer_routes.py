@@ -14,6 +14,7 @@ from server.fields import DEFAULT_NAME, PublishName
 from server.http.errors import ApiError
 from server.http.inputs import read_model
 from server.http.openapi import operation
+from server.live import keys as live_keys
 from server.live.refusals import refusals_as_http
 
 routes = web.RouteTableDef()
@@ -52,7 +53,7 @@ class HungUp(BaseModel):
 )
 async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
-    peers = request.app[keys.PEERS]
+    peers = request.app[live_keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)
         session, answer = await peers.create(description, body.settings, name=body.name, remote=request.remote)
@@ -63,7 +64,7 @@ async def offer(request: web.Request) -> web.Response:
 @routes.get("/api/streams/")
 @operation("The live streams", tag="streams", response=StreamList)
 async def list_streams(request: web.Request) -> web.Response:
-    peers = request.app[keys.PEERS]
+    peers = request.app[live_keys.PEERS]
     settings = request.app[keys.SETTINGS]
     streams = [
         {**session.describe(), "overrides": settings.overrides(session.id)} for session in peers.sessions.values()
@@ -75,6 +76,6 @@ async def list_streams(request: web.Request) -> web.Response:
 @operation("Hang up a stream", tag="streams", response=HungUp, errors={404: "unknown stream"})
 async def hang_up(request: web.Request) -> web.Response:
     stream_id = request.match_info["stream_id"]
-    if not await request.app[keys.PEERS].close(stream_id, "hung up over HTTP"):
+    if not await request.app[live_keys.PEERS].close(stream_id, "hung up over HTTP"):
         raise ApiError(404, "unknown stream", stream_id)
     return web.json_response({"closed": stream_id})

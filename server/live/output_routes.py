@@ -8,6 +8,7 @@ from av import VideoFrame
 from server import keys
 from server.http.errors import ApiError
 from server.http.openapi import operation
+from server.live import keys as live_keys
 from server.live.mjpeg import JPEG_ANSWER, MJPEG_ANSWER, requested_fps, serve_mjpeg, snapshot_response
 from server.live.session import Session
 from server.live.track import StylizedTrack
@@ -21,7 +22,7 @@ OUTPUT_ERRORS = {404: "unknown stream", 503: "no stylized frame yet"}
 @operation("The stream's newest stylized frame as JPEG", tag="outputs", errors=OUTPUT_ERRORS, **JPEG_ANSWER)
 async def snapshot(request: web.Request) -> web.Response:
     _, frame = _latest_output(request)
-    return await snapshot_response(request.app[keys.JPEG], frame)
+    return await snapshot_response(request.app[live_keys.JPEG], frame)
 
 
 @routes.get("/api/streams/{stream_id}/mjpeg")
@@ -39,7 +40,7 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
     track, _ = _latest_output(request)
     return await serve_mjpeg(
         request,
-        request.app[keys.JPEG],
+        request.app[live_keys.JPEG],
         fps,
         picture=lambda: track.latest_output,
         live=lambda: track.readyState == "live",
@@ -49,7 +50,7 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
 
 def _session(request: web.Request) -> Session:
     stream_id = request.match_info["stream_id"]
-    session = request.app[keys.PEERS].sessions.get(stream_id)
+    session = request.app[live_keys.PEERS].sessions.get(stream_id)
     if session is None:
         raise ApiError(404, "unknown stream", stream_id)
     return session

@@ -33,9 +33,9 @@ from pydantic import ValidationError
 
 from server.bounded_json import parse_json
 from server.config import ServerConfig, TransportConfig
-from server.control.events import EventHub
+from server.control.events import EventHub, StreamEvent
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
-from server.engine_service import EngineService
+from server.engine_service import EngineStatus
 from server.fields import DEFAULT_NAME, validation_detail
 from server.live.session import Session
 from server.live.track import StylizedTrack
@@ -69,7 +69,7 @@ class PeerManager:
     def __init__(
         self,
         config: ServerConfig,
-        engine: EngineService,
+        engine: EngineStatus,
         settings: SettingsStore,
         events: EventHub,
         metrics: Metrics | None = None,
@@ -200,7 +200,7 @@ class PeerManager:
         logger.info("stream up stream=%s from=%s peers=%d", session.id, remote, len(self.sessions))
         session.announced = True
         self._metrics.streams_active.set(len(self.sessions))
-        self._events.publish("stream", action="up", stream_id=session.id, streams=len(self.sessions))
+        self._events.publish(StreamEvent(action="up", stream_id=session.id, streams=len(self.sessions)))
         local = pc.localDescription
         return session, RTCSessionDescription(sdp=local.sdp, type=local.type)
 
@@ -249,7 +249,7 @@ class PeerManager:
                 len(self.sessions),
             )
             self._events.publish(
-                "stream", action="down", stream_id=stream_id, reason=reason, streams=len(self.sessions)
+                StreamEvent(action="down", stream_id=stream_id, reason=reason, streams=len(self.sessions))
             )
         return True
 

@@ -20,6 +20,7 @@ from server.live import (
     whep_routes,
     whip_routes,
 )
+from server.live import keys as live_keys
 from server.live.outputs import NamedOutputs, waiting_card
 from server.live.peers import PeerManager
 from server.live.viewers import ViewerManager
@@ -33,15 +34,15 @@ async def _bitrate_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _jpeg_ctx(app: web.Application) -> AsyncIterator[None]:
     encoder = JpegOutput(quality=app[keys.CONFIG].outputs.jpeg_quality)
-    app[keys.JPEG] = encoder
+    app[live_keys.JPEG] = encoder
     yield
     encoder.close()
 
 
 async def _outputs_ctx(app: web.Application) -> AsyncIterator[None]:
     outputs = NamedOutputs()
-    outputs.waiting_jpeg = await app[keys.JPEG].encode(waiting_card())
-    app[keys.OUTPUTS] = outputs
+    outputs.waiting_jpeg = await app[live_keys.JPEG].encode(waiting_card())
+    app[live_keys.OUTPUTS] = outputs
     yield
     await outputs.close()
 
@@ -55,9 +56,9 @@ async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.EVENTS],
         app[keys.METRICS],
         config.transport,
-        outputs=app[keys.OUTPUTS],
+        outputs=app[live_keys.OUTPUTS],
     )
-    app[keys.PEERS] = peers
+    app[live_keys.PEERS] = peers
     peers.start()
     yield
     await peers.stop()
@@ -65,14 +66,14 @@ async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _viewers_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    viewers = ViewerManager(config.server, config.outputs, config.transport, app[keys.OUTPUTS])
-    app[keys.VIEWERS] = viewers
+    viewers = ViewerManager(config.server, config.outputs, config.transport, app[live_keys.OUTPUTS])
+    app[live_keys.VIEWERS] = viewers
     yield
     await viewers.close_all()
 
 
 async def _end_mjpeg_streams(app: web.Application) -> None:
-    app[keys.JPEG].stop_streams()
+    app[live_keys.JPEG].stop_streams()
 
 
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [

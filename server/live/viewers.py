@@ -20,6 +20,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from server.config import OutputsConfig, ServerConfig, TransportConfig
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.outputs import NamedOutputs
+from server.live.peers import SDP_ERRORS
 from server.live.viewer_track import NamedOutputTrack
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,17 @@ class ViewerManager:
             await pc.setLocalDescription(await pc.createAnswer())
             if video_direction(pc) != "sendonly":
                 raise ViewerRejected("the offer must take video (a recvonly video m-line)")
-        except Exception as e:
+        except ViewerRejected:
             await self.close(viewer.id)
-            if isinstance(e, ViewerRejected):
-                raise
+            raise
+        except SDP_ERRORS as e:
+            await self.close(viewer.id)
             raise ViewerRejected(str(e) or type(e).__name__) from e
+        except BaseException:
+            # Not the caller's fault: a bug or a failing dependency. Logged here, answered 500.
+            logger.exception("viewer offer failed viewer=%s name=%s", viewer.id, name)
+            await self.close(viewer.id)
+            raise
         viewer.watchdog = asyncio.create_task(self._close_unless_connected(viewer), name=f"viewer-{viewer.id}")
         logger.info("viewer joined viewer=%s name=%s viewers=%d", viewer.id, name, len(self.viewers))
         local = pc.localDescription

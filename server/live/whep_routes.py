@@ -16,6 +16,7 @@ from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.sdp import SDP_ANSWER, ice_server_links, read_sdp, sdp_created
+from server.live import keys as live_keys
 from server.live.viewers import Viewer, ViewerRejected, ViewersFull
 from server.live.whip_routes import NO_PATCH
 
@@ -34,7 +35,7 @@ async def watch(request: web.Request) -> web.Response:
     name = path_name(request)
     sdp = await read_sdp(request)
     try:
-        viewer, answer = await request.app[keys.VIEWERS].create(name, RTCSessionDescription(sdp=sdp, type="offer"))
+        viewer, answer = await request.app[live_keys.VIEWERS].create(name, RTCSessionDescription(sdp=sdp, type="offer"))
     except ViewersFull as e:
         raise ApiError(503, "too many viewers", str(e)) from e
     except ViewerRejected as e:
@@ -54,7 +55,7 @@ async def viewer_state(request: web.Request) -> web.Response:
 @operation("WHEP: stop watching", tag="outputs", errors={404: "unknown viewer"})
 async def stop_watching(request: web.Request) -> web.Response:
     viewer = _viewer(request)
-    await request.app[keys.VIEWERS].close(viewer.id)
+    await request.app[live_keys.VIEWERS].close(viewer.id)
     return web.json_response({"closed": viewer.id})
 
 
@@ -67,7 +68,7 @@ async def no_patch(request: web.Request) -> web.Response:
 def _viewer(request: web.Request) -> Viewer:
     name = path_name(request)
     viewer_id = request.match_info["viewer_id"]
-    viewer = request.app[keys.VIEWERS].viewers.get(viewer_id)
+    viewer = request.app[live_keys.VIEWERS].viewers.get(viewer_id)
     if viewer is None or viewer.name != name:
         raise ApiError(404, "unknown viewer", {"name": name, "viewer_id": viewer_id})
     return viewer

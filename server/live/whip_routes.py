@@ -17,6 +17,7 @@ from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_created
+from server.live import keys as live_keys
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.refusals import refusals_as_http
 
@@ -42,11 +43,11 @@ async def publish(request: web.Request) -> web.Response:
         open_to_other_software(pc, sdp, config.transport.codec)
 
     with refusals_as_http():
-        session, answer = await request.app[keys.PEERS].create(
+        session, answer = await request.app[live_keys.PEERS].create(
             RTCSessionDescription(sdp=sdp, type="offer"), remote=request.remote, name=name, prepare=prepare
         )
     if video_direction(session.pc) == "recvonly" and session.track is not None:
-        request.app[keys.OUTPUTS].drain(session.id, session.track)  # nobody reads it back: outputs only
+        request.app[live_keys.OUTPUTS].drain(session.id, session.track)  # nobody reads it back: outputs only
     location = f"/api/whip/{name}/{session.id}"
     return sdp_created(answer.sdp, location, ice_server_links(config.server.ice_servers))
 
@@ -66,7 +67,7 @@ async def options(request: web.Request) -> web.Response:
 async def hang_up(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     stream_id = request.match_info["stream_id"]
-    peers = request.app[keys.PEERS]
+    peers = request.app[live_keys.PEERS]
     session = peers.sessions.get(stream_id)
     if session is None or session.name != name:
         raise ApiError(404, "unknown session", {"name": name, "stream_id": stream_id})

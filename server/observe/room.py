@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server import keys
+from server.observe import keys as observe_keys
 from server.observe import routes
 from server.observe.http_metrics import http_metrics_middleware
 from server.observe.stats import RecentErrors, StatsReporter, package_version
@@ -26,7 +27,8 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
         errors=errors,
         data_dir=Path(app[keys.CONFIG].server.data_dir),
     )
-    app[keys.STATS] = reporter
+    reporter.presets = app.get(observe_keys.PRESET_USAGE)
+    app[observe_keys.STATS] = reporter
     yield
     root.removeHandler(errors)
     await asyncio.to_thread(reporter.probe.close)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server import keys
 from server.http.openapi import operation
+from server.observe import keys as observe_keys
 
 routes = web.RouteTableDef()
 
@@ -24,10 +25,10 @@ async def metrics(request: web.Request) -> web.Response:
     # Off the loop: the GPU memory gauge asks torch at scrape time.
     accept = request.headers.get("Accept", "")
     body, content_type = await asyncio.to_thread(request.app[keys.METRICS].render, accept)
-    cluster = request.app.get(keys.CLUSTER)
-    spanning = await cluster.metrics(body, accept) if cluster is not None else None
-    if spanning is not None:  # a cluster's front: its workers' figures summed with its own
-        body, content_type = spanning
+    spanning = request.app.get(observe_keys.SPANNING)
+    spanned = await spanning.metrics(body, accept) if spanning is not None else None
+    if spanned is not None:  # a cluster's front: its workers' figures summed with its own
+        body, content_type = spanned
     # The content type carries a version parameter, which aiohttp's content_type= refuses: a header.
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -43,7 +44,6 @@ async def metrics(request: web.Request) -> web.Response:
 )
 async def stats(request: web.Request) -> web.Response:
     app = request.app
-    peers = app.get(keys.PEERS)  # none on a cluster's front
-    body = await app[keys.STATS].report(app[keys.ENGINE], peers.sessions.values() if peers is not None else ())
-    cluster = app.get(keys.CLUSTER)
-    return web.json_response(await cluster.stats(body) if cluster is not None else body)
+    body = await app[observe_keys.STATS].report(app[keys.ENGINE], app[observe_keys.STREAMS]())
+    spanning = app.get(observe_keys.SPANNING)
+    return web.json_response(await spanning.stats(body) if spanning is not None else body)

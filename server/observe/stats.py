@@ -2,7 +2,8 @@
 
 `StatsReporter` gathers it from the engine, the live sessions, `Metrics` and the host. Features
 that come later plug in their counts: jobs report through `Metrics.set_jobs` (or replace
-`reporter.jobs`), presets set `reporter.presets` to a callable returning uses per preset.
+`reporter.jobs`), presets through `reporter.presets`, a callable returning uses per preset (the
+observe room hands in its `PRESET_USAGE` need).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from server.engine_service import EngineNotReady, EngineService
+from server.engine_service import EngineNotReady, EngineStatus
 from server.observe.metrics import DROP_REASONS, Metrics, cuda_memory_allocated
 from server.observe.recent_window import RECENT_S
 
@@ -222,13 +223,13 @@ class StatsReporter:
         self._started = time.monotonic()
         self._started_at = time.time()
 
-    async def report(self, engine: EngineService, sessions: Iterable[Stream]) -> dict[str, Any]:
+    async def report(self, engine: EngineStatus, sessions: Iterable[Stream]) -> dict[str, Any]:
         system = await self.probe.read()
         presets = dict(await self.presets()) if self.presets is not None else {}
         return self.snapshot(engine, sessions, system, presets)
 
     def snapshot(
-        self, engine: EngineService, sessions: Iterable[Stream], system: dict[str, Any], presets: dict[str, int]
+        self, engine: EngineStatus, sessions: Iterable[Stream], system: dict[str, Any], presets: dict[str, int]
     ) -> dict[str, Any]:
         metrics = self.metrics
         return {
@@ -260,7 +261,7 @@ class StatsReporter:
             "system": system,
         }
 
-    def _engine(self, service: EngineService) -> dict[str, Any]:
+    def _engine(self, service: EngineStatus) -> dict[str, Any]:
         described = service.describe()
         batches = self.metrics.recent_batches
         mean_batch = batches.mean()

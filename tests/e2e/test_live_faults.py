@@ -13,6 +13,7 @@ import pytest
 from server import keys
 from server.config import Config
 from server.control.settings import SettingsStore
+from server.live import keys as live_keys
 from server.testing.rtc_client import connect, offer_sdp
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -64,7 +65,7 @@ async def test_a_failed_batch_costs_its_frames_and_the_stream_carries_on(server:
         await client.wait_frames(10)  # frames keep coming between the failures
         assert len(client.received) >= before + 10
         assert flaky.calls >= 9
-        assert client.stream_id in server.app[keys.PEERS].sessions
+        assert client.stream_id in server.app[live_keys.PEERS].sessions
     finally:
         await client.close()
 
@@ -85,7 +86,7 @@ async def test_a_stream_whose_frames_keep_failing_ends_with_the_reason(server: R
                     down = event
             assert down["stream_id"] == client.stream_id
             assert down["reason"].startswith("4 frames in a row failed (RuntimeError: injected failure")
-            assert client.stream_id not in server.app[keys.PEERS].sessions
+            assert client.stream_id not in server.app[live_keys.PEERS].sessions
             assert _dropped(server, "error") >= 4
         finally:
             await client.close()
@@ -103,6 +104,6 @@ async def test_an_offer_that_fails_for_a_server_fault_is_500_not_400(
         async with server.http.post(server.url("/api/offer"), json=body) as response:
             assert response.status == 500
     assert "offer failed" in caplog.text and "a bug in the server" in caplog.text  # with its traceback
-    assert server.app[keys.PEERS].sessions == {}
+    assert server.app[live_keys.PEERS].sessions == {}
     async with server.http.post(server.url("/api/offer"), json={"sdp": "v=0 nonsense", "type": "offer"}) as response:
         assert response.status == 400  # a bad SDP is still the caller's

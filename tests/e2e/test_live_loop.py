@@ -10,6 +10,7 @@ import numpy as np
 
 from server import keys
 from server.config import Config
+from server.live import keys as live_keys
 from server.testing.rtc_client import TICKS_PER_FRAME, connect, pattern_frame, read_index
 from server.testing.servers import RunningServer, start_server, stop_server
 
@@ -114,7 +115,7 @@ async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
         assert np.median(lags[-third:]) <= 60, f"frames came back far behind the newest sent: {lags}"
         # The model could not keep up, so frames were skipped and counted.
         assert len(slow) < 0.8 * sent
-        stats = running.app[keys.PEERS].sessions[client.stream_id].stats
+        stats = running.app[live_keys.PEERS].sessions[client.stream_id].stats
         assert stats.frames_dropped > 0
         assert stats.frames_in - stats.frames_out - stats.frames_dropped <= 2
     finally:
