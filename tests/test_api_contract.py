@@ -3,6 +3,7 @@ and /docs shows it from the package (nothing from a CDN)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,7 +13,10 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from server.config import Config
+from server.control.events import SettingsEvent, event_message
+from server.control.settings import StyleSettings
 from server.http.openapi import operation_of
+from server.testing.contract import Contract, ContractViolation
 from server.testing.servers import RunningServer, start_server, stop_server
 
 
@@ -77,7 +81,8 @@ async def test_the_document_is_valid_openapi_3_1_with_errors_and_events(server: 
             assert "500" in entry["responses"], method
             for status, answer in entry["responses"].items():
                 if status.startswith("4"):
-                    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                    error = "InvalidFields" if status == "422" else "Error"
+                    assert answer["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{error}"}
     patch = doc["paths"]["/api/settings"]["patch"]
     assert patch["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SettingsPatch")
     assert {"401", "403", "415", "422", "429"} <= patch["responses"].keys()
@@ -108,3 +113,21 @@ async def test_docs_are_served_from_the_package(server: RunningServer) -> None:
     async with server.http.get(server.url("/docs/ui/swagger-ui-bundle.js")) as response:
         assert response.status == 200
         assert len(await response.read()) > 500_000
+
+
+async def test_answers_and_events_are_checked_against_the_served_contract(server: RunningServer) -> None:
+    # Every test's client (server.testing.servers) checks what it decodes with this; here it is shown to bite.
+    contract = Contract(await document(server))
+    settings = StyleSettings(prompt="ink", strength=0.5)
+    contract.check_response("GET", "/api/settings", 200, settings.model_dump())
+    with pytest.raises(ContractViolation, match="strength"):
+        contract.check_response("GET", "/api/settings", 200, {**settings.model_dump(), "strength": "high"})
+    with pytest.raises(ContractViolation, match="418, not declared"):
+        contract.check_response("GET", "/api/settings", 418, {})
+    with pytest.raises(ContractViolation, match="detail"):
+        contract.check_response("PATCH", "/api/settings", 422, {"error": "invalid fields", "detail": "a string"})
+    # A change made on the page is an event the contract allows (its source was missing from the schema).
+    event = SettingsEvent(scope="global", source="page", changed={"prompt": "ink"}, settings=settings)
+    contract.check_event(json.loads(event_message(event)))
+    with pytest.raises(ContractViolation):
+        contract.check_event({**json.loads(event_message(event)), "source": "telepathy"})

@@ -45,7 +45,23 @@ ERROR_SCHEMA: dict[str, Any] = {
     "properties": {
         "error": {"type": "string", "description": "what went wrong, in a few words"},
         "detail": {
-            "description": "more: a string, an object, or for 422 a list of {field, message, type}",
+            "description": "more: a string or an object (a 422 lists the bad fields: InvalidFields)",
+        },
+    },
+}
+# Every 422 lists the bad fields the same way (server.fields.field_error).
+INVALID_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong, in a few words"},
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message", "type"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "type": {"type": "string"}},
+            },
         },
     },
 }
@@ -121,7 +137,7 @@ def openapi_document(
     models = _models(routes, events)
     names, definitions = models_json_schema(models, ref_template=REF)
     schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
-    schemas.update({"Error": ERROR_SCHEMA, "InternalError": INTERNAL_SCHEMA})
+    schemas.update({"Error": ERROR_SCHEMA, "InvalidFields": INVALID_SCHEMA, "InternalError": INTERNAL_SCHEMA})
 
     def ref(model: Schema | None, mode: Literal["validation", "serialization"]) -> dict[str, Any] | None:
         if model is None:
@@ -230,8 +246,8 @@ def _operation(
         entry["security"] = [{"bearer": []}, {"query": []}] if method in ("GET", "HEAD") else [{"bearer": []}]
     elif method in MUTATING:
         errors.setdefault(429, STATUS_TEXT[429])
-    error = {"$ref": REF.format(model="Error")}
     for status, text in sorted(errors.items()):
+        error = {"$ref": REF.format(model="InvalidFields" if status == 422 else "Error")}
         responses[str(status)] = {"description": text, "content": {"application/json": {"schema": error}}}
     responses["500"] = {
         "description": "an unexpected failure, logged under the id",

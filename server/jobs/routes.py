@@ -24,7 +24,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from server import keys
 from server.control.presets import UnknownPresetError
 from server.control.settings import StyleSettings
-from server.fields import Prompt, Seed, Strength
+from server.fields import Prompt, Seed, Strength, field_error
 from server.http.errors import ApiError, invalid, validate
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
@@ -121,20 +121,19 @@ async def create_job(request: web.Request) -> web.Response:
     job_id = uuid.uuid4().hex
     folder = Path(JOBS_FOLDER) / job_id  # relative to the data dir, as the job's row keeps it
     upload = worker.data_dir / folder / "input"
-    loop = asyncio.get_running_loop()
     try:
         fields, filename = await _receive(request, upload, limit)
         form = validate(JobForm, fields)
         limits = MediaLimits(config.max_duration_s, config.max_resolution)
         try:
-            info = await loop.run_in_executor(None, probe, upload, limits)
+            info = await asyncio.to_thread(probe, upload, limits)
         except UnsupportedMedia as e:
             raise ApiError(415, "unsupported media", str(e)) from e
         except MediaRejected as e:
-            raise ApiError(422, "media refused", str(e)) from e
+            raise ApiError(422, "media refused", [field_error("file", str(e))]) from e
         settings = await _job_settings(request.app, form)
     except BaseException:
-        await loop.run_in_executor(None, lambda: shutil.rmtree(upload.parent, ignore_errors=True))
+        await asyncio.to_thread(shutil.rmtree, upload.parent, ignore_errors=True)
         raise
     job = _new_job(job_id, folder, filename, form.preset, settings, info)
     await worker.submit(job)
@@ -158,7 +157,7 @@ async def _read_form(request: web.Request, upload: Path, limit: int, stall_s: fl
     filename: str | None = None
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
-            raise ApiError(422, "nested multipart bodies are not taken")
+            raise invalid("file", "nested multipart bodies are not taken")
         name = part.name or ""
         if name == "file":
             if filename is not None:
@@ -175,18 +174,17 @@ async def _read_form(request: web.Request, upload: Path, limit: int, stall_s: fl
 
 
 async def _save(part: BodyPartReader, path: Path, limit: int, stall_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, lambda: path.parent.mkdir(parents=True, exist_ok=True))
-    handle = await loop.run_in_executor(None, path.open, "wb")
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    handle = await asyncio.to_thread(path.open, "wb")
     try:
         size = 0
         while chunk := await asyncio.wait_for(part.read_chunk(CHUNK_BYTES), stall_s):
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, "upload too large", {"limit_bytes": limit})
-            await loop.run_in_executor(None, handle.write, chunk)
+            await asyncio.to_thread(handle.write, chunk)
     finally:
-        await loop.run_in_executor(None, handle.close)
+        await asyncio.to_thread(handle.close)
 
 
 async def _read_field(part: BodyPartReader, name: str, stall_s: float) -> str:
@@ -295,7 +293,7 @@ async def _file(
 ) -> web.StreamResponse:
     """One of the job's files from this node's data dir, or, in a cluster, from the node that holds it."""
     path = request.app[jobs_keys.JOB_WORKER].data_dir / relative
-    if await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+    if await asyncio.to_thread(path.is_file):
         return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: content_type, hdrs.CONTENT_DISPOSITION: disposition})
     relay = request.app.get(keys.RELAY)
     if relay is None or job.files_at is None or job.files_at == relay.here:

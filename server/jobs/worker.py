@@ -123,7 +123,7 @@ class JobWorker:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await asyncio.gather(*self._counting, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, self._media_thread.shutdown)
+        await asyncio.to_thread(self._media_thread.shutdown)
 
     # -- changes from the API ----------------------------------------------------------------
 

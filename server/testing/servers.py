@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from server.app import create_app
 from server.children import stop_child
 from server.config import ROOT, Config
+from server.http import keys as http_keys
 from server.testing.waiting import eventually
 
 
@@ -68,7 +69,10 @@ async def start_server(config: Config, *, ready: bool = True) -> RunningServer:
     app = create_app(config)
     server = TestServer(app, host="127.0.0.1", port=config.server.port or None)
     await server.start_server()
-    running = RunningServer(app, server, aiohttp.ClientSession())
+    # Imported here: the contract check needs the test tools (jsonschema), the benchmarks do not.
+    from server.testing.contract import checked_session
+
+    running = RunningServer(app, server, checked_session(lambda: app.get(http_keys.OPENAPI)))
     if ready:
         await running.wait_ready()
     return running

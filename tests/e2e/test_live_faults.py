@@ -46,8 +46,8 @@ async def server(make_config: Callable[..., Config]) -> Any:
 
 def _inject(server: RunningServer, fails: Callable[[int], bool]) -> FlakyTransform:
     engine = server.app[keys.ENGINE].engine
-    flaky = FlakyTransform(engine.transform, fails)
-    engine.transform = flaky  # type: ignore[assignment]
+    flaky = FlakyTransform(engine.runner.transform, fails)
+    engine.runner.transform = flaky
     return flaky
 
 

@@ -89,7 +89,7 @@ async def test_latency_stays_flat_when_the_model_is_slower_than_the_camera(
     running = await start_server(make_config(defaults={"strength": 0.0}))
     # Slower than the camera on any machine, a GPU included: each model call takes 3 frame intervals.
     engine = running.app[keys.ENGINE].engine
-    engine.transform = SlowTransform(engine.transform, seconds=0.1)  # type: ignore[assignment]
+    engine.runner.transform = SlowTransform(engine.runner.transform, seconds=0.1)
     client = await connect(running.http, running.url("/api/offer"))
     try:
         await client.wait_frames(15)
