@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: run cluster test lint bench bench-gpu system-deps wheelhouse clean
+.PHONY: run cluster test lint bench bench-gpu gpu-check system-deps wheelhouse clean
 
 # `make wheelhouse`: the project's dependencies but torch, as wheels for another machine's Python,
 # and installed from them into .whl/site, ready for PYTHONPATH there (README: "On an offline GPU box").
@@ -84,6 +84,15 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,8 --seconds 10 --compile reduce-overhead
+
+# One call proves the engine on a GPU and measures it (about 8 minutes), one JSON under bench/results/.
+# On a box without a venv (the lent GPU machine): the interpreter there, with the wheelhouse on its path.
+# `make gpu-check DEVICE=cpu` is the same script in seconds on tiny models (make test runs it).
+DEVICE ?= cuda
+GPU_OUT ?= bench/results
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(WHEELS)/site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m bench.gpu_check --device $(DEVICE) --out $(GPU_OUT)
 
 wheelhouse:
 	rm -rf $(WHEELS)/site

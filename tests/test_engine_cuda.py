@@ -14,7 +14,11 @@ import torch
 
 from pipeline import Engine, FrameParams, load_model
 from pipeline.contract import BatchReport
+from pipeline.device import DeviceRunner
 from pipeline.models import ModelBundle
+from pipeline.onestep import OneStepImg2Img
+from pipeline.prompts import PromptEmbeddings
+from pipeline.row_inputs import one_step_inputs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -101,3 +105,87 @@ def test_results_stay_intact_while_later_batches_land(model: ModelBundle) -> Non
             assert np.array_equal(frame, copy)
     finally:
         engine.stop()
+
+
+# -- the device runner alone: every bucket and every set of optional inputs, pipelining, syncs ----
+
+GUIDED = FrameParams(prompt="ink", strength=0.4, seed=6, negative_prompt="blur", guidance_scale=3.0)
+
+
+def _runner(model: ModelBundle, graphs: bool) -> DeviceRunner:
+    prompts = PromptEmbeddings(model)
+    return DeviceRunner(model, OneStepImg2Img(model), one_step_inputs(model, prompts), cuda_graphs=graphs)
+
+
+def _batch(size: int, guided: bool, seed: int) -> tuple[list[np.ndarray], list[FrameParams]]:
+    frames = [_frame(seed + i) for i in range(size)]
+    params = [
+        GUIDED if guided and i == 0 else FrameParams(prompt=f"row {i}", strength=0.5, seed=i) for i in range(size)
+    ]
+    return frames, params
+
+
+def _levels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16))
+
+
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("size", [1, 2, 4, 8])
+def test_each_buckets_graph_replays_what_eager_gives(model: ModelBundle, size: int, guided: bool) -> None:
+    frames, params = _batch(size, guided, seed=10 * size)
+    results = {}
+    for graphs in (False, True):
+        runner = _runner(model, graphs)
+        with torch.inference_mode(), runner.streams():
+            runner.collect(runner.launch(frames, params, size))  # records the graph
+            results[graphs] = runner.collect(runner.launch(frames, params, size))  # replays it
+            assert runner.graph_count() == (1 if graphs else 0)
+    for eager, graphed in zip(results[False], results[True], strict=True):
+        assert _levels(eager, graphed).max() <= 2
+
+
+def test_pipelined_batches_equal_serial_ones(model: ModelBundle) -> None:
+    # Two batches in flight on the same bucket: the second's inputs must not reach the first's
+    # output, nor its copy back overwrite the first's (a missing stream wait shows here).
+    first, second = _batch(4, False, seed=1), _batch(4, True, seed=50)
+    runner = _runner(model, graphs=True)
+    with torch.inference_mode(), runner.streams():
+        serial = [runner.collect(runner.launch(*batch, 4)) for batch in (first, second)]
+        flights = [runner.launch(*batch, 4) for batch in (first, second)]
+        pipelined = [runner.collect(flight) for flight in flights]
+    for serial_rows, pipelined_rows in zip(serial, pipelined, strict=True):
+        for a, b in zip(serial_rows, pipelined_rows, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_a_batch_launches_without_waiting_for_the_device(model: ModelBundle) -> None:
+    # Everything after the first batch (prompts and noise cached, graph recorded) is queued without
+    # a host sync: the only waits are the staging buffer's last copy up and the copy back in collect.
+    frames, params = _batch(4, True, seed=7)
+    runner = _runner(model, graphs=True)
+    with torch.inference_mode(), runner.streams():
+        runner.collect(runner.launch(frames, params, 4))
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            flight = runner.launch(frames, params, 4)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        runner.collect(flight)
+
+
+# fp16 against fp32 on the same weights: the tiny model's pictures agree to within this (levels of 255).
+FP16_MEAN_LEVELS = 2.0
+FP16_P99_LEVELS = 12.0
+
+
+def test_fp16_stays_close_to_fp32(model: ModelBundle, model_cache: Path) -> None:
+    full = load_model("tiny", data_dir=model_cache.parent, device=torch.device("cuda"), dtype=torch.float32)
+    frames, params = _batch(4, True, seed=21)
+    outputs = []
+    for bundle in (model, full):
+        runner = _runner(bundle, graphs=False)
+        with torch.inference_mode(), runner.streams():
+            outputs.append(runner.collect(runner.launch(frames, params, 4)))
+    for half, single in zip(*outputs, strict=True):
+        difference = _levels(half, single)
+        assert difference.mean() <= FP16_MEAN_LEVELS and np.percentile(difference, 99) <= FP16_P99_LEVELS

@@ -1,0 +1,238 @@
+"""One call proves the engine on a GPU and measures it: the CUDA tests, the engine benchmark of every
+`arch:` model against diffusers, and the live benchmark with client processes, into one JSON.
+
+    python -m bench.gpu_check                  # on a CUDA machine: about 8 minutes
+    python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
+
+Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
+lacks); each step is a process of its own with a time limit, so a step that hangs or crashes costs
+only its own figures. The JSON (under bench/results/, named after the device) holds the device,
+driver, torch and CUDA versions, every step's command, exit status, time and figures, and each
+target with whether it was met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+# The architectures with random weights that a GPU run measures (configs under pipeline's archs).
+ARCH_MODELS = ["arch:sd-turbo"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each step runs on this device, and its time limit (s)."""
+
+    tests: list[str]
+    engine_models: list[str]
+    engine_args: list[str]
+    live_args: list[str]
+    limits: dict[str, float]
+
+
+def plan_for(device: str) -> Plan:
+    if device == "cuda":
+        return Plan(
+            tests=["tests/test_engine_cuda.py", "-m", "cuda"],
+            engine_models=ARCH_MODELS,
+            engine_args=["--batch-sizes", "1,2,4,8,16", "--seconds", "6"],
+            live_args=[
+                *("--model", "arch:sd-turbo", "--size", "512", "--peers", "1,4,8,12,16", "--seconds", "10"),
+                *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
+            ],
+            limits={"tests": 120, "engine": 200, "live": 240},
+        )
+    # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
+    return Plan(
+        tests=["tests/test_engine_cuda.py"],
+        engine_models=["tiny"],
+        engine_args=["--batch-sizes", "1,2", "--seconds", "0.2"],
+        live_args=[
+            *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
+        ],
+        limits={"tests": 120, "engine": 120, "live": 120},
+    )
+
+
+# What a GPU run should show (README, Benchmarks): name -> (what, the target).
+TARGETS = {
+    "sd_turbo_batch1_fps": ("arch:sd-turbo 512² fp16 with graphs, batch 1, frames/s", 120.0),
+    "sd_turbo_batch8_fps": ("arch:sd-turbo 512² fp16 with graphs, batch 8, frames/s", 350.0),
+    "sd_turbo_vs_diffusers": ("arch:sd-turbo batch 8 with graphs against diffusers' img2img pipeline", 8.0),
+    "live_12_peers_fps_each": ("live, 12 peers of 512² cameras: the slowest peer's fps", 28.0),
+    "live_12_peers_p50_over_floor_ms": (
+        "live, 12 peers: round trip p50 above the strength-0 floor (ms, at most)",
+        40.0,
+    ),
+}
+
+
+def run_step(name: str, command: list[str], limit_s: float, env: dict[str, str]) -> dict[str, Any]:
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit_s)
+        rc, tail = done.returncode, (done.stdout + done.stderr)[-4000:]
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"") + (e.stderr or b"")
+        rc, tail = 124, (output.decode(errors="replace") if isinstance(output, bytes) else str(output))[-4000:]
+    step = {"name": name, "command": " ".join(command), "rc": rc, "seconds": round(time.perf_counter() - began, 1)}
+    if rc != 0:
+        step["output_tail"] = tail
+    return step
+
+
+def newest(folder: Path, prefix: str) -> dict[str, Any] | None:
+    found = sorted(folder.glob(f"{prefix}*.json"))
+    return json.loads(found[-1].read_text()) if found else None
+
+
+def junit_counts(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    suite = ElementTree.parse(path).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")  # type: ignore[assignment]
+    if suite is None:
+        return {}
+    return {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+
+
+def device_facts(device: str) -> dict[str, Any]:
+    import torch  # here: --help and the plan need no torch
+
+    facts: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    if device == "cuda":
+        facts.update(
+            name=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+            driver=_driver(),
+        )
+    else:
+        facts["name"] = platform.processor() or platform.machine()
+    return facts
+
+
+def _driver() -> str | None:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def figures(engine: dict[str, dict[str, Any]], live: dict[str, Any] | None) -> dict[str, float | None]:
+    """The targets' figures from the benchmarks' JSON (None where a step did not give one)."""
+    sd = engine.get("arch:sd-turbo")
+
+    def streaming(batch: int) -> float | None:
+        rows = [r for r in (sd or {}).get("engine", []) if r["batch"] == batch and r["graphs"]]
+        rows = [r for r in rows if r["mode"] == "streaming"]
+        return rows[0]["frames_per_s"] if rows else None
+
+    batch8 = streaming(8)
+    baseline = (sd or {}).get("diffusers_baseline", {}).get("frames_per_s")
+    fps_each = over_floor = None
+    if live is not None:
+        by = {(run["peers"], run["strength"] > 0): run for run in live.get("runs", [])}
+        styled, floor = by.get((12, True)), by.get((12, False))
+        if styled is not None:
+            fps_each = min(styled["fps_out_per_peer"])
+        if styled is not None and floor is not None:
+            over_floor = round(styled["latency_ms_p50"] - floor["latency_ms_p50"], 1)
+    return {
+        "sd_turbo_batch1_fps": streaming(1),
+        "sd_turbo_batch8_fps": batch8,
+        "sd_turbo_vs_diffusers": round(batch8 / baseline, 2) if batch8 and baseline else None,
+        "live_12_peers_fps_each": fps_each,
+        "live_12_peers_p50_over_floor_ms": over_floor,
+    }
+
+
+def judged(values: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, (what, target) in TARGETS.items():
+        value = values.get(key)
+        at_most = key.endswith("_ms")
+        met = None if value is None else (value <= target if at_most else value >= target)
+        out[key] = {"what": what, "target": target, "value": value, "met": met}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    parser.add_argument("--data-dir", type=Path, default=None, help="models and server data (default: a temp dir)")
+    args = parser.parse_args(argv)
+    plan = plan_for(args.device)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
+        work = Path(scratch)
+        data = args.data_dir or work / "data"
+        steps = []
+        junit = work / "tests.xml"
+        tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *plan.tests]
+        steps.append(run_step("tests", tests, plan.limits["tests"], env))
+        steps[-1]["counts"] = junit_counts(junit)
+        engine: dict[str, dict[str, Any]] = {}
+        for model in plan.engine_models:
+            out = work / f"engine-{model.replace(':', '-')}"
+            command = [sys.executable, "-m", "bench.engine", "--model", model, "--data-dir", str(data)]
+            steps.append(
+                run_step(
+                    f"engine {model}", [*command, *plan.engine_args, "--out", str(out)], plan.limits["engine"], env
+                )
+            )
+            result = newest(out, "engine-")
+            if result is not None:
+                engine[model] = result
+        live_out = work / "live"
+        command = [sys.executable, "-m", "bench.live", *plan.live_args, "--data-dir", str(data), "--out", str(live_out)]
+        steps.append(run_step("live", command, plan.limits["live"], env))
+        live = newest(live_out, "live-")
+    facts = device_facts(args.device)
+    report = {
+        "command": " ".join(["python -m bench.gpu_check", *(sys.argv[1:] if argv is None else argv)]),
+        **facts,
+        "steps": steps,
+        "engine": engine,
+        "live": live,
+        "targets": judged(figures(engine, live)) if args.device == "cuda" else {},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in str(facts["name"]).lower()).strip("-")
+    path = args.out / f"gpu-check-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    failed = [step["name"] for step in steps if step["rc"] != 0]
+    sys.stdout.write(f"{path}\nsteps failed: {failed or 'none'}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The one-call GPU check stays runnable between devices: its dry run on the CPU, and how it judges its targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from bench.gpu_check import TARGETS, figures, judged
+from server.config import ROOT
+
+
+def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["make", "-s", "gpu-check", "DEVICE=cpu", f"GPU_OUT={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = tmp_path.glob("gpu-check-*.json")
+    report = json.loads(path.read_text())
+    assert report["device"] == "cpu" and report["torch"] and report["name"]
+    assert [step["name"] for step in report["steps"]] == ["tests", "engine tiny", "live"]
+    assert all(step["rc"] == 0 for step in report["steps"]), report["steps"]
+    assert report["steps"][0]["counts"]["tests"] > 0  # the CUDA tests were collected (and skipped here)
+    rows = report["engine"]["tiny"]["engine"]
+    assert {row["batch"] for row in rows} == {1, 2} and all(row["frames_per_s"] > 0 for row in rows)
+    assert {(run["peers"], run["strength"]) for run in report["live"]["runs"]} == {(1, 0.0), (1, 0.5)}
+
+
+def test_targets_are_read_from_the_figures_and_judged() -> None:
+    def row(batch: int, fps: float, graphs: bool = True) -> dict[str, object]:
+        return {"batch": batch, "mode": "streaming", "graphs": graphs, "frames_per_s": fps}
+
+    engine = {
+        "arch:sd-turbo": {
+            "diffusers_baseline": {"frames_per_s": 40.0},
+            "engine": [row(1, 130.0), row(8, 300.0), row(8, 900.0, graphs=False)],
+        }
+    }
+    live = {
+        "runs": [
+            {"peers": 12, "strength": 0.0, "latency_ms_p50": 60.0, "fps_out_per_peer": [30.0] * 12},
+            {"peers": 12, "strength": 0.5, "latency_ms_p50": 95.0, "fps_out_per_peer": [29.0] * 11 + [27.5]},
+        ]
+    }
+    verdict = judged(figures(engine, live))
+    assert verdict.keys() == TARGETS.keys()
+    assert verdict["sd_turbo_batch1_fps"] == {**verdict["sd_turbo_batch1_fps"], "value": 130.0, "met": True}
+    assert (verdict["sd_turbo_batch8_fps"]["value"], verdict["sd_turbo_batch8_fps"]["met"]) == (300.0, False)
+    assert (verdict["sd_turbo_vs_diffusers"]["value"], verdict["sd_turbo_vs_diffusers"]["met"]) == (7.5, False)
+    assert (verdict["live_12_peers_fps_each"]["value"], verdict["live_12_peers_fps_each"]["met"]) == (27.5, False)
+    assert verdict["live_12_peers_p50_over_floor_ms"]["value"] == 35.0
+    assert verdict["live_12_peers_p50_over_floor_ms"]["met"] is True
+    assert all(entry["met"] is None for entry in judged(figures({}, None)).values())
