@@ -17,10 +17,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from server.stuck_threads import exit_past_stuck_threads
+
 if TYPE_CHECKING:
     from server.config import Config, ServerConfig
 
 PROG = "python -m server"
+# After the server stopped, worker threads still running this long are stuck (a codec deadlock).
+EXIT_GRACE_S = 5.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -185,6 +189,7 @@ def serve(config: Config) -> None:
         print=lambda message: log.info(" ".join(message.split())),
         access_log_class=AccessLog,
     )
+    exit_past_stuck_threads(EXIT_GRACE_S)
 
 
 def download(config: Config, full_precision: bool) -> None:
