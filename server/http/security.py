@@ -175,13 +175,15 @@ class _Guard:
         if request.method == "OPTIONS" and cors:
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = self._refusal(request, client) or await handler(request)
         if cors and origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
+            # WHIP and WHEP players on other origins read where the session lives, its ICE servers and tag.
+            response.headers["Access-Control-Expose-Headers"] = "Location, Link, ETag"
         return response
 
     def _refusal(self, request: web.Request, client: str) -> web.Response | None:
