@@ -191,6 +191,29 @@ async def test_buttons_step_presets_on_press_only_and_toggles_pause_with_floats(
     assert listener.rejected == 0
 
 
+async def test_an_osc_prompt_is_the_subject_of_the_next_preset_step(server: RunningServer) -> None:
+    """As on the page: a prompt sent by a controller clears the preset; stepping fills the slot with it."""
+    osc = _client(server)
+    listener = _listener(server)
+    library = server.app[keys.PRESETS]
+    ordered = [preset.id for preset in await library.presets()]
+    osc.send_message("/stylize/preset", ordered[0])
+    osc.send_message("/stylize/prompt", "a lighthouse at night")
+    await eventually(lambda: listener.accepted == 2)
+    typed = await _settings(server)
+    assert typed["prompt"] == "a lighthouse at night" and typed["preset"] is None and typed["negative_prompt"] == ""
+    osc.send_message("/stylize/preset/next", 1.0)
+    await eventually(lambda: listener.accepted == 3)
+    stepped = await _settings(server)
+    first = await library.get(ordered[0])
+    assert stepped["preset"] == ordered[0], "no preset now: next is the first"
+    assert stepped["prompt"] == first.fill("a lighthouse at night")
+    osc.send_message("/stylize/preset/next", 1.0)
+    await eventually(lambda: listener.accepted == 4)
+    second = await library.get(ordered[1])
+    assert (await _settings(server))["prompt"] == second.fill("a lighthouse at night"), "the subject carries on"
+
+
 def test_drops_are_logged_once_per_address_up_to_a_cap(caplog: pytest.LogCaptureFixture) -> None:
     listener = OscListener(OscConfig(), SettingsStore(StyleSettings()))
     addresses = [f"/random/{i}" for i in range(LOGGED_ADDRESSES + 50)]
