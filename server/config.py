@@ -96,11 +96,33 @@ class ServerConfig(_Section):
         return self
 
 
+def port_range(text: str) -> range | None:
+    """A "first-last" UDP port range (both included), or None when it is not one."""
+    first, dash, last = text.strip().partition("-")
+    if not dash or not first.strip().isdigit() or not last.strip().isdigit():
+        return None
+    low, high = int(first), int(last)
+    return range(low, high + 1) if 1024 <= low <= high <= 65535 else None
+
+
 class TransportConfig(_Section):
     codec: Literal["vp8", "h264"] = "vp8"
     bitrate_kbps: int = Field(1200, ge=50, le=100_000)
     min_bitrate_kbps: int = Field(400, ge=50, le=100_000)
     max_bitrate_kbps: int = Field(6000, ge=50, le=100_000)
+    media_ports: str = ""  # "first-last": the UDP ports WebRTC media binds (server.live.media_ports)
+
+    @field_validator("media_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        if value.strip() and port_range(value) is None:
+            raise ValueError(f'need "first-last" with 1024 <= first <= last <= 65535, got {value!r}')
+        return value.strip()
+
+    @property
+    def media_port_range(self) -> range | None:
+        """`media_ports` as ports, or None for the system's ephemeral ports."""
+        return port_range(self.media_ports) if self.media_ports else None
 
     @model_validator(mode="after")
     def _ordered(self) -> TransportConfig:
