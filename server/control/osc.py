@@ -4,8 +4,9 @@ Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/n
 `/stylize/feedback/subscribe i` is `server.control.osc_feedback`'s):
 `/stylize/prompt s`, `/stylize/prompt_b s`, `/stylize/negative_prompt s`, `/stylize/blend f`,
 `/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|0|1`,
-`/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev` (with no argument, or a button's
-1 on press and 0 on release: only a press steps). Ints pass where floats are expected; 0/1 floats
+`/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev` (also `/stylize/preset_next`
+and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
+0 on release: only a press steps). Ints pass where floats are expected; 0/1 floats
 and ints pass where an on/off is expected (buttons and toggles send floats). Anything malformed,
 out of range, unknown or from a source not on the allow-list is dropped, logged once per address
 and counted by reason; nothing raises into the loop. Datagrams are taken apart by
@@ -26,6 +27,7 @@ from pythonosc.osc_message import OscMessage
 
 from server.config import OscConfig, address_in, networks
 from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
+from server.control.osc_namespace import STEPS
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
 logger = logging.getLogger(__name__)
@@ -151,6 +153,8 @@ class OscListener(asyncio.DatagramProtocol):
         if stream_id is None and self.feedback is not None and self.feedback.handle(name, args):
             self.accepted += 1
             return
+        if name in STEPS:
+            name = f"preset/{STEPS[name][0]}"  # the name OSCQuery lists, for the older address
         if name in ("preset", "preset/next", "preset/prev"):
             self._preset(name, args, stream_id)
             return
