@@ -122,5 +122,6 @@ async def trickle_into(request: web.Request, pc: RTCPeerConnection, session_id: 
         raise ApiError(422, "ICE restart not supported", str(e)) from e
     except TrickleRejected as e:
         raise ApiError(422, "bad trickle-ice-sdpfrag", str(e)) from e
-    logger.info("trickled ICE candidates session=%s candidates=%d", session_id, added)
+    kind = "viewer" if "/whep/" in request.path else "stream"
+    logger.info("ICE candidates trickled in %s=%s candidates=%d", kind, session_id, added)
     return web.Response(status=204, headers={"ETag": session_etag(session_id)})
