@@ -29,11 +29,19 @@ $(DEV_STAMP): $(STAMP)
 
 # Debian packages the tests need: Chromium for the browser tests, libturbojpeg for JPEG output,
 # redis-server for the cluster's tests (and `make cluster`).
+# GStreamer's webrtcbin, the second WebRTC stack of tests/test_webrtcbin.py, run by Debian's python3.
+GSTREAMER_WEBRTC := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-bad-1.0
+export GST_PROBE := import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); \
+	from gi.repository import Gst; Gst.init(None); \
+	assert all(Gst.ElementFactory.find(e) for e in ("webrtcbin", "nicesrc", "vp8enc", "vp8dec", "videotestsrc"))
+
 system-deps:
 	@missing=""; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	ldconfig -p | grep -q libturbojpeg || missing="$$missing libturbojpeg0"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	/usr/bin/python3 -c "$$GST_PROBE" 2>/dev/null || missing="$$missing $(GSTREAMER_WEBRTC)"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -8,6 +8,7 @@ that cannot load, a model that cannot be had) is one line naming it and what to 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import logging.handlers
 import os
@@ -17,10 +18,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from server.stuck_threads import exit_past_stuck_threads
+
 if TYPE_CHECKING:
     from server.config import Config, ServerConfig
 
 PROG = "python -m server"
+# After the server stopped, worker threads still running this long are stuck (a codec deadlock).
+EXIT_GRACE_S = 5.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,7 +55,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also fetch the fp32 weights (fp16 is the default)",
     )
+    flags = [*_flags(parser), *_flags(download)]
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        # argparse takes a word it does not know as the sub-command and names `{download}`, not the
+        # flag; and a known prefix is an abbreviation it takes, so only a flag nothing starts with is named.
+        if flag.startswith("--") and flag != "--" and not any(known.startswith(flag) for known in flags):
+            near = difflib.get_close_matches(flag, flags, n=1)
+            parser.error(f"unrecognized flag {flag}" + (f" (did you mean {near[0]}?)" if near else ""))
+        if arg == "--":
+            break
     return parser.parse_args(argv)
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every long flag the parser (not its sub-commands) takes."""
+    return [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -185,6 +205,7 @@ def serve(config: Config) -> None:
         print=lambda message: log.info(" ".join(message.split())),
         access_log_class=AccessLog,
     )
+    exit_past_stuck_threads(EXIT_GRACE_S)
 
 
 def download(config: Config, full_precision: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -96,11 +97,33 @@ class ServerConfig(_Section):
         return self
 
 
+def port_range(text: str) -> range | None:
+    """A "first-last" UDP port range (both included), or None when it is not one."""
+    first, dash, last = text.strip().partition("-")
+    if not dash or not first.strip().isdigit() or not last.strip().isdigit():
+        return None
+    low, high = int(first), int(last)
+    return range(low, high + 1) if 1024 <= low <= high <= 65535 else None
+
+
 class TransportConfig(_Section):
     codec: Literal["vp8", "h264"] = "vp8"
     bitrate_kbps: int = Field(1200, ge=50, le=100_000)
     min_bitrate_kbps: int = Field(400, ge=50, le=100_000)
     max_bitrate_kbps: int = Field(6000, ge=50, le=100_000)
+    media_ports: str = ""  # "first-last": the UDP ports WebRTC media binds (server.live.media_ports)
+
+    @field_validator("media_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        if value.strip() and port_range(value) is None:
+            raise ValueError(f'need "first-last" with 1024 <= first <= last <= 65535, got {value!r}')
+        return value.strip()
+
+    @property
+    def media_port_range(self) -> range | None:
+        """`media_ports` as ports, or None for the system's ephemeral ports."""
+        return port_range(self.media_ports) if self.media_ports else None
 
     @model_validator(mode="after")
     def _ordered(self) -> TransportConfig:
@@ -304,7 +327,28 @@ def _describe(error: Any) -> str:
         where = f"[{location[0]}]"  # a rule across the section's keys
     else:
         where = ".".join(location) or "configuration"
+    if error["type"] == "extra_forbidden":
+        if len(location) == 1:
+            return f"[{location[0]}]: not a known section{_near(location)}"
+        return f"{where}: not a known key{_near(location)}"
+    if error["type"] == "list_type" and isinstance(error.get("input"), str) and len(location) >= 2:
+        variable = f"STYLIZE_{location[0].upper()}_{location[1].upper()}"
+        return f'{where}: takes a list; in a variable, as JSON: {variable}=\'["...", "..."]\''
     return f"{where}: {error['msg']}"
+
+
+def _near(location: list[str]) -> str:
+    """`; did you mean port?` for a mistyped key (or section), or nothing when none is close."""
+    known: list[str] = list(Config.model_fields)
+    if len(location) >= 2:
+        section = Config.model_fields.get(location[0])
+        annotation = section.annotation if section is not None else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            known = list(annotation.model_fields)
+        else:
+            known = []
+    near = difflib.get_close_matches(location[-1], known, n=1)
+    return f"; did you mean {near[0]}?" if near else ""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -326,20 +370,21 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         section_type = field_info.annotation
         assert isinstance(section_type, type) and issubclass(section_type, BaseModel)
         for key in section_type.model_fields:
-            value = env.get(f"STYLIZE_{name}_{key}".upper())
+            variable = f"STYLIZE_{name}_{key}".upper()
+            value = env.get(variable)
             if value is not None:
-                found.setdefault(name, {})[key] = _parse_env_value(value)
+                found.setdefault(name, {})[key] = _parse_env_value(variable, value)
     for variable, (section, key) in ENV_ALIASES.items():
         if variable in env:
-            found.setdefault(section, {})[key] = _parse_env_value(env[variable])
+            found.setdefault(section, {})[key] = _parse_env_value(variable, env[variable])
     return found
 
 
-def _parse_env_value(value: str) -> Any:
+def _parse_env_value(variable: str, value: str) -> Any:
     """Lists and tables as JSON; scalars stay strings for pydantic to convert to the field's type."""
     if value.lstrip().startswith(("[", "{")):
         try:
             return json.loads(value)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"a STYLIZE_ variable holds invalid JSON ({e}): {value!r}") from e
+            raise ConfigError(f"{variable} holds invalid JSON ({e}): {value!r}") from e
     return value

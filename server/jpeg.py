@@ -30,7 +30,7 @@ class JpegEncoder:
 
     def encode(self, frame: av.VideoFrame) -> bytes:
         if self._turbo is not None:
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = frame.to_ndarray(format="rgb24", threads=1)
             return bytes(
                 self._turbo.encode(rgb, quality=self.quality, pixel_format=TJPF_RGB, jpeg_subsample=TJSAMP_420)
             )
@@ -41,7 +41,7 @@ class JpegEncoder:
         codec.pix_fmt = "yuvj420p"
         # mjpeg's quantiser scale runs 1 (best) to 31; map quality 100..0 onto it.
         codec.qmin = codec.qmax = max(1, min(31, round((100 - self.quality) * 0.3) + 1))
-        frame = frame.reformat(format="yuvj420p")
+        frame = frame.reformat(format="yuvj420p", threads=1)
         return b"".join(bytes(packet) for packet in [*codec.encode(frame), *codec.encode(None)])
 
 

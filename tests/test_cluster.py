@@ -26,6 +26,7 @@ from server.testing.cluster import ClusterOnThisBox, Node, cluster_view, workers
 from server.testing.rtc_client import RtcClient, connect, is_plain, whep_view, whip_publish
 from server.testing.servers import free_port, server_process, wait_ready
 from server.testing.waiting import eventually
+from tests.test_whip_whep import sdpfrag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 
@@ -185,6 +186,13 @@ async def test_whip_in_and_whep_out_through_the_front(cluster: Cluster) -> None:
     obs = await whip_publish(cluster.http, cluster.url("/api/whip/cam"), receive=False)
     try:
         await eventually(lambda: _live(cluster, "cam"), 30, what="the name live")
+        # Trickle ICE reaches the session's worker; its ETag and refusals come back.
+        location, offer = str(obs.answer["location"]), obs.pc.localDescription.sdp
+        headers = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}
+        async with cluster.http.patch(location, data=sdpfrag(offer), headers=headers) as response:
+            assert response.status == 204 and response.headers["ETag"] == f'"{obs.stream_id}"'
+        async with cluster.http.patch(location, data=sdpfrag(offer, ufrag="again"), headers=headers) as response:
+            assert response.status == 422 and (await response.json())["error"] == "ICE restart not supported"
         viewer = await whep_view(cluster.http, cluster.url("/api/outputs/cam/whep"))
         try:
             await viewer.wait_frames(3)  # routed to the worker the name streams on

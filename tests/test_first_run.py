@@ -18,7 +18,8 @@ import pytest
 
 from pipeline import hub
 from server import keys
-from server.config import ROOT, Config, load_config
+from server.__main__ import parse_args
+from server.config import ROOT, Config, ConfigError, load_config
 from server.engine_service import download_model
 from server.testing.servers import free_port, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
@@ -30,6 +31,40 @@ def _server(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     variables = {**os.environ, "STYLIZE_OSC_ENABLED": "false", **(env or {})}
     command = [sys.executable, "-m", "server", *args]
     return subprocess.run(command, cwd=ROOT, env=variables, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--modle", "tiny"], "unrecognized flag --modle (did you mean --model?)"),
+        (["--port=9", "--data-dri", "x"], "unrecognized flag --data-dri (did you mean --data-dir?)"),
+        (["download", "--ful-precision"], "unrecognized flag --ful-precision (did you mean --full-precision?)"),
+        (["--zzz"], "unrecognized flag --zzz"),
+    ],
+)
+def test_a_mistyped_flag_is_named_with_the_near_one(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"python -m server: error: {said}" and "{download}" not in last
+    assert parse_args(["--mod", "tiny"]).model == "tiny", "abbreviations argparse takes still pass"
+
+
+def test_config_mistakes_name_the_near_key_and_how_lists_are_written(tmp_path: Path) -> None:
+    typo = tmp_path / "show.toml"
+    typo.write_text("[server]\nprot = 9000\n[sever]\nport = 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(typo, env={})
+    assert "[server] prot (STYLIZE_SERVER_PROT): not a known key; did you mean port?" in str(error.value)
+    assert "[sever]: not a known section; did you mean server?" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        load_config(env={"STYLIZE_SERVER_CORS_ORIGINS": "http://show.example"})
+    assert "STYLIZE_SERVER_CORS_ORIGINS='[" in str(error.value) and "as JSON" in str(error.value)
+    with pytest.raises(ConfigError, match="STYLIZE_OSC_ALLOW holds invalid JSON"):
+        load_config(env={"STYLIZE_OSC_ALLOW": '["10.0.0.0/8",'})
 
 
 def test_a_busy_port_is_one_line_naming_it_and_the_flag(data_dir: Path) -> None:

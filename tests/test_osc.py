@@ -94,10 +94,12 @@ async def test_bad_osc_input_is_dropped_counted_and_changes_nothing(server: Runn
     osc.send_message("/stylize/stream/nope/strength", 0.5)  # unknown stream
     osc.send_message("/stylize/preset", "no-such-preset")
     osc.send_message("/stylize/preset", 3)
-    osc.send_message("/stylize/preset/next", 1)  # takes no argument
+    osc.send_message("/stylize/preset/next", "go")  # a button sends a number
+    osc.send_message("/stylize/preset/next", 0.5)  # a button is 1 or 0
+    osc.send_message("/stylize/pause", 0.5)
     osc._sock.sendto(b"\x00garbage that is not OSC", ("127.0.0.1", _port(server)))
     osc._sock.sendto(b"", ("127.0.0.1", _port(server)))
-    await eventually(lambda: listener.rejected >= 15)
+    await eventually(lambda: listener.rejected >= 17)
     assert listener.accepted == 0
     assert await _settings(server) == before
     # Still serving, over OSC and HTTP.
@@ -164,6 +166,53 @@ async def test_osc_presets_apply_and_cycle(server: RunningServer) -> None:
     assert settings["preset"] == ordered[0]
     first = await library.get(ordered[0])
     assert settings["strength"] == first.strength
+
+
+async def test_buttons_step_presets_on_press_only_and_toggles_pause_with_floats(server: RunningServer) -> None:
+    """TouchOSC and Resolume buttons send 1.0 on press and 0.0 on release; toggles send 1.0 and 0.0."""
+    osc = _client(server)
+    listener = _listener(server)
+    ordered = [preset.id for preset in await server.app[control_keys.PRESETS].presets()]
+    osc.send_message("/stylize/preset", ordered[0])
+    await eventually(lambda: listener.accepted == 1)
+    for press, release in ((1.0, 0.0), (1, 0), (True, False)):
+        osc.send_message("/stylize/preset/next", press)
+        osc.send_message("/stylize/preset/next", release)
+    await eventually(lambda: listener.accepted == 7)
+    assert (await _settings(server))["preset"] == ordered[3], "three presses, three steps; releases step nothing"
+    osc.send_message("/stylize/preset/prev", 1.0)
+    osc.send_message("/stylize/preset/prev", 0.0)
+    await eventually(lambda: listener.accepted == 9)
+    assert (await _settings(server))["preset"] == ordered[2]
+
+    for accepted, (value, paused) in enumerate(((1.0, True), (0.0, False), (1, True), (0, False)), start=10):
+        osc.send_message("/stylize/pause", value)
+        await eventually(lambda: listener.accepted == accepted)  # noqa: B023 (awaited in this iteration)
+        assert (await _settings(server))["paused"] is paused, value
+    assert listener.rejected == 0
+
+
+async def test_an_osc_prompt_is_the_subject_of_the_next_preset_step(server: RunningServer) -> None:
+    """As on the page: a prompt sent by a controller clears the preset; stepping fills the slot with it."""
+    osc = _client(server)
+    listener = _listener(server)
+    library = server.app[control_keys.PRESETS]
+    ordered = [preset.id for preset in await library.presets()]
+    osc.send_message("/stylize/preset", ordered[0])
+    osc.send_message("/stylize/prompt", "a lighthouse at night")
+    await eventually(lambda: listener.accepted == 2)
+    typed = await _settings(server)
+    assert typed["prompt"] == "a lighthouse at night" and typed["preset"] is None and typed["negative_prompt"] == ""
+    osc.send_message("/stylize/preset/next", 1.0)
+    await eventually(lambda: listener.accepted == 3)
+    stepped = await _settings(server)
+    first = await library.get(ordered[0])
+    assert stepped["preset"] == ordered[0], "no preset now: next is the first"
+    assert stepped["prompt"] == first.fill("a lighthouse at night")
+    osc.send_message("/stylize/preset/next", 1.0)
+    await eventually(lambda: listener.accepted == 4)
+    second = await library.get(ordered[1])
+    assert (await _settings(server))["prompt"] == second.fill("a lighthouse at night"), "the subject carries on"
 
 
 def test_drops_are_logged_once_per_address_up_to_a_cap(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,6 +6,7 @@ HOST_INFO for the OSC port, send OSC there over UDP, LISTEN for values over the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 from pythonosc.osc_message import OscMessage
-from zeroconf import IPVersion
+from pythonoscquery.osc_query_client import OSCQueryClient
+from pythonoscquery.shared.osc_access import OSCAccess
+from pythonoscquery.shared.osc_path_node import python_type_list_to_osc_type
+from zeroconf import IPVersion, ServiceInfo
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from server.config import Config
@@ -54,7 +58,8 @@ async def test_the_namespace_describes_every_address_with_its_type_range_and_val
     assert strength["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}] and strength["VALUE"] == [0.5] and strength["DESCRIPTION"]
     assert stylize["seed"]["TYPE"] == "i" and stylize["prompt"]["TYPE"] == "s"
     assert "watercolor" in stylize["preset"]["RANGE"][0]["VALS"]
-    assert set(stylize["preset"]["CONTENTS"]) == {"next", "prev"}
+    assert "CONTENTS" not in stylize["preset"], "a method, not also a container"
+    assert stylize["preset_next"]["ACCESS"] == 2 and stylize["preset_next"]["TYPE"] == "i"
     assert stylize["feedback"]["CONTENTS"]["subscribe"]["TYPE"] == "i"
     assert stylize["name"]["CONTENTS"]["cam"]["CONTENTS"]["strength"]["VALUE"] == [0.2]
 
@@ -95,6 +100,45 @@ async def test_listen_streams_each_change_of_a_listened_value_as_osc(server: Run
             assert r.status == 200
         osc = OscMessage((await ws.receive(timeout=10)).data)
         assert (osc.address, osc.params) == ("/stylize/name/cam/prompt", ["cam only"])
+    panel.close()
+
+
+async def test_python_oscquery_reads_the_namespace_and_its_addresses_work(server: RunningServer) -> None:
+    """PyPI's python-oscquery client: every node parses (none both a method and a container, every
+    method typed by its VALUE), and what it lists is what the OSC listener takes."""
+    async with server.http.patch(server.url("/api/outputs/cam/settings"), json={"strength": 0.2}) as r:
+        assert r.status == 200
+    port = server.app[control_keys.OSC_QUERY].port
+    loopback = [socket.inet_aton("127.0.0.1")]
+    service = ServiceInfo(OSCQUERY_SERVICE, f"Stylize.{OSCQUERY_SERVICE}", port, addresses=loopback)
+    client = OSCQueryClient(service)
+    # The client is blocking (requests): off the loop the server runs on.
+    root = await asyncio.to_thread(client.query_node, "/")
+    info = await asyncio.to_thread(client.get_host_info)
+    assert root is not None and info is not None and info.osc_port == server.app[control_keys.OSC].port
+    nodes = {node.full_path: node for node in root}
+    strength = nodes["/stylize/strength"]
+    assert strength.access == OSCAccess.READWRITE_VALUE and strength.value == [0.5]
+    assert python_type_list_to_osc_type(strength.type) == "f"
+    assert nodes["/stylize/name/cam/strength"].value == [0.2]
+    assert python_type_list_to_osc_type(nodes["/stylize/prompt"].type) == "s"
+    for path in ("/stylize/preset_next", "/stylize/preset_prev", "/stylize/feedback/subscribe"):
+        assert nodes[path].access == OSCAccess.WRITEONLY_VALUE and python_type_list_to_osc_type(nodes[path].type) == "i"
+    assert not nodes["/stylize/preset"].is_container
+
+    # Every method the client found, sent a value of its type, is taken by the listener.
+    panel = OscController(info.osc_port)
+    listener = server.app[control_keys.OSC]
+    ids = [preset.id for preset in await server.app[control_keys.PRESETS].presets()]
+    sample = {"s": "a fox", "f": 0.4, "i": 1}
+    methods = [node for path, node in nodes.items() if not node.is_container and "/feedback/" not in path]
+    assert len(methods) > 20
+    for node in methods:
+        kind = python_type_list_to_osc_type(node.type)
+        value = ids[0] if node.full_path.endswith("/preset") else sample[kind]
+        panel.send(node.full_path, value)
+    await eventually(lambda: listener.accepted == len(methods), what="every listed method to be taken")
+    assert listener.rejected == 0
     panel.close()
 
 

@@ -192,10 +192,16 @@ async def test_apply_sets_global_settings_keeps_the_subject_and_counts_usage(ser
     status, applied = await call(server, "POST", "/api/presets/pixel-art/apply", {})
     assert applied["subject"] == "a red fox"
     assert applied["settings"]["prompt"].startswith("16-bit pixel art of a red fox, ")
-    # A prompt typed by hand is not a preset's: the default subject comes back.
-    await call(server, "POST", "/api/prompt", {"prompt": "something else entirely"})
+    # A prompt set by hand, as on the page, clears the preset and the negative prompt it brought ...
+    status, typed = await call(server, "POST", "/api/prompt", {"prompt": "a paper boat"})
+    assert (typed["preset"], typed["negative_prompt"]) == (None, "")
+    # ... and is the subject the next preset fills its {prompt} slot with.
     status, applied = await call(server, "POST", "/api/presets/anime/apply")
-    assert applied["subject"] == "a person"
+    assert applied["subject"] == "a paper boat"
+    assert applied["settings"]["prompt"].startswith("anime illustration of a paper boat, ")
+    # Setting the prompt together with a preset keeps that preset (what a preset's own patch does).
+    status, both = await call(server, "PATCH", "/api/settings", {"prompt": "a kite", "preset": "anime"})
+    assert (both["prompt"], both["preset"]) == ("a kite", "anime")
 
     status, listed = await call(server, "GET", "/api/presets")
     usage = {p["id"]: p["usage"] for p in listed["presets"]}

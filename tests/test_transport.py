@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
+import socket
 from collections.abc import Callable
 
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.codecs import h264, vpx
 from pydantic import ValidationError
 
 from server.config import Config, TransportConfig
 from server.live import bitrate
 from server.live import keys as live_keys
-from server.testing.rtc_client import connect
+from server.testing.rtc_client import connect, whep_view
 from server.testing.servers import start_server, stop_server
 
 
@@ -97,3 +101,65 @@ async def test_client_config_serves_the_ice_servers_and_codec(make_config: Calla
         assert body["codec"] == "h264"
     finally:
         await stop_server(running)
+
+
+def local_ports(pc: RTCPeerConnection) -> set[int]:
+    """The ports of every local ICE candidate of a peer connection's (bundled) media."""
+    gatherer = pc.getTransceivers()[0].receiver.transport.transport.iceGatherer
+    return {candidate.port for candidate in gatherer.getLocalCandidates()}
+
+
+def free_udp_range(size: int) -> range:
+    """`size` consecutive UDP ports nothing is bound to right now."""
+    for _ in range(50):
+        first = random.randrange(40000, 60000 - size)
+        taken = []
+        try:
+            for port in range(first, first + size):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                taken.append(sock)
+                sock.bind(("0.0.0.0", port))
+            return range(first, first + size)
+        except OSError:
+            continue
+        finally:
+            for sock in taken:
+                sock.close()
+    raise AssertionError("no free UDP port range")
+
+
+async def test_media_binds_only_ports_of_media_ports(make_config: Callable[..., Config]) -> None:
+    ports = free_udp_range(24)
+    # A port of the range another program holds is skipped.
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("0.0.0.0", ports[0]))
+    running = await start_server(
+        make_config(transport={"media_ports": f"{ports[0]}-{ports[-1]}"}, engine={"max_batch": 1})
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        client = await connect(running.http, running.url("/api/offer"))
+        viewer = await whep_view(running.http, running.url("/api/outputs/default/whep"))
+        try:
+            await client.wait_frames(3)
+            await viewer.wait_frames(3)
+            session = running.app[live_keys.PEERS].sessions[client.stream_id]
+            watching = next(iter(running.app[live_keys.VIEWERS].viewers.values()))
+            for pc in (session.pc, watching.pc):
+                bound = local_ports(pc)
+                assert bound and bound <= set(ports[1:]), f"{bound} not in {ports[1]}-{ports[-1]}"
+        finally:
+            await client.close()
+            await viewer.close()
+    finally:
+        await stop_server(running)
+        squatter.close()
+    assert "create_datagram_endpoint" not in vars(loop), "the loop is put back when the app stops"
+
+
+def test_media_ports_must_be_a_range() -> None:
+    assert TransportConfig().media_port_range is None
+    assert TransportConfig(media_ports="50000-50100").media_port_range == range(50000, 50101)
+    for bad in ("50100-50000", "80-90", "50000", "a-b", "50000-70000"):
+        with pytest.raises(ValidationError, match="media_ports"):
+            TransportConfig(media_ports=bad)

@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server.config import Config
 from server.live import keys as live_keys
-from server.testing.rtc_client import SdpRefused, whep_view, whip_publish
+from server.testing.rtc_client import NumberedTrack, SdpRefused, whep_view, whip_publish
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
 
 SDP = {"Content-Type": "application/sdp"}
+SDPFRAG = "application/trickle-ice-sdpfrag"
 
 
 @pytest.fixture
@@ -98,8 +99,9 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
                 assert response.status == 400
             async with http.post(url(path), data="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", headers=SDP) as response:
                 assert response.status == 400, "aiortc refuses it: no ICE, no DTLS"
-        async with http.options(url("/api/whip/stage")) as response:
-            assert response.status == 204 and response.headers["Accept-Post"] == "application/sdp"
+        for path in ("/api/whip/stage", "/api/outputs/stage/whep"):
+            async with http.options(url(path)) as response:
+                assert response.status == 204 and response.headers["Accept-Post"] == "application/sdp", path
         for path in ("/api/whip/latest", "/api/whip/bad!", "/api/outputs/bad!/whep"):
             async with http.post(url(path), data="v=0", headers=SDP) as response:
                 assert response.status == 422
@@ -121,7 +123,7 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
             async with http.patch(
                 url(path), data="a=candidate", headers={"Content-Type": "application/trickle-ice-sdpfrag"}
             ) as r:
-                assert r.status == 405
+                assert r.status == 404
 
         # The limits: publishers count against [server] max_peers, viewers against [outputs] max_viewers.
         clients.append(await whep_view(http, url("/api/outputs/stage/whep")))
@@ -161,4 +163,108 @@ async def test_whip_and_whep_take_the_bearer_token(make_config: Callable[..., Co
     finally:
         for client in clients:
             await client.close()
+        await stop_server(running)
+
+
+def without_candidates(sdp: str) -> str:
+    """An offer as a trickling client POSTs it: before any candidate was gathered."""
+    kept = [line for line in sdp.splitlines() if not line.startswith(("a=candidate", "a=end-of-candidates"))]
+    return "".join(line + "\r\n" for line in kept)
+
+
+def sdpfrag(sdp: str, ufrag: str | None = None) -> str:
+    """The candidates of an offer as a trickle-ice-sdpfrag (RFC 8840), its ICE credentials or `ufrag`."""
+    lines = sdp.splitlines()
+    first = next(line for line in lines if line.startswith("a=ice-ufrag:"))
+    pwd = next(line for line in lines if line.startswith("a=ice-pwd:"))
+    media = next(line for line in lines if line.startswith("m="))
+    mid = next(line for line in lines if line.startswith("a=mid:"))
+    candidates = [line for line in lines if line.startswith("a=candidate")]
+    head = [f"a=ice-ufrag:{ufrag}" if ufrag else first, pwd, media, mid]
+    return "\r\n".join([*head, *candidates, "a=end-of-candidates"]) + "\r\n"
+
+
+def host_ports(pc: RTCPeerConnection) -> set[int]:
+    """The ports of the host candidates a peer connection was given for its (bundled) media."""
+    transport = pc.getTransceivers()[0].receiver.transport.transport
+    return {c.port for c in transport.getRemoteCandidates() if c.type == "host"}
+
+
+async def test_candidates_trickle_in_by_patch_and_ice_restarts_are_refused(server: RunningServer) -> None:
+    """RFC 9725 §4.3: a client that POSTs before gathering PATCHes its candidates; aiortc cannot restart ICE."""
+    http, url = server.http, server.url
+    publisher = RTCPeerConnection()
+    publisher.addTransceiver(NumberedTrack(), direction="sendonly")
+    viewer = RTCPeerConnection()
+    viewer.addTransceiver("video", direction="recvonly")
+    try:
+        sessions = []
+        for pc, path in ((publisher, "/api/whip/trickle"), (viewer, "/api/outputs/trickle/whep")):
+            await pc.setLocalDescription(await pc.createOffer())
+            offer = pc.localDescription.sdp
+            async with http.post(url(path), data=without_candidates(offer), headers=SDP) as response:
+                assert response.status == 201
+                location, etag = response.headers["Location"], response.headers["ETag"]
+                answer = await response.text()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            session_id = location.rsplit("/", 1)[-1]
+            server_pc = (
+                server.app[live_keys.PEERS].sessions[session_id].pc
+                if "whip" in path
+                else server.app[live_keys.VIEWERS].viewers[session_id].pc
+            )
+            assert host_ports(server_pc) == set(), "the offer carried no candidates"
+            wanted = {int(line.split()[5]) for line in offer.splitlines() if line.startswith("a=candidate")}
+
+            # Wrong entity tag, wrong content type, then an ICE restart: refused, nothing added.
+            headers = {"Content-Type": SDPFRAG, "If-Match": '"other"'}
+            async with http.patch(url(location), data=sdpfrag(offer), headers=headers) as response:
+                assert response.status == 412
+            async with http.patch(url(location), data=sdpfrag(offer), headers=SDP) as response:
+                assert response.status == 415
+            headers = {"Content-Type": SDPFRAG, "If-Match": etag}
+            async with http.patch(url(location), data=sdpfrag(offer, ufrag="restart"), headers=headers) as response:
+                assert response.status == 422
+                refusal = await response.json()
+                assert refusal["error"] == "ICE restart not supported" and "POST a new offer" in refusal["detail"]
+            assert host_ports(server_pc) == set()
+
+            async with http.patch(url(location), data=sdpfrag(offer), headers=headers) as response:
+                assert response.status == 204 and response.headers["ETag"] == etag
+            assert host_ports(server_pc) == wanted
+            sessions.append(session_id)
+
+        stats = server.app[live_keys.PEERS].sessions[sessions[0]].stats
+        await eventually(lambda: stats.frames_out >= 5, 20, what="the trickled publisher's frames")
+        await eventually(lambda: viewer.connectionState == "connected", 20, what="the trickled viewer to connect")
+    finally:
+        await publisher.close()
+        await viewer.close()
+
+
+async def test_cross_origin_players_read_location_link_and_etag(make_config: Callable[..., Config]) -> None:
+    """A WHEP player on another origin (cors_origins) must read where its session lives and its ICE servers."""
+    ice = [{"urls": "stun:stun.example:3478"}]
+    running = await start_server(
+        make_config(engine={"max_batch": 1}, server={"cors_origins": ["http://player.example"], "ice_servers": ice})
+    )
+    origin = {"Origin": "http://player.example"}
+    viewer = RTCPeerConnection()
+    viewer.addTransceiver("video", direction="recvonly")
+    try:
+        preflight = {**origin, "Access-Control-Request-Method": "PATCH", "Access-Control-Request-Headers": "if-match"}
+        async with running.http.options(running.url("/api/outputs/stage/whep"), headers=preflight) as response:
+            assert response.status == 204
+            assert "if-match" in response.headers["Access-Control-Allow-Headers"].lower()
+        await viewer.setLocalDescription(await viewer.createOffer())
+        headers = {**SDP, **origin}
+        whep = running.url("/api/outputs/stage/whep")
+        async with running.http.post(whep, data=viewer.localDescription.sdp, headers=headers) as response:
+            assert response.status == 201
+            assert response.headers["Access-Control-Allow-Origin"] == "http://player.example"
+            exposed = {h.strip().lower() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+            assert {"location", "link", "etag"} <= exposed
+            assert response.headers["Link"].startswith("<stun:stun.example:3478>")
+    finally:
+        await viewer.close()
         await stop_server(running)

@@ -147,11 +147,14 @@ class ReplicatedSettings(SettingsStore):
         self._link.send(write)
 
     def update_global(self, patch: SettingsPatch, source: Source) -> StyleSettings:
+        patch = self.as_typed(GLOBAL, patch, source)  # what is applied is what the other nodes get
         settings = super().update_global(patch, source)
         self._send_set(GLOBAL, patch.values(), source)
         return settings
 
     def update_stream(self, stream_id: str, patch: SettingsPatch, source: Source) -> StyleSettings:
+        if self.has_stream(stream_id):
+            patch = self.as_typed(stream_id, patch, source)
         settings = super().update_stream(stream_id, patch, source)
         self._send_set(stream_id, patch.values(), source)
         return settings

@@ -50,8 +50,9 @@ FRONT_ROUTES: dict[tuple[str, str], Relaying | None] = {
     ("DELETE", "/api/outputs/{name}/whep/{viewer_id}"): Front.to_viewer,
     ("GET", "/view/{name}"): None,
     ("OPTIONS", "/api/whip/{name}"): None,
-    ("PATCH", "/api/whip/{name}/{stream_id}"): None,
-    ("PATCH", "/api/outputs/{name}/whep/{viewer_id}"): None,
+    ("OPTIONS", "/api/outputs/{name}/whep"): None,
+    ("PATCH", "/api/whip/{name}/{stream_id}"): Front.to_stream,
+    ("PATCH", "/api/outputs/{name}/whep/{viewer_id}"): Front.to_viewer,
     ("GET", "/api/client-config"): None,
 }
 

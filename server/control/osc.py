@@ -3,14 +3,16 @@
 Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/name/<name>/...` for a name;
 `/stylize/feedback/subscribe i` is `server.control.osc_feedback`'s):
 `/stylize/prompt s`, `/stylize/prompt_b s`, `/stylize/negative_prompt s`, `/stylize/blend f`,
-`/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|i`,
-`/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev`.
-Ints pass where floats are expected. Anything malformed, out of range, unknown or from a source
-not on the allow-list is dropped, logged once per address and counted by reason; nothing raises
-into the loop. Datagrams are taken apart by `osc_datagram.split_datagram` (bounded in size, depth
-and count) before python-osc reads a single message's arguments; python-osc's own bundle parser is
-never used. Bundles are applied as they arrive (their time tags are ignored: late is worse than
-early here).
+`/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|0|1`,
+`/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev` (also `/stylize/preset_next`
+and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
+0 on release: only a press steps). Ints pass where floats are expected; 0/1 floats
+and ints pass where an on/off is expected (buttons and toggles send floats). Anything malformed,
+out of range, unknown or from a source not on the allow-list is dropped, logged once per address
+and counted by reason; nothing raises into the loop. Datagrams are taken apart by
+`osc_datagram.split_datagram` (bounded in size, depth and count) before python-osc reads a single
+message's arguments; python-osc's own bundle parser is never used. Bundles are applied as they
+arrive (their time tags are ignored: late is worse than early here).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pythonosc.osc_message import OscMessage
 
 from server.config import OscConfig, address_in, networks
 from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
+from server.control.osc_namespace import STEPS
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
 logger = logging.getLogger(__name__)
@@ -150,6 +153,8 @@ class OscListener(asyncio.DatagramProtocol):
         if stream_id is None and self.feedback is not None and self.feedback.handle(name, args):
             self.accepted += 1
             return
+        if name in STEPS:
+            name = f"preset/{STEPS[name][0]}"  # the name OSCQuery lists, for the older address
         if name in ("preset", "preset/next", "preset/prev"):
             self._preset(name, args, stream_id)
             return
@@ -179,10 +184,8 @@ class OscListener(asyncio.DatagramProtocol):
             value = round(value, 6)
         elif field == "seed" and isinstance(value, float) and value.is_integer():
             value = int(value)
-        elif field == "paused" and isinstance(value, int) and not isinstance(value, bool):
-            if value not in (0, 1):
-                raise OscRejected(f"pause takes T, F, 0 or 1, got {value!r}")
-            value = bool(value)
+        elif field == "paused":
+            value = _switch(value, "pause")
         try:
             return SettingsPatch.model_validate({field: value})
         except ValidationError as e:
@@ -198,8 +201,12 @@ class OscListener(asyncio.DatagramProtocol):
                 raise OscRejected("/preset takes one string")
             work = presets.apply(args[0], stream_id=stream_id)
         else:
-            if args:
-                raise OscRejected(f"{name} takes no arguments")
+            if len(args) > 1:
+                raise OscRejected(f"{name} takes no argument or one (a button's 1 or 0)")
+            # Buttons send 1 on press and 0 on release: only the press steps.
+            if args and not _switch(args[0], name):
+                self.accepted += 1
+                return
             work = presets.step(1 if name.endswith("next") else -1, stream_id=stream_id)
         task = asyncio.ensure_future(self._finish(name, work))
         self._tasks.add(task)
@@ -242,6 +249,15 @@ class OscListener(asyncio.DatagramProtocol):
             logger.warning(
                 "OSC message dropped address=%s reason=%s: %s (logged once per address)", address, reason, text
             )
+
+
+def _switch(value: Any, name: str) -> bool:
+    """An on/off argument as controllers send it: T/F, or 0/1 as an int or a float (buttons, toggles)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    raise OscRejected(f"{name} takes T, F, 0 or 1, got {value!r}")
 
 
 async def start_osc(

@@ -2,7 +2,8 @@
 
 OSC feedback and OSCQuery's LISTEN send a settings change as the messages that would have made it
 (`messages`); OSCQuery serves the whole space as JSON (`namespace`, in the shape of the OSCQuery
-proposal: FULL_PATH, CONTENTS, TYPE, VALUE, RANGE, ACCESS, DESCRIPTION). The same leaves sit under
+proposal: FULL_PATH, CONTENTS, TYPE, VALUE, RANGE, ACCESS, DESCRIPTION; a node is a container or a
+method, never both, and every method has a VALUE, as python-oscquery reads it). The same leaves sit under
 `/stylize` (global), `/stylize/name/<name>` and `/stylize/stream/<id>` (streams are not listed: their
 ids change on every reconnect).
 """
@@ -55,6 +56,12 @@ LEAVES: dict[str, Leaf] = {
     "pause": Leaf("paused", "i", "1 freezes the last stylized frame (T and F are taken too)", 0, 1),
     "preset": Leaf("preset", "s", "apply a style preset by id"),
 }
+
+
+# Preset steps: `/stylize/preset` holds a value, so a node cannot also be their container (OSCQuery
+# clients such as python-oscquery refuse a node that is both). They are listed as siblings; the older
+# `/stylize/preset/next` and `/prev` still work over OSC. OSC name -> (old step name, what it does).
+STEPS: dict[str, tuple[str, str]] = {"preset_next": ("next", "next"), "preset_prev": ("prev", "previous")}
 
 
 def scope_address(scope: str) -> str:
@@ -122,6 +129,7 @@ def namespace(store: SettingsStore, names: list[str], preset_ids: list[str]) -> 
                 "FULL_PATH": f"{PREFIX}/feedback/{verb}",
                 "TYPE": "i",
                 "ACCESS": ACCESS_WRITE,
+                "VALUE": [0],  # write-only: only its type (see _button_node); 0 = no port
                 "RANGE": [{"MIN": 1, "MAX": 65535}],
                 "DESCRIPTION": f"{verb} the sender's address, at this UDP port, to every settings change",
             }
@@ -147,6 +155,8 @@ def _container(path: str, description: str, contents: dict[str, Any]) -> dict[st
 
 def _scope_node(path: str, settings: StyleSettings, preset_ids: list[str], description: str) -> dict[str, Any]:
     contents = {osc: _leaf_node(f"{path}/{osc}", leaf, settings, preset_ids) for osc, leaf in LEAVES.items()}
+    for osc, (step, direction) in STEPS.items():
+        contents[osc] = _button_node(f"{path}/{osc}", f"apply the {direction} preset ({PREFIX}/preset/{step} too)")
     return _container(path, description, contents)
 
 
@@ -162,8 +172,18 @@ def _leaf_node(path: str, leaf: Leaf, settings: StyleSettings, preset_ids: list[
         node["RANGE"] = [{"MIN": leaf.minimum, "MAX": leaf.maximum}]
     if leaf.field == "preset":
         node["RANGE"] = [{"VALS": preset_ids}]
-        node["CONTENTS"] = {
-            step: {"FULL_PATH": f"{path}/{step}", "ACCESS": ACCESS_NONE, "DESCRIPTION": f"apply the {step} preset"}
-            for step in ("next", "prev")
-        }
     return node
+
+
+def _button_node(path: str, description: str) -> dict[str, Any]:
+    """A write-only method a button drives (1 on press, 0 on release: only a press acts)."""
+    return {
+        "FULL_PATH": path,
+        "TYPE": "i",
+        "ACCESS": ACCESS_WRITE,
+        # Write-only: the value is never read back, but clients (python-oscquery) type a method by its
+        # VALUE and refuse a method without one; 0 is the button at rest.
+        "VALUE": [0],
+        "RANGE": [{"MIN": 0, "MAX": 1}],
+        "DESCRIPTION": description,
+    }

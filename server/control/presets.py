@@ -402,7 +402,7 @@ class PresetLibrary:
         self, preset: Preset, subject: str | None, stream_id: str | None, current: StyleSettings
     ) -> AppliedPreset:
         if subject is None:
-            subject = await self._current_subject(current) or self._default_subject
+            subject = await self._current_subject(current, stream_id or "global") or self._default_subject
         patch = preset_patch(preset, subject)
         if stream_id is None:
             settings = self._settings.update_global(patch, "preset")
@@ -416,7 +416,12 @@ class PresetLibrary:
         )
         return AppliedPreset(preset, scope, subject, settings)
 
-    async def _current_subject(self, current: StyleSettings) -> str | None:
+    async def _current_subject(self, current: StyleSettings, scope: str | None = None) -> str | None:
+        """What the current prompt was made from: a prompt a person set (as the page keeps what was typed),
+        else the subject of the preset that made it."""
+        typed = self._settings.typed_prompt(scope) if scope is not None else None
+        if typed is not None and len(typed.strip()) <= MAX_SUBJECT:
+            return typed.strip() or None
         if current.preset is None:
             return None
         try:

@@ -123,6 +123,7 @@ class SettingsStore:
         self._overrides: dict[str, dict[str, Any]] = {}
         self._names: dict[str, str] = {}  # stream id -> its name
         self._listeners: list[Listener] = []
+        self._typed: dict[str, str] = {}  # by scope: the prompt a person last set there (a preset's subject)
 
     @property
     def global_settings(self) -> StyleSettings:
@@ -142,6 +143,7 @@ class SettingsStore:
         if scope_name(stream_id) is None:
             self._overrides.pop(stream_id, None)
             self._names.pop(stream_id, None)
+            self._typed.pop(stream_id, None)
 
     def has_stream(self, stream_id: str) -> bool:
         """A registered stream; a name's scope always exists (a name can be styled before it streams)."""
@@ -187,7 +189,32 @@ class SettingsStore:
         if overrides:
             self._overrides[name_scope(name)] = dict(overrides)
 
+    def typed_prompt(self, scope: str) -> str | None:
+        """The prompt in effect for `scope` ("global", a stream id or a name's scope) when a person set it
+        (not a preset, not the start-up default): what the next preset's `{prompt}` slot is filled with."""
+        current = self._global if scope == "global" else self.effective(scope)
+        name = self._names.get(scope)
+        for where in (scope, name_scope(name) if name is not None else None, "global"):
+            if where is not None and self._typed.get(where) == current.prompt:
+                return current.prompt
+        return None
+
+    def as_typed(self, scope: str, patch: SettingsPatch, source: Source) -> SettingsPatch:
+        """A prompt set by a person, as the page sets it: it clears the preset (and, when one was applied,
+        the negative prompt it brought), so the next preset fills its `{prompt}` slot with it."""
+        fields = patch.model_fields_set
+        if source in ("preset", "config") or patch.prompt is None or "preset" in fields:
+            return patch
+        current = self._global if scope == "global" else self.effective(scope)
+        cleared: dict[str, Any] = {"preset": None}
+        if current.preset is not None and "negative_prompt" not in fields:
+            cleared["negative_prompt"] = ""
+        return SettingsPatch.model_validate({**patch.values(), **cleared})
+
     def update_global(self, patch: SettingsPatch, source: Source) -> StyleSettings:
+        patch = self.as_typed("global", patch, source)
+        if source not in ("preset", "config") and patch.prompt is not None:
+            self._typed["global"] = patch.prompt
         changed = patch.values()
         nulls = [name for name, value in changed.items() if value is None and name != "preset"]
         if nulls:
@@ -197,8 +224,13 @@ class SettingsStore:
         return settings
 
     def update_stream(self, stream_id: str, patch: SettingsPatch, source: Source) -> StyleSettings:
+        if not self.has_stream(stream_id):
+            raise UnknownStreamError(stream_id)
+        patch = self.as_typed(stream_id, patch, source)
         changed = patch.values()
         settings = self._set_overrides(stream_id, changed)
+        if source not in ("preset", "config") and patch.prompt is not None:
+            self._typed[stream_id] = patch.prompt
         self._emit(SettingsChange(stream_id, source, changed, settings))
         return settings
 

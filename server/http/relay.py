@@ -24,7 +24,7 @@ from server.http import keys as http_keys
 from server.http.errors import ApiError
 
 # Request headers that describe the body or what the caller accepts: passed on.
-FORWARDED = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.USER_AGENT)
+FORWARDED = (hdrs.CONTENT_TYPE, hdrs.ACCEPT, hdrs.USER_AGENT, hdrs.IF_MATCH)  # If-Match: WHIP/WHEP PATCH
 # Answer headers passed back (the rest are the hop's own: length, encoding, connection, date ...).
 RETURNED = (
     hdrs.CONTENT_TYPE,
@@ -35,6 +35,7 @@ RETURNED = (
     hdrs.RETRY_AFTER,
     hdrs.WWW_AUTHENTICATE,
     hdrs.ALLOW,
+    hdrs.ETAG,
     "Accept-Post",
 )
 STREAMED = ("multipart/x-mixed-replace",)

@@ -68,6 +68,10 @@ class TokenBuckets:
         tokens = self._tokens(key, time.monotonic() if now is None else now)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
+    def forget(self, key: str) -> None:
+        """Start `key` over with a full bucket."""
+        self._buckets.pop(key, None)
+
     def _tokens(self, key: str, now: float) -> float:
         if len(self._buckets) > 10_000:
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < BUCKET_IDLE_S}
@@ -175,13 +179,15 @@ class _Guard:
         if request.method == "OPTIONS" and cors:
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = self._refusal(request, client) or await handler(request)
         if cors and origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
+            # WHIP and WHEP players on other origins read where the session lives, its ICE servers and tag.
+            response.headers["Access-Control-Expose-Headers"] = "Location, Link, ETag"
         return response
 
     def _refusal(self, request: web.Request, client: str) -> web.Response | None:
@@ -217,15 +223,18 @@ class _Guard:
         return claimed if origin is None else f"{origin[0]}://{origin[1]}:{origin[2]}"
 
     def _check_token(self, request: web.Request, client: str) -> web.Response | None:
-        wait = self._failures.wait(client)
-        if wait > 0:
-            return _too_many(wait, "too many failed token attempts")
         scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         supplied = value.strip() if scheme.lower() == "bearer" else None
         if supplied is None and request.method in ("GET", "HEAD"):
             supplied = request.query.get("token")  # a WebSocket or an <img> cannot send the header
         if supplied is not None and hmac.compare_digest(supplied.encode(), self._token):
+            # Only failures count: the right token always passes (a guesser behind the same NAT or
+            # proxy must not lock out the operator) and wipes the address's failures.
+            self._failures.forget(client)
             return None
+        wait = self._failures.wait(client)
+        if wait > 0:
+            return _too_many(wait, "too many failed token attempts")
         self._failures.take(client)
         logger.warning("unauthorized %s %s client=%s", request.method, request.path, client)
         response = json_error(401, "unauthorized", "send Authorization: Bearer <[security] api_token>")

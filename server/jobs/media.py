@@ -249,12 +249,12 @@ class ImageRender:
                 frame = next(container.decode(video=0))
         except (StopIteration, av.error.FFmpegError) as e:
             raise RenderFailed(f"the picture does not decode: {e}") from e
-        frame = frame.reformat(width=_even(frame.width), height=_even(frame.height), format="yuv420p")
-        return SourceFrame(frame.to_ndarray(), None, None)
+        frame = frame.reformat(width=_even(frame.width), height=_even(frame.height), format="yuv420p", threads=1)
+        return SourceFrame(frame.to_ndarray(threads=1), None, None)
 
     def write(self, source: SourceFrame, stylized: np.ndarray) -> None:
         picture = av.VideoFrame.from_ndarray(stylized, format="yuv420p")
-        rgb = picture.reformat(width=self._info.width, height=self._info.height, format="rgb24")
+        rgb = picture.reformat(width=self._info.width, height=self._info.height, format="rgb24", threads=1)
         data = self._jpeg.encode(rgb) if self._info.output_format == "jpeg" else _encode_png(rgb)
         self._target.write_bytes(data)
 
@@ -324,8 +324,8 @@ class VideoRender:
                 return None
             if self.frames_read > self.resume_from:  # earlier frames are in the segments already
                 pts = frame.pts
-                frame = frame.reformat(width=self._width, height=self._height, format="yuv420p")
-                return SourceFrame(frame.to_ndarray(), pts, self._video_in.time_base)
+                frame = frame.reformat(width=self._width, height=self._height, format="yuv420p", threads=1)
+                return SourceFrame(frame.to_ndarray(threads=1), pts, self._video_in.time_base)
 
     def _next_frame(self) -> av.VideoFrame | None:
         while not self._decoded:

@@ -48,6 +48,8 @@ ENGINE_POLL_S = 0.2
 # In a cluster, a folder without a job is removed only once untouched this long: a front on the same
 # data dir may be receiving that upload right now.
 ORPHAN_AGE_IN_CLUSTER_S = 3600.0
+# How long stopping waits for the media thread's current call; a codec stuck past it is left behind.
+MEDIA_STOP_TIMEOUT_S = 10.0
 
 # Copies a job's input from the node that holds it (`Job.files_at`) to the given path.
 FetchInput = Callable[[Job, Path], Awaitable[None]]
@@ -123,7 +125,13 @@ class JobWorker:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await asyncio.gather(*self._counting, return_exceptions=True)
-        await asyncio.to_thread(self._media_thread.shutdown)
+        # One thread, first in first out: this no-op finishes once the calls before it have.
+        drained = asyncio.wrap_future(self._media_thread.submit(lambda: None))
+        self._media_thread.shutdown(wait=False)
+        _, stuck = await asyncio.wait({drained}, timeout=MEDIA_STOP_TIMEOUT_S)
+        if stuck:
+            drained.cancel()
+            logger.warning("the jobs media thread is stuck after %.0f s; not waiting for it", MEDIA_STOP_TIMEOUT_S)
 
     # -- changes from the API ----------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class NamedOutput:
         """The newest frame as one yuv420p array, made once per frame for every viewer to copy."""
         if self._planes is None:
             assert self.frame is not None
-            self._planes = self.frame.to_ndarray(format="yuv420p")
+            self._planes = self.frame.to_ndarray(format="yuv420p", threads=1)
         return self._planes
 
     def describe(self) -> dict[str, object]:

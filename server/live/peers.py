@@ -37,6 +37,7 @@ from server.control.events import EventHub, StreamEvent
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineStatus
 from server.fields import DEFAULT_NAME, validation_detail
+from server.live.dtls_role import as_dtls_server
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics
@@ -181,7 +182,7 @@ class PeerManager:
                 prepare(pc)
             if initial is not None:
                 self._settings.update_stream(session.id, initial, "http")
-            await pc.setRemoteDescription(offer)
+            await pc.setRemoteDescription(as_dtls_server(offer))
             if session.track is None:
                 raise OfferRejected("the offer carries no video track")
             await pc.setLocalDescription(await pc.createAnswer())

@@ -5,6 +5,8 @@ Outputs by name (MJPEG, snapshot, WHEP viewers, /view/{name}) and WHIP publisher
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -21,15 +23,29 @@ from server.live import (
     whip_routes,
 )
 from server.live import keys as live_keys
+from server.live.media_ports import MediaPorts
 from server.live.outputs import NamedOutputs, waiting_card
 from server.live.peers import PeerManager
 from server.live.viewers import ViewerManager
+
+logger = logging.getLogger(__name__)
 
 
 async def _bitrate_ctx(app: web.Application) -> AsyncIterator[None]:
     previous = bitrate.apply(bitrate.Bitrates.from_config(app[keys.CONFIG].transport))
     yield
     bitrate.restore(previous)
+
+
+async def _media_ports_ctx(app: web.Application) -> AsyncIterator[None]:
+    ports = app[keys.CONFIG].transport.media_port_range
+    if ports is None:
+        yield
+        return
+    uninstall = MediaPorts(ports).install(asyncio.get_running_loop())
+    logger.info("WebRTC media on UDP ports %d-%d", ports.start, ports.stop - 1)
+    yield
+    uninstall()
 
 
 async def _jpeg_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -78,6 +94,7 @@ async def _end_mjpeg_streams(app: web.Application) -> None:
 
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     _bitrate_ctx,
+    _media_ports_ctx,
     _jpeg_ctx,
     _outputs_ctx,
     _peers_ctx,

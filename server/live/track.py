@@ -128,8 +128,8 @@ class StylizedTrack(MediaStreamTrack):
 
     def _submit(self, frame: VideoFrame, settings: StyleSettings, arrived: float) -> Future[np.ndarray]:
         if frame.width % 2 or frame.height % 2:
-            frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2)
-        data = frame.to_ndarray(format="yuv420p")
+            frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2, threads=1)
+        data = frame.to_ndarray(format="yuv420p", threads=1)
         self._metrics.observe_stage("receive", time.perf_counter() - arrived)
         return self._engine.submit(self._stream_id, data, settings.frame_params())
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from server.config import OutputsConfig, ServerConfig, TransportConfig
+from server.live.dtls_role import as_dtls_server
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.outputs import NamedOutputs
 from server.live.peers import SDP_ERRORS
@@ -73,7 +74,7 @@ class ViewerManager:
 
         try:
             open_to_other_software(pc, offer.sdp, self._codec)
-            await pc.setRemoteDescription(offer)
+            await pc.setRemoteDescription(as_dtls_server(offer))
             await pc.setLocalDescription(await pc.createAnswer())
             if video_direction(pc) != "sendonly":
                 raise ViewerRejected("the offer must take video (a recvonly video m-line)")

@@ -3,7 +3,8 @@
 The offer (`application/sdp`, receive-only) is answered 201 with the SDP answer and a `Location` to
 `DELETE` to stop. Viewers share the name's frames; they start no model work, may connect before the
 name streams, and keep playing across the performer's reconnects. `[outputs] max_viewers` bounds
-them (503 past it). Like WHIP: no trickle ICE (PATCH is 405), the Bearer token when one is set.
+them (503 past it). Like WHIP: candidates may trickle in by PATCH (no ICE restarts), the Bearer
+token when one is set.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from server import keys
 from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.openapi import operation
-from server.http.sdp import SDP_ANSWER, ice_server_links, read_sdp, sdp_created
+from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_created
 from server.live import keys as live_keys
+from server.live.trickle import TRICKLE_ICE_SDPFRAG
 from server.live.viewers import Viewer, ViewerRejected, ViewersFull
-from server.live.whip_routes import NO_PATCH
+from server.live.whip_routes import session_etag, trickle_into
 
 routes = web.RouteTableDef()
 
@@ -41,7 +43,19 @@ async def watch(request: web.Request) -> web.Response:
     except ViewerRejected as e:
         raise ApiError(400, "offer rejected", str(e)) from e
     links = ice_server_links(request.app[keys.CONFIG].server.ice_servers)
-    return sdp_created(answer.sdp, f"/api/outputs/{name}/whep/{viewer.id}", links)
+    created = sdp_created(answer.sdp, f"/api/outputs/{name}/whep/{viewer.id}", links)
+    created.headers["ETag"] = session_etag(viewer.id)
+    return created
+
+
+@routes.route("OPTIONS", "/api/outputs/{name}/whep")
+@operation("WHEP: what the endpoint takes (Accept-Post) and its ICE servers (Link)", tag="outputs", status=204)
+async def options(request: web.Request) -> web.Response:
+    path_name(request)
+    response = web.Response(status=204, headers={"Accept-Post": SDP, "Allow": "OPTIONS, POST"})
+    for link in ice_server_links(request.app[keys.CONFIG].server.ice_servers):
+        response.headers.add("Link", link)
+    return response
 
 
 @routes.get("/api/outputs/{name}/whep/{viewer_id}")
@@ -60,9 +74,21 @@ async def stop_watching(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/outputs/{name}/whep/{viewer_id}")
-@operation("WHEP: trickle ICE and ICE restarts are not supported", tag="outputs", errors={405: "always"})
-async def no_patch(request: web.Request) -> web.Response:
-    raise ApiError(405, "method not allowed", NO_PATCH)
+@operation(
+    "WHEP: trickle ICE candidates in (application/trickle-ice-sdpfrag); ICE restarts are refused",
+    tag="outputs",
+    status=204,
+    raw_body=TRICKLE_ICE_SDPFRAG,
+    errors={
+        404: "unknown viewer",
+        412: "If-Match is not the session's ETag",
+        415: "not application/trickle-ice-sdpfrag",
+        422: "an ICE restart (new ICE credentials), or candidates that do not parse",
+    },
+)
+async def trickle(request: web.Request) -> web.Response:
+    viewer = _viewer(request)
+    return await trickle_into(request, viewer.pc, viewer.id)
 
 
 def _viewer(request: web.Request) -> Viewer:

@@ -64,5 +64,5 @@ def make_image(kind: Literal["png", "jpeg", "webp"], width: int = 131, height: i
     codec = av.CodecContext.create(codec_name, "w")
     assert isinstance(codec, av.VideoCodecContext)
     codec.width, codec.height, codec.pix_fmt = width, height, pix_fmt
-    frame = av.VideoFrame.from_ndarray(picture(3, width, height), format="rgb24").reformat(format=pix_fmt)
+    frame = av.VideoFrame.from_ndarray(picture(3, width, height), format="rgb24").reformat(format=pix_fmt, threads=1)
     return b"".join(bytes(packet) for packet in [*codec.encode(frame), *codec.encode(None)])

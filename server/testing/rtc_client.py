@@ -45,7 +45,7 @@ def pattern_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.nd
 
 
 def read_index(frame: VideoFrame) -> int:
-    luma = frame.to_ndarray(format="gray")
+    luma = frame.to_ndarray(format="gray", threads=1)
     block = frame.width // BITS
     margin = block // 5  # away from the edges a codec blurs
     index = 0
@@ -58,7 +58,7 @@ def read_index(frame: VideoFrame) -> int:
 def is_plain(frame: VideoFrame) -> bool:
     """True when a frame that came back is the untouched camera picture (strength 0)."""
     expected = pattern_frame(read_index(frame), frame.width, frame.height).astype(np.int16)
-    return float(np.abs(frame.to_ndarray(format="rgb24").astype(np.int16) - expected).mean()) < 12
+    return float(np.abs(frame.to_ndarray(format="rgb24", threads=1).astype(np.int16) - expected).mean()) < 12
 
 
 class NumberedTrack(MediaStreamTrack):
@@ -77,7 +77,7 @@ class NumberedTrack(MediaStreamTrack):
         # pattern_frame(0) as yuv420p, converted once: a frame is this with its white blocks painted in
         # luma (black and white both have neutral chroma), so a load generator's frames cost a copy.
         picture = VideoFrame.from_ndarray(pattern_frame(0, *size), format="rgb24")
-        self._base = picture.reformat(format="yuv420p").to_ndarray()
+        self._base = picture.reformat(format="yuv420p", threads=1).to_ndarray(threads=1)
 
     async def recv(self) -> VideoFrame:
         if self.count is not None and self.sent + 1 >= self.count:

@@ -30,7 +30,7 @@ async def test_strength_zero_returns_frames_unchanged_then_strength_restyles(ser
         assert max(abs(o - offset) for o in offsets) < TICKS_PER_FRAME // 10, f"pts did not travel: {offsets}"
         sample = plain[-1]
         expected = pattern_frame(read_index(sample.frame)).astype(np.int16)
-        got = sample.frame.to_ndarray(format="rgb24").astype(np.int16)
+        got = sample.frame.to_ndarray(format="rgb24", threads=1).astype(np.int16)
         assert np.abs(got - expected).mean() < 12, "strength 0 must leave the picture untouched"
 
         async with server.http.patch(server.url("/api/settings"), json={"strength": 0.8}) as response:
@@ -43,7 +43,7 @@ async def test_strength_zero_returns_frames_unchanged_then_strength_restyles(ser
             index = round((received.pts - offset) / TICKS_PER_FRAME)
             assert 0 <= index <= received.latest_sent
             expected = pattern_frame(index).astype(np.int16)
-            difference = np.abs(received.frame.to_ndarray(format="rgb24").astype(np.int16) - expected).mean()
+            difference = np.abs(received.frame.to_ndarray(format="rgb24", threads=1).astype(np.int16) - expected).mean()
             restyled += difference > 25
         assert restyled == len(later), "strength 0.8 must change the picture"
     finally:
