@@ -36,6 +36,7 @@ from server.jobs import room as jobs
 from server.jobs import store as job_store
 from server.live import keys as live_keys
 from server.live import room as live
+from server.live.session import Session
 from server.observe import keys as observe_keys
 from server.observe import room as observe
 from server.observe.metrics import Metrics
@@ -96,11 +97,13 @@ def _hand_in(app: web.Application, topology: Topology) -> None:
     """What each room needs from another, as a key of the needing room's own (read when used, so
     state a room makes at start-up is there by then)."""
 
-    def live_streams() -> int:
-        return len(app[live_keys.PEERS].sessions) if topology.runs_live else 0
+    def sessions() -> dict[str, Session]:
+        # None before the live room has started (a worker's first heartbeat comes earlier) and on a front.
+        peers = app.get(live_keys.PEERS) if topology.runs_live else None
+        return peers.sessions if peers is not None else {}
 
-    app[jobs_keys.LIVE_STREAMS] = app[cluster_keys.LIVE_STREAMS] = live_streams
-    app[observe_keys.STREAMS] = lambda: app[live_keys.PEERS].sessions.values() if topology.runs_live else ()
+    app[jobs_keys.LIVE_STREAMS] = app[cluster_keys.LIVE_STREAMS] = lambda: len(sessions())
+    app[observe_keys.STREAMS] = lambda: sessions().values()
     app[observe_keys.PRESET_USAGE] = lambda: app[control_keys.PRESETS].usage()
     app[jobs_keys.PRESET_PATCH] = lambda *patching: app[control_keys.PRESETS].patch_for(*patching)
 

@@ -194,6 +194,10 @@ class RedisLink:
                 if self._up.is_set() or attempt == 0:
                     logger.warning("Redis at %s lost (%s); reconnecting with back-off", redacted(self.url), e)
                 self._up.clear()
+            except Exception:
+                # A hook's own failure (not Redis's): the link must not die silently with it.
+                logger.exception("Redis link: resync after connecting failed; trying again with back-off")
+                self._up.clear()
             finally:
                 with contextlib.suppress(*ERRORS):
                     await pubsub.aclose()
