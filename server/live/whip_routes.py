@@ -15,6 +15,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server import keys
+from server.fields import field_error
 from server.http.errors import ApiError
 from server.http.inputs import read_body
 from server.http.names import path_name
@@ -120,9 +121,9 @@ async def trickle_into(request: web.Request, pc: RTCPeerConnection, session_id: 
     try:
         added = await add_candidates(pc, parse_fragment(body.decode("utf-8", errors="replace")))
     except IceRestartRefused as e:
-        raise ApiError(422, "ICE restart not supported", str(e)) from e
+        raise ApiError(422, "ICE restart not supported", [field_error("ice-ufrag", str(e))]) from e
     except TrickleRejected as e:
-        raise ApiError(422, "bad trickle-ice-sdpfrag", str(e)) from e
+        raise ApiError(422, "bad trickle-ice-sdpfrag", [field_error("candidate", str(e))]) from e
     kind = "viewer" if "/whep/" in request.path else "stream"
     logger.info("ICE candidates trickled in %s=%s candidates=%d", kind, session_id, added)
     return web.Response(status=204, headers={"ETag": session_etag(session_id)})
