@@ -4,9 +4,11 @@ and unexpected failures as JSON 500s with an id to find them in the log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -176,3 +178,61 @@ async def test_an_unexpected_exception_is_a_json_500_with_the_traceback_logged_u
                 assert record.exc_info is not None and record.exc_info[0] is ZeroDivisionError
     finally:
         await server.close()
+
+
+# Hostile documents the nesting check once took quadratic time over (a regex retried an unterminated
+# string from each of its quotes: 64 KB froze the event loop ~15 s and the idle watchdog closed every
+# stream). Each is refused or parsed in one linear pass.
+MEGABYTE = 1 << 20
+HOSTILE_JSON = {
+    "unterminated-escaped-quotes": b'{"prompt": "' + b'\\"' * (MEGABYTE // 2),
+    "lone-quotes": b'"' * MEGABYTE,
+    "deep-arrays": b"[" * MEGABYTE,
+    "deep-objects": b'{"a":' * (MEGABYTE // 5),
+    "near-miss-depth": (b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) * (MEGABYTE // (2 * MAX_JSON_DEPTH)),
+    "brackets-in-strings": b"[" + b'"a\\"[{",' * (MEGABYTE // 8) + b"1]",
+}
+
+
+@pytest.mark.parametrize("raw", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+def test_a_megabyte_of_hostile_json_is_judged_within_100_ms(raw: bytes) -> None:
+    # The best of three: a CPU shared with other work may stall any one run.
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        with contextlib.suppress(ValueError):
+            parse_json(raw)
+        timings.append(time.perf_counter() - started)
+    assert min(timings) < 0.1, timings
+
+
+async def test_a_hostile_body_at_the_size_limit_keeps_the_event_loop_serving(server: RunningServer) -> None:
+    limit = server.app[keys.CONFIG].server.max_body_kb * 1024
+    body = b'{"prompt": "' + b'\\"' * ((limit - 12) // 2)
+    assert len(body) <= limit
+    # The server shares this test's event loop: a ticker standing in for a peer's frames (30 a second)
+    # records the longest gap between its ticks while the body is judged.
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(1 / 30)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        status, answer = await raw_exchange(server, post_head("/api/prompt", len(body)), [body])
+        took = time.perf_counter() - started
+        await asyncio.sleep(0.1)
+    finally:
+        ticking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticking
+    assert (status, answer["error"]) == (400, "body is not valid JSON")
+    assert took < 0.5, f"answered after {took:.2f} s"
+    assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.2f} s"
