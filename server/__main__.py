@@ -146,6 +146,21 @@ def osc_ports_free(config: Config) -> None:
             fail(f"cannot listen on {where}; choose another with {knob}, or set [osc] enabled = false")
 
 
+def database_intact(config: Config) -> None:
+    """A broken database is set aside and start-up stops, saying so: never served as an empty one."""
+    from server.app import database_path
+    from server.db import broken_reason, set_aside
+
+    path = database_path(config)
+    reason = broken_reason(path)
+    if reason is not None:
+        aside = set_aside(path)
+        fail(
+            f"the database {path} is broken: {reason}; moved it to {aside} (job folders are kept); "
+            "start again for a new, empty one, or put a backup in its place"
+        )
+
+
 def fail(message: str) -> NoReturn:
     print(f"{PROG}: {message}", file=sys.stderr)
     sys.exit(2)
@@ -173,6 +188,7 @@ def serve(config: Config) -> None:
         why = os.strerror(e.errno) if e.errno else str(e)
         fail(f"cannot listen on {host}:{port} ({why}); choose another port with --port (or STYLIZE_PORT)")
     osc_ports_free(config)
+    database_intact(config)
     if not port:  # the port the system picked: where the other nodes of a cluster reach this one
         bound = config.server.model_copy(update={"port": int(sock.getsockname()[1])})
         config = config.model_copy(update={"server": bound})

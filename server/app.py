@@ -38,6 +38,10 @@ from server.observe.metrics import Metrics
 SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA, saved_settings.SCHEMA]
 
 
+def database_path(config: Config) -> Path:
+    return Path(config.server.data_dir) / "stylize.db"
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[*observe.MIDDLEWARES, error_middleware, security_middleware(config)],
@@ -45,7 +49,7 @@ def create_app(config: Config) -> web.Application:
     )
     app[keys.CONFIG] = config
     app[keys.METRICS] = Metrics()
-    database = Database(Path(config.server.data_dir) / "stylize.db", schemas=SCHEMAS)
+    database = Database(database_path(config), schemas=SCHEMAS)
     app[keys.DB] = database
     initial = StyleSettings(**config.defaults.model_dump())
     if config.cluster.enabled:

@@ -31,7 +31,7 @@ from server.http.openapi import operation
 from server.http.relay import NodeUnreachable, unreachable
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
 from server.jobs.store import Job, JobFinished, JobNotFound, Status
-from server.jobs.worker import JOBS_FOLDER
+from server.jobs.worker import JOBS_FOLDER, UPLOADING_MARKER
 
 routes = web.RouteTableDef()
 
@@ -142,8 +142,10 @@ async def create_job(request: web.Request) -> web.Response:
     job_id = uuid.uuid4().hex
     folder = Path(JOBS_FOLDER) / job_id  # relative to the data dir, as the job's row keeps it
     upload = worker.data_dir / folder / "input"
+    marker = upload.parent / UPLOADING_MARKER
     loop = asyncio.get_running_loop()
     try:
+        await loop.run_in_executor(None, _mark_uploading, marker)
         fields, filename = await _receive(request, upload, limit)
         form = validate(JobForm, fields)
         limits = MediaLimits(config.max_duration_s, config.max_resolution)
@@ -159,7 +161,13 @@ async def create_job(request: web.Request) -> web.Response:
         raise
     job = _new_job(job_id, folder, filename, form.preset, settings, info)
     await worker.submit(job)
+    await loop.run_in_executor(None, marker.unlink)  # recorded: no longer an upload a crash could cut off
     return web.json_response(job.public(), status=202, headers={hdrs.LOCATION: f"/api/jobs/{job_id}"})
+
+
+def _mark_uploading(marker: Path) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict[str, str], str]:

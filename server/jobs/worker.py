@@ -39,6 +39,10 @@ T = TypeVar("T")
 
 JOBS_FOLDER = "jobs"
 SEGMENTS_FOLDER = "segments"
+# A job folder holding this file is an upload still arriving, or one a crash cut off: its job is not
+# recorded yet. Only such folders are removed as orphans. A folder the records do not name and without
+# it is kept: an empty or replaced database must never cost a job's files.
+UPLOADING_MARKER = ".uploading"
 # How often a running job's progress is saved and pushed to listeners.
 PROGRESS_INTERVAL_S = 0.5
 # How often finished jobs older than `[jobs] keep_hours` are looked for.
@@ -108,9 +112,15 @@ class JobWorker:
             self._publish("failed", job)
         known = await self._store.ids()
         min_age_s = ORPHAN_AGE_IN_CLUSTER_S if self._fetch_input is not None else 0.0
-        removed = await self._blocking(_remove_orphans, self._jobs_dir, known, min_age_s)
+        removed, unknown = await self._blocking(_remove_orphans, self._jobs_dir, known, min_age_s)
         if removed:
             logger.info("removed %d job folder(s) without a job (uploads cut off)", removed)
+        if unknown:
+            logger.warning(
+                "kept %d job folder(s) the job records do not name (a lost or replaced database?): %s",
+                len(unknown),
+                ", ".join(unknown),
+            )
         await self.sweep()
         await self._report_counts()
 
@@ -338,18 +348,21 @@ def _lower_priority(nice: int) -> None:
             logger.warning("could not lower the job thread's priority to nice %d: %s", nice, e)
 
 
-def _remove_orphans(jobs_dir: Path, known: set[str], min_age_s: float = 0.0) -> int:
+def _remove_orphans(jobs_dir: Path, known: set[str], min_age_s: float = 0.0) -> tuple[int, list[str]]:
+    """Remove cut-off uploads (marked, not recorded); returns how many, and the unmarked folders nobody records."""
     if not jobs_dir.is_dir():
-        return 0
+        return 0, []
     before = time.time() - min_age_s
+    unrecorded = [folder for folder in jobs_dir.iterdir() if folder.is_dir() and folder.name not in known]
     orphans = [
         folder
-        for folder in jobs_dir.iterdir()
-        if folder.is_dir() and folder.name not in known and (not min_age_s or folder.stat().st_mtime < before)
+        for folder in unrecorded
+        if (folder / UPLOADING_MARKER).exists() and (not min_age_s or folder.stat().st_mtime < before)
     ]
     for folder in orphans:
         shutil.rmtree(folder, ignore_errors=True)
-    return len(orphans)
+    unknown = sorted(folder.name for folder in unrecorded if not (folder / UPLOADING_MARKER).exists())
+    return len(orphans), unknown
 
 
 def _unlink(path: Path) -> None:
