@@ -74,6 +74,7 @@ class ServerConfig(_Section):
     ice_servers: list[IceServer] = []
     cors_origins: list[str] = []
     trusted_proxies: list[str] = []
+    allowed_hosts: list[str] = []
     tls_cert: str = ""
     tls_key: str = ""
     connect_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
