@@ -55,7 +55,8 @@ async def offer(request: web.Request) -> web.Response:
     peers = request.app[keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)
-        session, answer = await peers.create(description, body.settings, name=body.name, remote=request.remote)
+        client = request.get(keys.CLIENT, request.remote)
+        session, answer = await peers.create(description, body.settings, name=body.name, remote=client)
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": session.id})
 
 

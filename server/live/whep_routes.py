@@ -34,7 +34,8 @@ async def watch(request: web.Request) -> web.Response:
     name = path_name(request)
     sdp = await read_sdp(request)
     try:
-        viewer, answer = await request.app[keys.VIEWERS].create(name, RTCSessionDescription(sdp=sdp, type="offer"))
+        offer = RTCSessionDescription(sdp=sdp, type="offer")
+        viewer, answer = await request.app[keys.VIEWERS].create(name, offer, request.get(keys.CLIENT))
     except ViewersFull as e:
         raise ApiError(503, "too many viewers", str(e)) from e
     except ViewerRejected as e:

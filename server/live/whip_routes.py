@@ -43,7 +43,10 @@ async def publish(request: web.Request) -> web.Response:
 
     with refusals_as_http():
         session, answer = await request.app[keys.PEERS].create(
-            RTCSessionDescription(sdp=sdp, type="offer"), remote=request.remote, name=name, prepare=prepare
+            RTCSessionDescription(sdp=sdp, type="offer"),
+            remote=request.get(keys.CLIENT, request.remote),
+            name=name,
+            prepare=prepare,
         )
     if video_direction(session.pc) == "recvonly" and session.track is not None:
         request.app[keys.OUTPUTS].drain(session.id, session.track)  # nobody reads it back: outputs only
