@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import re
@@ -236,3 +237,36 @@ async def test_a_hostile_body_at_the_size_limit_keeps_the_event_loop_serving(ser
     assert (status, answer["error"]) == (400, "body is not valid JSON")
     assert took < 0.5, f"answered after {took:.2f} s"
     assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.2f} s"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_type"),
+    [
+        ("PATCH", "/api/settings", "application/json"),
+        ("POST", "/api/strength", "application/json"),
+        ("POST", "/api/presets", "application/json"),
+        ("POST", "/api/offer", "application/json"),
+        ("POST", "/api/jobs", "multipart/form-data; boundary=x"),
+        ("POST", "/api/whip/stage", "application/sdp"),
+        ("POST", "/api/outputs/stage/whep", "application/sdp"),
+    ],
+)
+async def test_a_body_its_content_encoding_does_not_describe_is_400(
+    server: RunningServer, method: str, path: str, content_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await settings(server)
+    headers = {"Content-Encoding": "gzip", "Content-Type": content_type}
+    with caplog.at_level(logging.ERROR):
+        async with server.http.request(method, server.url(path), data=b'{"strength": 0.9}', headers=headers) as r:
+            answer = await r.json()
+    assert (r.status, answer["error"]) == (400, "request body cannot be decoded"), answer
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], "no traceback logged"
+    assert await settings(server) == before
+
+
+async def test_a_gzipped_body_is_read(server: RunningServer) -> None:
+    body = gzip.compress(json.dumps({"strength": 0.35}).encode())
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    async with server.http.post(server.url("/api/strength"), data=body, headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["strength"] == 0.35

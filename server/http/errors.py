@@ -12,6 +12,7 @@ import uuid
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from server.fields import field_error, validation_detail
@@ -59,6 +60,16 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return response
     except ApiError as e:
         return json_error(e.status, e.error, e.detail)
+    except RequestPayloadError as e:
+        # A body its Content-Encoding does not describe (gzip declared, plain bytes sent): the
+        # client's mistake. What is left of the body cannot be read either: it counts as ended (aiohttp
+        # would try to read it after the answer, and fail again) and the connection closes after the answer.
+        request.content.feed_eof()
+        reason = str(e.__cause__ or e).replace("\n", " ").strip()
+        detail = {"content_encoding": request.headers.get("Content-Encoding"), "reason": reason}
+        response = json_error(400, "request body cannot be decoded", detail)
+        response.force_close()
+        return response
     except web.HTTPException as e:
         if e.status < 400 or not request.path.startswith("/api/"):
             raise
