@@ -40,7 +40,7 @@ FRONT_ROUTES: dict[tuple[str, str], Relaying | None] = {
     ("DELETE", "/api/streams/{stream_id}"): Front.to_stream,
     ("GET", "/api/streams/{stream_id}/snapshot.jpg"): Front.to_stream,
     ("GET", "/api/streams/{stream_id}/mjpeg"): Front.to_stream,
-    ("DELETE", "/api/whip/{name}/{stream_id}"): Front.to_stream,
+    ("DELETE", "/api/whip/{name}/{stream_id}/{secret}"): Front.to_stream,
     ("GET", "/api/outputs"): _list_outputs,
     ("GET", "/api/outputs/{name}/snapshot.jpg"): Front.to_name,
     ("GET", "/api/outputs/{name}/mjpeg"): Front.to_name,
@@ -49,7 +49,7 @@ FRONT_ROUTES: dict[tuple[str, str], Relaying | None] = {
     ("DELETE", "/api/outputs/{name}/whep/{viewer_id}"): Front.to_viewer,
     ("GET", "/view/{name}"): None,
     ("OPTIONS", "/api/whip/{name}"): None,
-    ("PATCH", "/api/whip/{name}/{stream_id}"): None,
+    ("PATCH", "/api/whip/{name}/{stream_id}/{secret}"): None,
     ("PATCH", "/api/outputs/{name}/whep/{viewer_id}"): None,
     ("GET", "/api/client-config"): None,
 }

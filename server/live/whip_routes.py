@@ -1,13 +1,18 @@
 """WHIP (RFC 9725): OBS and other software publish a camera into a stream name with one HTTP POST.
 
 `POST /api/whip/{name}` takes an SDP offer (`application/sdp`) and answers 201 with the SDP answer
-and a `Location` to `DELETE` to hang up. The video is stylized like a page's camera (same engine
+and a `Location` to `DELETE` to hang up. The Location carries a secret only the publisher is given
+(`/api/whip/{name}/{stream_id}/{secret}`): the stream id alone is public (`/api/streams`), and with
+it anyone could hang up someone else's camera. The video is stylized like a page's camera (same engine
 and batching, settings resolved by name), goes to the name's outputs, and comes back on the same
 connection when the offer receives video. A complete offer is expected: no trickle ICE and no ICE
 restarts (PATCH is 405). With `[security] api_token` set, the Bearer token is required.
 """
 
 from __future__ import annotations
+
+import hmac
+import secrets
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -50,7 +55,8 @@ async def publish(request: web.Request) -> web.Response:
         )
     if video_direction(session.pc) == "recvonly" and session.track is not None:
         request.app[keys.OUTPUTS].drain(session.id, session.track)  # nobody reads it back: outputs only
-    location = f"/api/whip/{name}/{session.id}"
+    session.secret = secrets.token_urlsafe(24)
+    location = f"/api/whip/{name}/{session.id}/{session.secret}"
     return sdp_created(answer.sdp, location, ice_server_links(config.server.ice_servers))
 
 
@@ -64,20 +70,21 @@ async def options(request: web.Request) -> web.Response:
     return response
 
 
-@routes.delete("/api/whip/{name}/{stream_id}")
-@operation("WHIP: hang up a session", tag="whip", errors={404: "no such session under that name"})
+@routes.delete("/api/whip/{name}/{stream_id}/{secret}")
+@operation("WHIP: hang up a session (its Location)", tag="whip", errors={404: "no such session under that name"})
 async def hang_up(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     stream_id = request.match_info["stream_id"]
     peers = request.app[keys.PEERS]
     session = peers.sessions.get(stream_id)
-    if session is None or session.name != name:
+    given = request.match_info["secret"].encode()
+    if session is None or session.name != name or not hmac.compare_digest(given, (session.secret or "").encode()):
         raise ApiError(404, "unknown session", {"name": name, "stream_id": stream_id})
     await peers.close(stream_id)
     return web.json_response({"closed": stream_id})
 
 
-@routes.patch("/api/whip/{name}/{stream_id}")
+@routes.patch("/api/whip/{name}/{stream_id}/{secret}")
 @operation("WHIP: trickle ICE and ICE restarts are not supported", tag="whip", errors={405: "always"})
 async def no_patch(request: web.Request) -> web.Response:
     raise ApiError(405, "method not allowed", NO_PATCH)
