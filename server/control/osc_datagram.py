@@ -6,8 +6,9 @@ limit (`RecursionError` at ~600 deep); a type tag it does not know is logged onc
 skipped. `split_datagram` walks the framing itself, checking every size against what is left, and
 hands back only single messages whose address and type tags are well formed, for python-osc's
 `OscMessage` to read the arguments of. Each argument must be there whole: python-osc pads a float
-cut short with zero bytes, so `/stylize/strength` with two of its four bytes was applied as 0.0. Its work is linear in the datagram's size (at most
-`MAX_DATAGRAM_BYTES`), with at most `MAX_DEPTH` bundles nested and `MAX_MESSAGES` messages.
+cut short with zero bytes, so `/stylize/strength` with two of its four bytes was applied as 0.0.
+Its work is linear in the datagram's size (at most `MAX_DATAGRAM_BYTES`), with at most `MAX_DEPTH`
+bundles nested and `MAX_MESSAGES` messages.
 """
 
 from __future__ import annotations
