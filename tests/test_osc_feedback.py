@@ -152,7 +152,7 @@ async def test_subscribes_cannot_amplify_traffic_at_a_victim(rig: Rig) -> None:
     attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = 0
     try:
-        for round_ in range(5):
+        for _round in range(5):
             for transport, _ in victims:
                 port = transport.get_extra_info("sockname")[1]
                 datagram = OscMessageBuilder("/stylize/feedback/subscribe")
