@@ -80,6 +80,8 @@ class ServerConfig(_Section):
     connect_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
     idle_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
     max_unconnected_per_client: int = Field(2, ge=1, le=1000)
+    max_connections: int = Field(0, ge=0, le=1_000_000)
+    idle_connection_s: float = Field(30.0, gt=0.0, le=86400.0)
     offer_grace_s: float = Field(3.0, ge=0.0, le=3600.0)
 
     @field_validator("trusted_proxies")
