@@ -17,6 +17,7 @@ from server import keys
 from server.cluster import routes
 from server.cluster.front import Front
 from server.cluster.local import LocalCluster
+from server.http.errors import json_error
 from server.http.openapi import declared_like
 from server.live import room as live
 
@@ -104,9 +105,29 @@ def _worker_load(app: web.Application) -> Callable[[], dict[str, Any]]:
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [_local_cluster_ctx, _node_ctx]
 
 
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def _bus_down(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """On a front, a change that travels to the workers through Redis is 503 while Redis is away.
+
+    Answered 200 and queued, a settings change reached no worker until Redis came back (never, when
+    the private redis-server was not restarted): the caller is told instead, and may try again.
+    Requests relayed straight to a worker (offers, hang-ups, viewers) do not need the bus.
+    """
+    if request.method in MUTATING and request.path.startswith("/api/") and not request.app[keys.CLUSTER].link.up:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else request.path
+        if FRONT_ROUTES.get((request.method, path)) is None:
+            return json_error(503, "cluster bus down", "Redis cannot be reached: the workers would not hear of it")
+    return await handler(request)
+
+
 def setup_routes(app: web.Application) -> None:
     app.add_routes(routes.routes)
     if app[keys.CONFIG].cluster.role == "front":
+        app.middlewares.append(_bus_down)
         for table in live.ROUTES:
             for route in table:
                 assert isinstance(route, RouteDef)
