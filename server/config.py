@@ -195,6 +195,7 @@ class JobsConfig(_Section):
     max_upload_mb: float = Field(512.0, gt=0.0)
     max_duration_s: float = Field(600.0, gt=0.0)
     max_resolution: int = Field(3840, ge=16)
+    max_frames: int = Field(9000, ge=1)
     keep_hours: float = Field(72.0, ge=0.0)
     timeout_s: float = Field(3600.0, ge=0.0)
     max_attempts: int = Field(3, ge=1, le=100)

@@ -155,6 +155,10 @@ async def create_job(request: web.Request) -> web.Response:
             raise ApiError(415, "unsupported media", str(e)) from e
         except MediaRejected as e:
             raise ApiError(422, "media refused", str(e)) from e
+        if info.frames > config.max_frames:
+            # Said at upload: a long clip would hold the render slot for as long as it takes.
+            detail = f"{info.frames} frames, more than [jobs] max_frames ({config.max_frames})"
+            raise ApiError(422, "media refused", detail)
         settings = await _job_settings(request.app, form)
     except BaseException:
         await loop.run_in_executor(None, lambda: shutil.rmtree(upload.parent, ignore_errors=True))

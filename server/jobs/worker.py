@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import threading
@@ -47,6 +48,8 @@ UPLOADING_MARKER = ".uploading"
 PROGRESS_INTERVAL_S = 0.5
 # How often finished jobs older than `[jobs] keep_hours` are looked for.
 SWEEP_INTERVAL_S = 600.0
+# How often a job failure the records refused (a full disk) is tried again.
+RECORD_RETRY_S = 2.0
 # How often the worker looks again while the engine is still loading.
 ENGINE_POLL_S = 0.2
 # In a cluster, a folder without a job is removed only once untouched this long: a front on the same
@@ -99,6 +102,7 @@ class JobWorker:
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
+        self._unrecorded: dict[str, tuple[Job, str]] = {}  # job id -> (job, error) the records refused
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -197,10 +201,13 @@ class JobWorker:
             if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_S:
                 await self.sweep()
             self._wake.clear()
+            if self._unrecorded:
+                await self._record_failures()
             job = await self._store.claim_next()
             if job is None:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), min(SWEEP_INTERVAL_S, self._store.idle_wait_s))
+                    retry_s = RECORD_RETRY_S if self._unrecorded else math.inf
+                    await asyncio.wait_for(self._wake.wait(), min(SWEEP_INTERVAL_S, self._store.idle_wait_s, retry_s))
                 except TimeoutError:
                     pass
                 continue
@@ -310,9 +317,22 @@ class JobWorker:
 
     async def _fail(self, job: Job, error: str) -> None:
         logger.warning("job failed id=%s: %s", job.id, error)
-        failed = await self._store.fail(job.id, error)
+        try:
+            failed = await self._store.fail(job.id, error)
+        except Exception as e:
+            # A full disk fails the render and then the record of it: the job stayed "processing"
+            # until a restart. Kept, and recorded on the worker's next turns until it lands.
+            logger.error("job failure id=%s not recorded yet (%s): trying again", job.id, e)
+            self._unrecorded[job.id] = (job, error)
+            return
+        self._unrecorded.pop(job.id, None)
         if failed is not None:
             self._publish("failed", failed)
+
+    async def _record_failures(self) -> None:
+        """Record the failures the records refused before (a full disk); those that still fail wait."""
+        for job, error in list(self._unrecorded.values()):
+            await self._fail(job, error)
 
     async def _release(self, job_id: str) -> None:
         running = self._running
