@@ -16,7 +16,7 @@ from typing import Any
 
 from yarl import URL
 
-from server.jobs.routes import JOB_ID
+from server.jobs.store import JOB_ID
 from server.jobs.worker import JOBS_FOLDER
 
 ROLES = frozenset({"front", "worker"})

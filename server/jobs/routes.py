@@ -30,12 +30,11 @@ from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
 from server.http.relay import NodeUnreachable, unreachable
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
-from server.jobs.store import Job, JobFinished, JobNotFound, Status
+from server.jobs.store import JOB_ID, Job, JobFinished, JobNotFound, Status
 from server.jobs.worker import JOBS_FOLDER, UPLOADING_MARKER
 
 routes = web.RouteTableDef()
 
-JOB_ID = re.compile(r"[0-9a-f]{32}")
 CHUNK_BYTES = 256 * 1024
 # Room in a request's Content-Length for the multipart framing and the text fields beside the file.
 FORM_OVERHEAD_BYTES = 64 * 1024

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from server.db import Database
 from server.jobs.media import CONTENT_TYPES, SUFFIXES, MediaInfo
 
 logger = logging.getLogger(__name__)
+
+# A job's id, as `POST /api/jobs` makes it (uuid4().hex): the name of its folder too.
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
