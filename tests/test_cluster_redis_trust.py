@@ -129,3 +129,19 @@ async def test_a_job_held_at_a_stranger_s_address_is_not_fetched_from_there(plan
     assert (await jobs.get(JOB)).files_at == here
     await planted.raw.hset(planted.link.key("job", JOB), "files_at", "http://198.51.100.66:8080")
     assert (await jobs.get(JOB)).files_at is None
+
+
+async def test_settings_and_streams_that_are_not_json_are_skipped_on_resync(planted: Planted) -> None:
+    await planted.raw.hset(planted.link.key("settings", "global"), mapping={"strength": "0.25", "prompt": "{nope"})
+    await planted.raw.sadd(planted.link.key("scopes"), "global")
+    await planted.raw.hset(planted.link.key("streams"), mapping={"s1": "not json", "s2": "[1]"})
+    identity = NodeIdentity(id="late", role="worker", url="http://127.0.0.1:9100", host="box")
+    link = RedisLink(planted.link.url, planted.prefix)
+    settings = ReplicatedSettings(StyleSettings(prompt="mine"), link, identity)
+    await link.start(wait_s=10)
+    try:
+        assert link.up, "the resync went through"
+        assert settings.global_settings.strength == 0.25 and settings.global_settings.prompt == "mine"
+        assert not settings.has_stream("s1") and not settings.has_stream("s2")
+    finally:
+        await link.close()
