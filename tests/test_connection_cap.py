@@ -40,6 +40,7 @@ async def test_idle_sockets_past_the_fd_limit_leave_the_server_answering(data_di
     try:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, base, within_s=60)
+            flooded = time.monotonic()
             for _ in range(IDLE_SOCKETS):
                 with contextlib.suppress(OSError):
                     _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -51,10 +52,11 @@ async def test_idle_sockets_past_the_fd_limit_leave_the_server_answering(data_di
             await asyncio.sleep(1.5)
             async with http.get(f"{base}/api/settings", timeout=aiohttp.ClientTimeout(total=10)) as response:
                 assert response.status == 200
+            seconds = time.monotonic() - flooded
         text = log.read_text(errors="replace")
         assert "Traceback" not in text and "out of system resource" not in text
         cap_lines = [line for line in text.splitlines() if "connections at the cap" in line]
-        assert 1 <= len(cap_lines) <= 4, cap_lines
+        assert 1 <= len(cap_lines) <= seconds + 1, f"{len(cap_lines)} lines in {seconds:.1f} s"
     finally:
         for writer in idle:
             writer.close()

@@ -67,7 +67,7 @@ async def test_a_render_on_a_full_disk_fails_the_job_once_it_can_be_recorded(
     running = await start_server(make_config(engine={"max_batch": 1}))
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     try:
-        clip = make_clip(tmp_path / "clip.mp4", seconds=1.0, fps=10)
+        clip = make_clip(tmp_path / "clip.mp4", seconds=3.0, fps=10)
         async with running.http.ws_connect(running.url("/api/events")) as events:
             async with running.http.post(running.url("/api/jobs"), data=form(clip.read_bytes(), "clip.mp4")) as r:
                 job = await r.json()

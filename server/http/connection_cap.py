@@ -71,10 +71,11 @@ class ConnectionCap:
     def __call__(self) -> asyncio.Protocol:
         if self._server is None:
             raise RuntimeError("ConnectionCap used before attach(server)")
-        connections = self._server.connections
+        # In the order they came, those whose socket is still open: aiohttp lists a closed connection
+        # until its task ends, and taking one of those for room freed no descriptor (EMFILE under load).
+        connections = [connection for connection in self._server.connections if connection.transport is not None]
         if len(connections) < self.limit:
             return self._server()
-        # The server's connections in the order they came: the first idle one has waited longest.
         idle = next((connection for connection in connections if connection not in self.busy), None)
         if idle is not None:
             idle.force_close()  # its socket goes now, not after a keep-alive wait
