@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import json
 import logging
 import re
@@ -22,7 +23,9 @@ from server import keys
 from server.bounded_json import MAX_INT_DIGITS, MAX_JSON_DEPTH, parse_json
 from server.config import Config
 from server.http.errors import error_middleware
+from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
 
 BODY_TIMEOUT_S = 1.5
 # How long the client sits between the two halves of a body: a Wi-Fi hiccup, well inside BODY_TIMEOUT_S.
@@ -270,3 +273,32 @@ async def test_a_gzipped_body_is_read(server: RunningServer) -> None:
     async with server.http.post(server.url("/api/strength"), data=body, headers=headers) as response:
         assert response.status == 200
         assert (await response.json())["strength"] == 0.35
+
+
+async def test_a_peer_keeps_its_frames_through_hostile_json_on_its_data_channel_and_over_http(
+    make_config: Callable[..., Config],
+) -> None:
+    running = await start_server(make_config(engine={"max_batch": 1}))
+    client = await connect(running.http, running.url("/api/offer"), negotiate_channel=True)
+    try:
+        channel = client.channel
+        assert channel is not None
+        replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        channel.on("message", lambda message: replies.put_nowait(json.loads(message)))
+        await eventually(lambda: channel.readyState == "open", 5, what="the data channel open")
+        await client.wait_frames(3)
+        hostile = b'{"prompt": "' + b'\\"' * 30_000  # ~60 KB: within the body limit and an SCTP message
+        started = time.perf_counter()
+        first = len(client.received)
+        channel.send(hostile.decode())
+        reply = await asyncio.wait_for(replies.get(), 5)
+        assert reply["type"] == "error" and time.perf_counter() - started < 1.0
+        status, _ = await raw_exchange(running, post_head("/api/prompt", len(hostile)), [hostile])
+        assert status == 400
+        await client.wait_frames(3, timeout=10)
+        arrivals = [frame.at for frame in client.received[first - 1 :]]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+        assert max(gaps) < 2.0, f"the stream stalled {max(gaps):.1f} s"
+    finally:
+        await client.close()
+        await stop_server(running)
