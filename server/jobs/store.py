@@ -374,7 +374,8 @@ class JobStore:
                 "UPDATE jobs SET status = 'failed', finished = ?, processing_s = ? - started, error = ? WHERE id = ?",
                 [(now, now, error, job_id) for job_id in given_up],
             )
-            return requeued, [job for job in (_select(connection, i) for i in given_up) if job is not None]
+            jobs = (_select(connection, i, self._unreadable) for i in given_up)
+            return requeued, [job for job in jobs if job is not None]
 
         return await self._db.run(requeue)
 
@@ -384,7 +385,7 @@ class JobStore:
                 "SELECT * FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished < ?",
                 (cutoff,),
             ).fetchall()
-            return [_from_row(row) for row in rows]
+            return _readable(rows, self._unreadable)
 
         return await self._db.run(select)
 
