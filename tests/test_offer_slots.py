@@ -14,7 +14,7 @@ from server.config import Config
 from server.testing.rtc_client import connect, offer_sdp, whep_view
 from server.testing.servers import RunningServer, start_server, stop_server
 
-GRACE_S = 0.3
+GRACE_S = 1.0  # an offer answers in well under this, even on a busy CPU
 
 
 def slots(make_config: Callable[..., Config], **server: object) -> Config:
