@@ -200,9 +200,9 @@ HOSTILE_JSON = {
 
 @pytest.mark.parametrize("raw", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
 def test_a_megabyte_of_hostile_json_is_judged_within_100_ms(raw: bytes) -> None:
-    # The best of three: a CPU shared with other work may stall any one run.
+    # The best of five: a CPU shared with other work may stall any one run.
     timings = []
-    for _ in range(3):
+    for _ in range(5):
         started = time.perf_counter()
         with contextlib.suppress(ValueError):
             parse_json(raw)
@@ -238,8 +238,9 @@ async def test_a_hostile_body_at_the_size_limit_keeps_the_event_loop_serving(ser
         with contextlib.suppress(asyncio.CancelledError):
             await ticking
     assert (status, answer["error"]) == (400, "body is not valid JSON")
-    assert took < 0.5, f"answered after {took:.2f} s"
-    assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.2f} s"
+    # Before, ~8 s; the margins are for a CPU shared with other work.
+    assert took < 1.0, f"answered after {took:.2f} s"
+    assert max(gaps) < 1.0, f"the event loop stalled {max(gaps):.2f} s"
 
 
 @pytest.mark.parametrize(
