@@ -20,7 +20,6 @@ a loopback name or `[osc] host` is refused too (a rebound name makes a page same
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,7 @@ from server.config import OscConfig
 from server.control.osc import OscListener
 from server.control.osc_namespace import encode, find, namespace, value_at
 from server.control.settings import SettingsChange, SettingsStore
-from server.http.security import is_loopback, origin_of
+from server.http.security import origin_of, rebind_proof
 
 logger = logging.getLogger(__name__)
 
@@ -161,13 +160,7 @@ class OscQueryServer:
         if origin is None:
             return False
         host = origin[1].strip("[]")
-        if is_loopback(host) or host == self._config.host.lower():
-            return True
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return True
+        return rebind_proof(host) or host == self._config.host.lower()
 
     async def _listen(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20.0)

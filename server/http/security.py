@@ -133,13 +133,7 @@ class AllowedHosts:
         if origin is None:
             return False
         host = origin[1].strip("[]")
-        if is_loopback(host) or host.endswith(".localhost") or host in self._names or host.endswith(self._domains):
-            return True
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return True
+        return rebind_proof(host) or host in self._names or host.endswith(self._domains)
 
 
 def _first(value: str | None) -> str | None:
@@ -169,6 +163,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def rebind_proof(host: str) -> bool:
+    """An IP address (no DNS answer stands behind it) or a loopback name: no attacker's page can own it."""
+    if is_loopback(host) or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def exposure_warning(config: Config) -> str | None:
