@@ -3,7 +3,7 @@
 With `ulimit -n 1024`, ~1,010 idle sockets left the server no descriptor to accept with, to open
 a file or a WebRTC socket: it stopped serving, and the accept loop's failures wrote ~296k
 tracebacks in 30 s (rotating the log history away). Here the listening socket's protocol factory
-counts aiohttp's connections first: at the cap, the connection idle the longest (no request in
+counts aiohttp's connections first: at the cap, the oldest connection that is idle (no request in
 flight: `busy_middleware` marks those that have one) is closed to make room; with none idle, the
 new one is closed at once. Either way the condition is logged at most once a second. Idle
 connections also close after `[server] idle_connection_s` (aiohttp's keep-alive timeout, which runs
