@@ -8,10 +8,12 @@ that cannot load, a model that cannot be had) is one line naming it and what to 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import difflib
 import logging
 import logging.handlers
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from server.stuck_threads import exit_past_stuck_threads
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from server.config import Config, ServerConfig
 
 PROG = "python -m server"
@@ -166,6 +170,21 @@ def osc_ports_free(config: Config) -> None:
             fail(f"cannot listen on {where}; choose another with {knob}, or set [osc] enabled = false")
 
 
+def database_intact(config: Config) -> None:
+    """A broken database is set aside and start-up stops, saying so: never served as an empty one."""
+    from server.app import database_path
+    from server.db import broken_reason, set_aside
+
+    path = database_path(config)
+    reason = broken_reason(path)
+    if reason is not None:
+        aside = set_aside(path)
+        fail(
+            f"the database {path} is broken: {reason}; moved it to {aside} (job folders are kept); "
+            "start again for a new, empty one, or put a backup in its place"
+        )
+
+
 def fail(message: str) -> NoReturn:
     print(f"{PROG}: {message}", file=sys.stderr)
     sys.exit(2)
@@ -173,10 +192,7 @@ def fail(message: str) -> NoReturn:
 
 def serve(config: Config) -> None:
     # Only now the server itself: --help and a bad flag never wait for it.
-    from aiohttp import web
-
     from server.app import create_app
-    from server.http.access_log import AccessLog
 
     try:
         ssl_context = tls_context(config.server)
@@ -193,19 +209,47 @@ def serve(config: Config) -> None:
         why = os.strerror(e.errno) if e.errno else str(e)
         fail(f"cannot listen on {host}:{port} ({why}); choose another port with --port (or STYLIZE_PORT)")
     osc_ports_free(config)
+    database_intact(config)
     if not port:  # the port the system picked: where the other nodes of a cluster reach this one
         bound = config.server.model_copy(update={"port": int(sock.getsockname()[1])})
         config = config.model_copy(update={"server": bound})
     setup_logging(config)
-    log = logging.getLogger("server")
-    web.run_app(
-        create_app(config),
-        sock=sock,
-        ssl_context=ssl_context,
-        print=lambda message: log.info(" ".join(message.split())),
-        access_log_class=AccessLog,
-    )
+    asyncio.run(_serve(create_app(config), sock, ssl_context, config.server))
     exit_past_stuck_threads(EXIT_GRACE_S)
+
+
+async def _serve(
+    app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None, server: ServerConfig
+) -> None:
+    """aiohttp's `run_app`, with the listening socket's connections capped (`server.http.connection_cap`)."""
+    from aiohttp import web
+
+    from server.http.access_log import AccessLog
+    from server.http.connection_cap import ACCEPT_BACKLOG, ConnectionCap, connection_limit
+
+    log = logging.getLogger("server")
+    cap = ConnectionCap(connection_limit(server.max_connections))
+    app.middlewares.append(cap.busy_middleware())
+    runner = web.AppRunner(
+        app, access_log_class=AccessLog, keepalive_timeout=server.idle_connection_s, handler_cancellation=False
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    listening = None
+    try:
+        cap.attach(runner.server)
+        listening = await loop.create_server(cap, sock=sock, ssl=ssl_context, backlog=ACCEPT_BACKLOG)
+        scheme = "https" if ssl_context else "http"
+        host, port = sock.getsockname()[:2]
+        log.info("serving on %s://%s:%d (at most %d connections)", scheme, host, port, cap.limit)
+        await stop.wait()
+    finally:
+        if listening is not None:
+            listening.close()
+        await runner.cleanup()
 
 
 def download(config: Config, full_precision: bool) -> None:

@@ -46,6 +46,10 @@ from server.topology import Topology
 SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA, saved_settings.SCHEMA]
 
 
+def database_path(config: Config) -> Path:
+    return Path(config.server.data_dir) / "stylize.db"
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[*observe.MIDDLEWARES, error_middleware, security_middleware(config)],
@@ -54,7 +58,7 @@ def create_app(config: Config) -> web.Application:
     topology = Topology.of(config)
     app[keys.CONFIG], app[keys.TOPOLOGY] = config, topology
     app[keys.METRICS] = Metrics()
-    database = Database(Path(config.server.data_dir) / "stylize.db", schemas=SCHEMAS)
+    database = Database(database_path(config), schemas=SCHEMAS)
     app[keys.DB] = database
     initial = StyleSettings(**config.defaults.model_dump())
     if topology.shares_state:

@@ -75,10 +75,15 @@ class ServerConfig(_Section):
     ice_servers: list[IceServer] = []
     cors_origins: list[str] = []
     trusted_proxies: list[str] = []
+    allowed_hosts: list[str] = []
     tls_cert: str = ""
     tls_key: str = ""
     connect_timeout_s: float = Field(15.0, gt=0.0, le=3600.0)
     idle_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
+    max_unconnected_per_client: int = Field(2, ge=1, le=1000)
+    max_connections: int = Field(0, ge=0, le=1_000_000)
+    idle_connection_s: float = Field(30.0, gt=0.0, le=86400.0)
+    offer_grace_s: float = Field(3.0, ge=0.0, le=3600.0)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -213,6 +218,7 @@ class JobsConfig(_Section):
     max_upload_mb: float = Field(512.0, gt=0.0)
     max_duration_s: float = Field(600.0, gt=0.0)
     max_resolution: int = Field(3840, ge=16)
+    max_frames: int = Field(9000, ge=1)
     keep_hours: float = Field(72.0, ge=0.0)
     timeout_s: float = Field(3600.0, ge=0.0)
     max_attempts: int = Field(3, ge=1, le=100)

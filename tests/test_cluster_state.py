@@ -156,6 +156,10 @@ async def test_custom_presets_are_shared(nodes: Callable[[str], Any]) -> None:
     assert "ink" not in [p.id for p in await on_a.presets()]
 
 
+# Job ids as the server makes them (uuid4().hex): a record with any other id is refused.
+J1, J2 = "1" * 32, "2" * 32
+
+
 def _job(job_id: str) -> Job:
     return Job(
         id=job_id,
@@ -179,23 +183,23 @@ async def test_each_job_goes_to_one_worker_and_is_taken_over_when_its_worker_goe
     for jobs in queue.values():
         await jobs._ensure_group()
     submitted = RedisJobs(front.link, "front", "http://front", claim_timeout_s=0.5)
-    await submitted.add(_job("j1"))
-    assert (await submitted.get("j1")).files_at == "http://front"
+    await submitted.add(_job(J1))
+    assert (await submitted.get(J1)).files_at == "http://front"
 
     claimed = await queue[a].claim_next()
-    assert claimed is not None and claimed.id == "j1" and claimed.attempts == 1
-    assert await queue[a].set_progress("j1", 3)
+    assert claimed is not None and claimed.id == J1 and claimed.attempts == 1
+    assert await queue[a].set_progress(J1, 3)
     assert await queue[b].claim_next() is None, "a job goes to one worker"
 
     # a goes quiet (it died): after the claim timeout b takes the job over, as a new attempt.
     await asyncio.sleep(0.6)
     taken = await queue[b].claim_next()
-    assert taken is not None and taken.id == "j1" and taken.attempts == 2 and taken.frames_done == 0
-    assert not await queue[a].set_progress("j1", 4), "a no longer holds it"
-    assert await queue[a].complete("j1", 10) is None
-    done = await queue[b].complete("j1", 10)
+    assert taken is not None and taken.id == J1 and taken.attempts == 2 and taken.frames_done == 0
+    assert not await queue[a].set_progress(J1, 4), "a no longer holds it"
+    assert await queue[a].complete(J1, 10) is None
+    done = await queue[b].complete(J1, 10)
     assert done is not None and done.status == "completed" and done.files_at == "http://b"
-    await queue[b].release("j1")
+    await queue[b].release(J1)
     assert (await submitted.counts())["completed"] == 1
     raw = aioredis.Redis.from_url(a.link.url, decode_responses=True)
     try:
@@ -205,8 +209,8 @@ async def test_each_job_goes_to_one_worker_and_is_taken_over_when_its_worker_goe
         await raw.aclose()
 
     # A cancelled job is skipped by whoever reads it.
-    await submitted.add(_job("j2"))
-    await submitted.cancel("j2")
+    await submitted.add(_job(J2))
+    await submitted.cancel(J2)
     assert await queue[a].claim_next() is None
     page, total = await submitted.page(0, 10)
-    assert [job.id for job in page] == ["j2", "j1"] and total == 2
+    assert [job.id for job in page] == [J2, J1] and total == 2

@@ -268,6 +268,10 @@ HOSTILE = {
     "unknown type tag": (b"/stylize/strength\x00\x00\x00,c\x00\x00" + bytes(4), "malformed"),
     "address without a terminator": (b"/stylize/strength", "malformed"),
     "blob longer than the datagram": (b"/stylize/prompt\x00,b\x00\x00" + struct.pack(">i", 10_000), "malformed"),
+    # python-osc pads an argument cut short with zero bytes: these were applied as strength 0 and seed 0.
+    "float cut short": (_message("/stylize/strength", 0.62)[:-2], "malformed"),
+    "int cut short": (_message("/stylize/seed", 7)[:-1], "malformed"),
+    "string without its terminator": (_message("/stylize/prompt", "abc")[:-1] + b"d", "malformed"),
     "oversized datagram": (_message("/stylize/prompt", "x" * MAX_DATAGRAM_BYTES), "size"),
     "too many messages": (_bundle(*[_message("/stylize/seed", 1)] * (MAX_MESSAGES + 1)), "count"),
     "one level too deep": (_nested(MAX_DEPTH + 1), "depth"),

@@ -6,10 +6,14 @@ sending /stylize/...) are.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from pythonosc.osc_message_builder import OscMessageBuilder
 
 from server import keys
 from server.__main__ import config_from_args, parse_args
@@ -131,3 +135,36 @@ def test_a_bad_feedback_target_is_a_config_error_naming_the_key(entry: str) -> N
     with pytest.raises(ConfigError, match=r"\[osc\] feedback"):
         load_config(env={}, overrides={"osc": {"feedback": [entry]}})
     assert load_config(env={}, overrides={"osc": {"feedback": ["[::1]:9001", "ipad.local:9001"]}}).osc.feedback
+
+
+class _Counting(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.bytes += len(data)
+
+
+async def test_subscribes_cannot_amplify_traffic_at_a_victim(rig: Rig) -> None:
+    """UDP sources can be forged: subscribes naming a victim's ports must not make the server send the
+    victim more bytes than the subscribes themselves took (a reflection attack)."""
+    loop = asyncio.get_running_loop()
+    victims = [await loop.create_datagram_endpoint(_Counting, local_addr=("127.0.0.1", 0)) for _ in range(8)]
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    try:
+        for _round in range(5):
+            for transport, _ in victims:
+                port = transport.get_extra_info("sockname")[1]
+                datagram = OscMessageBuilder("/stylize/feedback/subscribe")
+                datagram.add_arg(port)
+                sent += attacker.sendto(datagram.build().dgram, ("127.0.0.1", rig.server.app[control_keys.OSC].port))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        received = sum(protocol.bytes for _, protocol in victims)
+        assert received <= 3 * sent, f"{received} bytes reflected for {sent} sent: x{received / sent:.1f}"
+        assert received > 0, "a controller that subscribes still hears the current settings"
+    finally:
+        attacker.close()
+        for transport, _ in victims:
+            transport.close()

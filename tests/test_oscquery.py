@@ -169,3 +169,21 @@ async def test_oscquery_is_advertised_over_mdns_when_enabled(make_config: Callab
     finally:
         await browser.async_close()
         await stop_server(running)
+
+
+async def test_web_pages_cannot_read_or_listen(server: RunningServer) -> None:
+    """A page open in any browser on the machine sends an Origin (always on a WebSocket, which no CORS
+    guards): it gets nothing. A rebound name in Host gets nothing either. Controllers send neither."""
+    page = {"Origin": "http://evil.example"}
+    async with server.http.get(query_url(server, "/stylize/prompt?VALUE"), headers=page) as response:
+        assert response.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with server.http.ws_connect(query_url(server), origin="http://evil.example"):
+            pass
+    assert refused.value.status == 403
+    assert server.app[control_keys.OSC_QUERY].listened() == set()
+    port = server.app[control_keys.OSC_QUERY].port
+    async with server.http.get(query_url(server, "/"), headers={"Host": f"evil.example:{port}"}) as response:
+        assert response.status == 403
+    async with server.http.get(query_url(server, "/"), headers={"Host": f"localhost:{port}"}) as response:
+        assert response.status == 200

@@ -133,6 +133,30 @@ async def test_the_events_websocket_refuses_a_foreign_origin(server: RunningServ
         await eventually(lambda: server.app[keys.EVENTS].listeners == 1)
 
 
+async def test_a_rebound_name_gets_nothing_and_changes_nothing(make_config: Callable[..., Config]) -> None:
+    """DNS rebinding: evil.example now resolves to this server, so the browser sends evil.example as
+    both Host and Origin; they agree, and only the Host check stands between the page and the API."""
+    config = make_config(server={"allowed_hosts": ["stage.example", "*.venue.example"]}, engine={"warmup": False})
+    running = await start_server(config, ready=False)
+    try:
+        before = await settings(running)
+        port = running.server.port
+        rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        async with running.http.post(running.url("/api/strength"), json={"strength": 0.91}, headers=rebound) as r:
+            assert r.status == 403
+            assert (await r.json())["error"] == "host not allowed"
+        for path in ("/api/settings", "/api/streams", "/"):
+            async with running.http.get(running.url(path), headers={"Host": f"evil.example:{port}"}) as response:
+                assert response.status == 403, path
+        assert await settings(running) == before
+        # IP addresses (loopback, the LAN's), loopback names and the listed names pass.
+        for host in ("127.0.0.1", "localhost", "[::1]", "192.168.1.20", "stage.example", "cam.venue.example"):
+            async with running.http.get(running.url("/api/settings"), headers={"Host": f"{host}:{port}"}) as response:
+                assert response.status == 200, host
+    finally:
+        await stop_server(running)
+
+
 def test_own_origin_is_what_the_browser_sees() -> None:
     proxies = TrustedProxies(["10.0.0.0/8"])
     direct = make_mocked_request("GET", "/", headers={"Host": "stage.local:8080"})

@@ -45,7 +45,7 @@ async def test_obs_publishes_over_whip_and_players_watch_over_whep(server: Runni
     obs = await whip_publish(server.http, server.url("/api/whip/stage"), receive=False, codec="h264", audio=True)
     publishers = [obs]
     try:
-        assert obs.answer["location"].endswith(f"/api/whip/stage/{obs.stream_id}")
+        assert f"/api/whip/stage/{obs.stream_id}/" in obs.answer["location"]
         answer = media_sections(obs.answer["sdp"])
         assert "H264/90000" in answer["video"] and "a=recvonly" in answer["video"]
         assert "a=inactive" in answer["audio"], "sound is declined, not decoded into a queue nobody reads"
@@ -117,7 +117,7 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
 
         async with http.get(url("/api/outputs/stage/whep/nope")) as response:
             assert response.status == 404
-        for path in ("/api/whip/stage/nope", "/api/outputs/stage/whep/nope"):
+        for path in ("/api/whip/stage/nope/nope", "/api/outputs/stage/whep/nope"):
             async with http.delete(url(path)) as response:
                 assert response.status == 404
             async with http.patch(
@@ -134,9 +134,18 @@ async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(
         with pytest.raises(SdpRefused) as refused:
             clients.append(await whip_publish(http, url("/api/whip/other"), receive=False))
         assert refused.value.status == 503 and "server full" in refused.value.body
-        # A session is deleted under its own name only.
-        async with http.delete(url(f"/api/whip/other/{clients[1].stream_id}")) as response:
-            assert response.status == 404
+        # A session is deleted under its own name only, and only with the secret of its Location: its
+        # stream id is public (GET /api/streams), so with the id alone anyone could hang it up.
+        secret = clients[1].answer["location"].rsplit("/", 1)[-1]
+        for path in (
+            f"/api/whip/other/{clients[1].stream_id}/{secret}",
+            f"/api/whip/stage/{clients[1].stream_id}",
+            f"/api/whip/stage/{clients[1].stream_id}/{'0' * len(secret)}",
+            f"/api/streams/{clients[1].stream_id}/{secret}",
+        ):
+            async with http.delete(url(path)) as response:
+                assert response.status in (404, 405), path
+        assert clients[1].stream_id in peers.sessions
         assert len(peers.sessions) == 1 and len(viewers.viewers) == 1
     finally:
         for client in clients:

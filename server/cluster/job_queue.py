@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -25,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from pipeline import FrameParams
 from server.cluster.link import RedisLink, text_map, texts
+from server.cluster.trust import Untrusted, job_path
 from server.jobs.media import MediaInfo
 from server.jobs.store import ACTIVE, STATUSES, Job, JobFinished, JobNotFound, Status
 
@@ -82,8 +84,19 @@ return 'cancelled'
 class RedisJobs:
     idle_wait_s = 0.0  # `claim_next` itself waits on the stream for new jobs
 
-    def __init__(self, link: RedisLink, worker: str, here: str, claim_timeout_s: float) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        worker: str,
+        here: str,
+        claim_timeout_s: float,
+        node_urls: Callable[[], set[str]] | None = None,
+    ) -> None:
         self._link = link
+        # Where the registry says nodes are: a record's `files_at` elsewhere is not believed (the
+        # token would go with the request for its files).
+        self._node_urls = node_urls or (lambda: {here})
+        self._untrusted: set[str] = set()  # job ids whose record was refused (logged once each)
         self._redis = link.redis
         self._worker = worker  # the consumer name: the node's id, so a restarted worker takes its own back first
         self._here = here  # this node's URL: where the files of what it receives or renders stay
@@ -122,7 +135,7 @@ class RedisJobs:
         await self._link.transaction(write)
 
     async def get(self, job_id: str) -> Job:
-        job = _job(text_map(await self._redis.hgetall(self._key(job_id))))
+        job = self._job(job_id, text_map(await self._redis.hgetall(self._key(job_id))))
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -132,7 +145,21 @@ class RedisJobs:
             for job_id in ids:
                 pipe.hgetall(self._key(job_id))
             stored = await pipe.execute()
-        return [job for job in (_job(text_map(values)) for values in stored) if job is not None]
+        jobs = (self._job(job_id, text_map(values)) for job_id, values in zip(ids, stored, strict=True))
+        return [job for job in jobs if job is not None]
+
+    def _job(self, job_id: str, stored: dict[str, str]) -> Job | None:
+        """The record as a job, or None (logged once) when it is not one a node of this cluster wrote."""
+        try:
+            job = _job(job_id, stored)
+        except (Untrusted, TypeError, ValueError, KeyError) as e:
+            if job_id not in self._untrusted:
+                self._untrusted.add(job_id)
+                logger.error("job record %s in Redis refused: %s", job_id, e)
+            return None
+        if job is not None and job.files_at is not None and job.files_at not in self._node_urls():
+            job = dataclasses.replace(job, files_at=None)  # no registered node there: its files are nowhere
+        return job
 
     async def page(self, offset: int, limit: int, status: Status | None = None) -> tuple[list[Job], int]:
         ids = texts(await self._redis.zrevrange(self._index, 0, -1))
@@ -193,8 +220,13 @@ class RedisJobs:
         for entry_id, job_id in await self._candidates():
             outcome = await self._claim(keys=[self._key(job_id)], args=[self._worker, time.time()])
             if outcome == "claimed":
+                try:
+                    job = await self.get(job_id)
+                except JobNotFound:  # a record refused as untrusted: nothing to render
+                    await self._done(entry_id)
+                    continue
                 self._entries[job_id] = entry_id
-                return await self.get(job_id)
+                return job
             await self._done(entry_id)  # cancelled or deleted before anyone rendered it
         return None
 
@@ -288,10 +320,14 @@ def _fields(job: Job) -> dict[str, str]:
     return fields
 
 
-def _job(stored: dict[str, str]) -> Job | None:
+def _job(job_id: str, stored: dict[str, str]) -> Job | None:
     if not stored or "data" not in stored:
         return None
     data = json.loads(stored["data"])
+    if not isinstance(data, dict) or data.get("id") != job_id:
+        raise Untrusted(f"its data names another job ({str(data)[:80]!r})")
+    if stored.get("status") not in STATUSES:
+        raise Untrusted(f"status {stored.get('status')!r}")
 
     def number(name: str) -> float | None:
         value = stored.get(name, "")
@@ -304,8 +340,8 @@ def _job(stored: dict[str, str]) -> Job | None:
         preset=data["preset"],
         params=FrameParams(**data["params"]),
         media=MediaInfo(**data["media"]),
-        input_path=data["input_path"],
-        output_path=data["output_path"],
+        input_path=job_path(job_id, data["input_path"]),
+        output_path=job_path(job_id, data["output_path"]),
         frames_total=int(stored.get("frames_total") or data["frames_total"]),
         created=float(data["created"]),
         frames_done=int(stored.get("frames_done") or 0),

@@ -7,7 +7,9 @@ subprocess: the front never imports torch (nor counts, with `[model] device = "c
 Each worker is `python -m server` with this front's whole configuration in its environment
 (`STYLIZE_<SECTION>_<KEY>`), as the worker role on 127.0.0.1 (only the front talks to its HTTP
 API; browsers reach its media directly over ICE). A worker that exits is started again after a
-back-off (1 s doubling to 30 s); stopping the front stops them, then Redis.
+back-off (1 s doubling to 30 s), and so is the private redis-server (killed, it took the cluster's
+bus with it for good: the front's changes never reached a worker again); stopping the front stops
+them, then Redis.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from server.children import stop_child
-from server.cluster.redis_server import RedisServer, socket_path
+from server.cluster.redis_server import RedisNotStarted, RedisServer, socket_path
 from server.config import ENV_ALIASES, ROOT, Config
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def gpu_count() -> int:
 class LocalCluster:
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._redis = (
+        self.redis = (
             None
             if config.cluster.redis_url
             else RedisServer(private_redis_folder(config), unix_socket=socket_path(private_redis_folder(config)))
@@ -82,8 +84,9 @@ class LocalCluster:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        if self._redis is not None:
-            await self._redis.start()
+        if self.redis is not None:
+            await self.redis.start()
+            self._tasks.append(asyncio.create_task(self._keep_redis(self.redis), name="private-redis"))
         gpus = 0 if self._config.model.device == "cpu" else await asyncio.to_thread(gpu_count)
         workers = self._config.cluster.workers
         count = max(1, gpus) if workers == "auto" else int(workers)
@@ -96,8 +99,8 @@ class LocalCluster:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._redis is not None:
-            await self._redis.stop()
+        if self.redis is not None:
+            await self.redis.stop()
 
     async def _keep(self, index: int, device: str | None) -> None:
         """Run worker `index`, again after a back-off whenever it exits; stop it when cancelled."""
@@ -115,6 +118,21 @@ class LocalCluster:
             delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** max(0, attempt - 1))
             logger.warning("worker %d (pid %d) exited with %s; again in %g s", index, process.pid, code, delay)
             await asyncio.sleep(delay)
+
+    async def _keep_redis(self, redis: RedisServer) -> None:
+        """Start the private redis-server again after a back-off whenever it exits; cancelled, leave it to `stop`."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            code = await redis.wait()
+            attempt = 0 if time.monotonic() - started > STABLE_S else attempt + 1
+            delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** max(0, attempt - 1))
+            logger.warning("redis-server exited with %s; again in %g s", code, delay)
+            await asyncio.sleep(delay)
+            try:
+                await redis.start()
+            except RedisNotStarted as e:
+                logger.warning("redis-server did not start again: %s", e)
 
     def _port(self, index: int) -> int:
         base = self._config.cluster.worker_port

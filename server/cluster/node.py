@@ -51,8 +51,11 @@ class ClusterNode:
         self.settings = ReplicatedSettings(initial, self.link, self.identity)
         self.events = ClusterEvents(self.link, self.identity.instance)
         self.presets = RedisPresets(self.link)
-        self.jobs = RedisJobs(self.link, self.identity.id, self.identity.url, cluster.job_claim_timeout_s)
-        self.registry = Registry(self.link, self.identity, cluster, self.settings, self.events)
+        self.jobs = RedisJobs(
+            self.link, self.identity.id, self.identity.url, cluster.job_claim_timeout_s, self._node_urls
+        )
+        token = config.security.api_token  # every node's: the entries in the registry are signed with it
+        self.registry = Registry(self.link, self.identity, cluster, self.settings, self.events, secret=token)
         self.relay = Relay(self.identity.url, config.security.api_token, cluster.relay_timeout_s)
         self.engines: WorkerEngines | None = None
         self.front: Front | None = None
@@ -60,6 +63,10 @@ class ClusterNode:
             self.engines = WorkerEngines()
             self.registry.on_view.append(self.engines.update)
             self.front = Front(config, self.registry, self.settings, self.relay)
+
+    def _node_urls(self) -> set[str]:
+        """This node's address and those the registry believes: the only ones the token is sent to."""
+        return self.registry.urls() | {self.identity.url}
 
     async def start(self) -> None:
         logger.info(
@@ -106,7 +113,7 @@ class ClusterNode:
 
     async def fetch_job_input(self, job: Job, path: Path) -> None:
         """Copy a job's upload from the node that received it (`JobWorker(fetch_input=...)`)."""
-        if job.files_at is None or job.files_at == self.identity.url:
+        if job.files_at is None or job.files_at == self.identity.url or job.files_at not in self._node_urls():
             raise InputNotFetched(f"job {job.id}: its input is not here and no other node holds it")
         url = f"{job.files_at}/api/jobs/{job.id}/input"
         partial = path.with_name(path.name + ".part")

@@ -89,6 +89,11 @@ class RedisServer:
             await client.aclose()
         logger.info("redis-server pid=%d at %s, data in %s", self._process.pid, self.url, self.folder)
 
+    async def wait(self) -> int | None:
+        """Until the process exits (its exit status), or None when none runs."""
+        process = self._process
+        return None if process is None else await process.wait()
+
     async def stop(self) -> None:
         """SIGTERM (Redis writes its append-only file out and exits), then wait for it."""
         process, self._process = self._process, None

@@ -10,6 +10,10 @@ Every node reads the view on each beat; streams whose worker instance has left i
 the cluster (`ReplicatedSettings.reap`) and the node that won each removal tells `/api/events` the
 stream is down ("worker lost"), so the page reconnects and lands on a live worker. While Redis is
 unreachable the last view is kept (the workers it names still serve) and nothing is reaped.
+
+An entry is believed only as `server.cluster.trust.node_entry` reads it (well formed; signed with
+the cluster's secret when there is one); one that is not is left out of the view and logged once,
+and the others are read as before: one bad value never stops a node's beat.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from redis.asyncio.client import Pipeline
 from server.cluster.identity import NodeIdentity
 from server.cluster.link import ERRORS, RedisLink, texts
 from server.cluster.replicated_settings import ReplicatedSettings
+from server.cluster.trust import Untrusted, node_entry, signed
 from server.config import ClusterConfig
 from server.control.events import EventHub, StreamEvent
 
@@ -42,8 +47,11 @@ class Registry:
         config: ClusterConfig,
         settings: ReplicatedSettings,
         events: EventHub,
+        secret: str = "",
     ) -> None:
         self._link = link
+        self._secret = secret.encode()  # the cluster's shared token: entries are signed with it
+        self._refused: dict[str, str] = {}  # node id -> the entry refused (logged once, again if it changes)
         self._identity = identity
         self._config = config
         self._settings = settings
@@ -56,6 +64,10 @@ class Registry:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         link.on_connect(self.beat)
+
+    def urls(self) -> set[str]:
+        """Where the nodes in the view are: the only addresses the cluster's token is sent to."""
+        return {node["url"] for node in self.nodes}
 
     def workers(self) -> list[dict[str, Any]]:
         return [node for node in self.nodes if node.get("role") == "worker"]
@@ -109,7 +121,7 @@ class Registry:
             await asyncio.sleep(self._config.heartbeat_s)
 
     async def beat(self) -> None:
-        entry = json.dumps(self.entry())
+        entry = json.dumps(signed(self.entry(), self._secret))
         key, node_id = self._link.key("node", self._identity.id), self._identity.id
         ttl_ms = int(self._config.node_ttl_s * 1000)
 
@@ -119,6 +131,22 @@ class Registry:
 
         await self._link.transaction(write)
 
+    def _believed(self, node_id: str, raw: Any) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        try:
+            entry = node_entry(text, self._secret)
+            if entry["id"] != node_id:
+                raise Untrusted(f"it names node {entry['id']!r}")
+        except Untrusted as e:
+            if self._refused.get(node_id) != text:
+                self._refused[node_id] = text
+                logger.error("node entry %s in Redis refused: %s", node_id, e)
+            return None
+        self._refused.pop(node_id, None)
+        return entry
+
     async def refresh(self) -> list[dict[str, Any]]:
         """Read every node's entry; close the streams of workers that left."""
         redis = self._link.redis
@@ -127,7 +155,11 @@ class Registry:
         gone = [node_id for node_id, entry in zip(ids, entries, strict=True) if entry is None]
         if gone:
             await redis.srem(self._nodes_key, *gone)
-        self.nodes = [json.loads(entry) for entry in entries if entry is not None]
+        self.nodes = [
+            node
+            for node in (self._believed(node_id, entry) for node_id, entry in zip(ids, entries, strict=True))
+            if node is not None
+        ]
         self.read_at = time.time()
         for listener in self.on_view:
             listener(self.nodes)

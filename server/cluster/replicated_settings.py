@@ -45,6 +45,10 @@ from server.fields import DEFAULT_NAME
 
 logger = logging.getLogger(__name__)
 
+_UNREADABLE = object()  # what `_decoded` gives for a value that is not JSON
+# What a stream's entry in `<p>:streams` must hold.
+OWNER_FIELDS = ("name", "node", "instance")
+
 GLOBAL = "global"
 DEPARTED_KEPT = 512
 SOURCES: frozenset[str] = frozenset(get_args(Source))
@@ -286,19 +290,21 @@ class ReplicatedSettings(SettingsStore):
                 pipe.hgetall(self._key(scope))
             stored = {scope: text_map(values) for scope, values in zip(scopes, await pipe.execute(), strict=True)}
         for stream_id, entry in streams.items():
-            info = json.loads(entry)
+            info = _decoded(entry)
+            if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in OWNER_FIELDS):
+                logger.warning("stream %s in Redis ignored: not a stream's entry (%.80r)", stream_id, entry)
+                continue
             self._take_stream(stream_id, info["name"], Owner(info["node"], info["instance"]))
         for stream_id in [sid for sid, owner in self._owners.items() if sid not in streams and owner != self._me]:
             self._forget(stream_id)
         if stored.get(GLOBAL):
-            fields = {name: json.loads(value) for name, value in stored[GLOBAL].items()}
+            fields = _fields(GLOBAL, stored[GLOBAL])
             self._replace(GLOBAL, {**self.global_settings.model_dump(), "preset": None, **fields})
         named = {scope for scope in [*stored, *self._overrides] if scope_name(scope) is not None}
         for scope in sorted(named):
-            self._replace(scope, {name: json.loads(value) for name, value in stored.get(scope, {}).items()})
+            self._replace(scope, _fields(scope, stored.get(scope, {})))
         for stream_id in [sid for sid, owner in self._owners.items() if owner != self._me]:
-            stored_overrides = stored.get(stream_id, {})
-            self._replace(stream_id, {name: json.loads(value) for name, value in stored_overrides.items()})
+            self._replace(stream_id, _fields(stream_id, stored.get(stream_id, {})))
 
     def _replace(self, scope: str, values: dict[str, Any]) -> None:
         """Take what Redis holds for `scope` as it is; listeners hear of what differs."""
@@ -321,3 +327,20 @@ class ReplicatedSettings(SettingsStore):
             return
         if changed and settings != before:
             self._emit(SettingsChange(scope, "config", changed, settings, remote=True))
+
+
+def _decoded(value: str) -> Any:
+    """A value read from Redis as JSON, or `_UNREADABLE` (Redis is shared: anything may be there)."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return _UNREADABLE
+
+
+def _fields(scope: str, stored: dict[str, str]) -> dict[str, Any]:
+    """A scope's fields from Redis, those that are not JSON left out (logged): the rest still count."""
+    fields = {name: _decoded(value) for name, value in stored.items()}
+    bad = sorted(name for name, value in fields.items() if value is _UNREADABLE)
+    if bad:
+        logger.warning("settings of %s in Redis: %s ignored (not JSON)", scope, ", ".join(bad))
+    return {name: value for name, value in fields.items() if value is not _UNREADABLE}

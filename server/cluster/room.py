@@ -18,6 +18,7 @@ from server.cluster import keys as cluster_keys
 from server.cluster import routes
 from server.cluster.front import Front
 from server.cluster.local import LocalCluster
+from server.http.errors import json_error
 from server.http.openapi import declared_like
 from server.live import room as live
 
@@ -41,7 +42,7 @@ FRONT_ROUTES: dict[tuple[str, str], Relaying | None] = {
     ("DELETE", "/api/streams/{stream_id}"): Front.to_stream,
     ("GET", "/api/streams/{stream_id}/snapshot.jpg"): Front.to_stream,
     ("GET", "/api/streams/{stream_id}/mjpeg"): Front.to_stream,
-    ("DELETE", "/api/whip/{name}/{stream_id}"): Front.to_stream,
+    ("DELETE", "/api/whip/{name}/{stream_id}/{secret}"): Front.to_stream,
     ("GET", "/api/outputs"): _list_outputs,
     ("GET", "/api/outputs/{name}/snapshot.jpg"): Front.to_name,
     ("GET", "/api/outputs/{name}/mjpeg"): Front.to_name,
@@ -51,7 +52,7 @@ FRONT_ROUTES: dict[tuple[str, str], Relaying | None] = {
     ("GET", "/view/{name}"): None,
     ("OPTIONS", "/api/whip/{name}"): None,
     ("OPTIONS", "/api/outputs/{name}/whep"): None,
-    ("PATCH", "/api/whip/{name}/{stream_id}"): Front.to_stream,
+    ("PATCH", "/api/whip/{name}/{stream_id}/{secret}"): Front.to_stream,
     ("PATCH", "/api/outputs/{name}/whep/{viewer_id}"): Front.to_viewer,
     ("GET", "/api/client-config"): None,
 }
@@ -102,9 +103,33 @@ def _worker_load(app: web.Application) -> Callable[[], dict[str, Any]]:
 CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [_local_cluster_ctx, _node_ctx]
 
 
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def _bus_down(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """On a front, a change that travels to the workers through Redis is 503 while Redis is away.
+
+    Answered 200 and queued, a settings change reached no worker until Redis came back (never, when
+    the private redis-server was not restarted): the caller is told instead, and may try again.
+    Requests relayed straight to a worker (offers, hang-ups, viewers) do not need the bus.
+    """
+    if (
+        request.method in MUTATING
+        and request.path.startswith("/api/")
+        and not request.app[cluster_keys.CLUSTER].link.up
+    ):
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else request.path
+        if FRONT_ROUTES.get((request.method, path)) is None:
+            return json_error(503, "cluster bus down", "Redis cannot be reached: the workers would not hear of it")
+    return await handler(request)
+
+
 def setup_routes(app: web.Application) -> None:
     app.add_routes(routes.routes)
     if not app[keys.TOPOLOGY].runs_live:  # a front: the live room's routes answered here or relayed
+        app.middlewares.append(_bus_down)
         for table in live.ROUTES:
             for route in table:
                 assert isinstance(route, RouteDef)

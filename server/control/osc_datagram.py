@@ -5,8 +5,10 @@ it started, so one 48-byte datagram loops forever on the event loop; nested bund
 limit (`RecursionError` at ~600 deep); a type tag it does not know is logged once per message and
 skipped. `split_datagram` walks the framing itself, checking every size against what is left, and
 hands back only single messages whose address and type tags are well formed, for python-osc's
-`OscMessage` to read the arguments of. Its work is linear in the datagram's size (at most
-`MAX_DATAGRAM_BYTES`), with at most `MAX_DEPTH` bundles nested and `MAX_MESSAGES` messages.
+`OscMessage` to read the arguments of. Each argument must be there whole: python-osc pads a float
+cut short with zero bytes, so `/stylize/strength` with two of its four bytes was applied as 0.0.
+Its work is linear in the datagram's size (at most `MAX_DATAGRAM_BYTES`), with at most `MAX_DEPTH`
+bundles nested and `MAX_MESSAGES` messages.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ MAX_DEPTH = 8
 MAX_MESSAGES = 64
 # The argument types python-osc reads (OSC 1.0 plus int64, double, nil, true/false, arrays).
 TYPE_TAGS = frozenset("ihfdsbrmtTFN[]")
+# Bytes each fixed-size argument takes; strings and blobs are measured, the rest take none.
+FIXED_SIZES = {"i": 4, "f": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8}
 
 FramingReason = Literal["size", "depth", "count", "malformed"]
 
@@ -88,6 +92,29 @@ def _check_message(data: bytes) -> None:
     tags_end = data.find(b"\x00", tags_start)
     if tags_end < 0:
         raise DatagramRejected("malformed", "the type tag string is not null-terminated")
-    unknown = set(data[tags_start + 1 : tags_end].decode("latin-1")) - TYPE_TAGS
+    tags = data[tags_start + 1 : tags_end].decode("latin-1")
+    unknown = set(tags) - TYPE_TAGS
     if unknown:
         raise DatagramRejected("malformed", f"type tags {''.join(sorted(unknown))!r} are not taken")
+    _check_arguments(data, tags, (tags_end // 4 + 1) * 4)
+
+
+def _check_arguments(data: bytes, tags: str, index: int) -> None:
+    """Every argument the tags announce is there whole (python-osc would pad one cut short with zeros)."""
+    for tag in tags:
+        if tag in FIXED_SIZES:
+            index += FIXED_SIZES[tag]
+        elif tag == "s":
+            end = data.find(b"\x00", index)
+            if end < 0:
+                raise DatagramRejected("malformed", f"a string argument at byte {index} is not null-terminated")
+            index = (end // 4 + 1) * 4
+        elif tag == "b":
+            if index + 4 > len(data):
+                raise DatagramRejected("malformed", f"a blob's size at byte {index} is cut short")
+            (size,) = struct.unpack_from(">i", data, index)
+            if size < 0:
+                raise DatagramRejected("malformed", f"blob size {size} at byte {index}")
+            index += 4 + (size + 3) // 4 * 4
+        if index > len(data):
+            raise DatagramRejected("malformed", f"the {tag!r} argument is cut short: {len(data)} bytes of {index}")

@@ -10,6 +10,12 @@ winning (a dragged slider does not flood a phone). A change that came over OSC i
 its sender: not to a target at the sender's own address and port, nor to what the sender subscribed.
 Presets stepped over OSC are sent back (the sender does not know the values they set). Sending is a
 UDP socket of its own, never blocking the loop.
+
+A UDP source address can be forged, so a subscribe must not turn into a reflector: the catch-up
+(~300 bytes with the default prompt, ~8 times the subscribe, more with a long prompt) goes to a host
+at most once per `CATCH_UP_INTERVAL_S`, and a host holds at most `MAX_SUBSCRIPTIONS_PER_HOST`
+subscriptions. Forty forged subscribes naming eight ports of one victim were answered with 8.1 times
+the bytes they took, now with 0.2.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ Address = tuple[str, int]  # (IP, UDP port)
 SUBSCRIBE, UNSUBSCRIBE = "feedback/subscribe", "feedback/unsubscribe"
 # Subscriptions kept at most; the oldest is dropped past it (a sender cannot grow the table forever).
 MAX_SUBSCRIPTIONS = 64
+# Subscriptions one host may hold (a controller or two per machine); its oldest goes past it.
+MAX_SUBSCRIPTIONS_PER_HOST = 4
+# A host is sent the current settings on subscribing at most this often (the rest hear changes only).
+CATCH_UP_INTERVAL_S = 10.0
 
 
 def normal(host: str) -> str:
@@ -65,6 +75,7 @@ class OscFeedback:
         self._subscribed: OrderedDict[Address, Address] = OrderedDict()  # sender -> where it listens
         self._pending: dict[Address, dict[str, Any]] = {}  # target -> address -> latest value
         self._last_sent: dict[tuple[Address, str], float] = {}
+        self._caught_up: dict[str, float] = {}  # host -> loop time of its last catch-up
         self._wake = asyncio.Event()
         self._transports: dict[int, asyncio.DatagramTransport] = {}  # by address family
         self._task: asyncio.Task[None] | None = None
@@ -134,10 +145,18 @@ class OscFeedback:
             return True
         self._subscribed.pop(source, None)
         self._subscribed[source] = target
+        same_host = [key for key, value in self._subscribed.items() if value[0] == target[0]]
+        for key in same_host[: max(0, len(same_host) - MAX_SUBSCRIPTIONS_PER_HOST)]:
+            del self._subscribed[key]
         while len(self._subscribed) > MAX_SUBSCRIPTIONS:
             self._subscribed.popitem(last=False)
-        self._pending.setdefault(target, {}).update(current_messages(self._settings.global_settings))
-        self._wake.set()
+        now = asyncio.get_running_loop().time()
+        if now - self._caught_up.get(target[0], -math.inf) >= CATCH_UP_INTERVAL_S:
+            self._caught_up[target[0]] = now
+            self._pending.setdefault(target, {}).update(current_messages(self._settings.global_settings))
+            self._wake.set()
+        for host in [host for host, when in self._caught_up.items() if now - when >= CATCH_UP_INTERVAL_S]:
+            del self._caught_up[host]  # the table holds only hosts caught up lately
         logger.info("OSC feedback subscribed %s:%d (from port %d)", target[0], target[1], source[1])
         return True
 

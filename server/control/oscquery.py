@@ -11,7 +11,10 @@ vidvox/oscqueryproposal). It is an aiohttp site of its own on `[osc] host`, port
 - A WebSocket on the same port takes `{"COMMAND": "LISTEN", "DATA": "/stylize/strength"}` (and
   `IGNORE`) and sends each change of a listened value, whatever made it, as a binary OSC message.
 
-Senders off `[osc] allow` get 403, as OSC drops their datagrams.
+Senders off `[osc] allow` get 403, as OSC drops their datagrams. So does a web page: controllers
+send no `Origin`, browsers always do on a WebSocket (which no CORS guards) and on cross-site reads,
+so any page open on the machine could LISTEN to the live prompt. A `Host` that is not an IP address,
+a loopback name or `[osc] host` is refused too (a rebound name makes a page same-origin).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from server.config import OscConfig
 from server.control.osc import OscListener
 from server.control.osc_namespace import encode, find, namespace, value_at
 from server.control.settings import SettingsChange, SettingsStore
+from server.http.security import origin_of, rebind_proof
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +133,11 @@ class OscQueryServer:
     async def _get(self, request: web.Request) -> web.StreamResponse:
         if not self._osc.allows(request.remote or ""):
             return web.json_response({"error": "forbidden", "detail": "not on [osc] allow"}, status=403)
+        if "Origin" in request.headers:
+            detail = {"origin": request.headers["Origin"], "why": "OSCQuery is for controllers, not web pages"}
+            return web.json_response({"error": "forbidden", "detail": detail}, status=403)
+        if not self._known_host(request.host):
+            return web.json_response({"error": "host not allowed", "detail": request.host}, status=403)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._listen(request)
         if "HOST_INFO" in request.query:
@@ -145,6 +154,13 @@ class OscQueryServer:
         if attribute == "VALUE" and not node.get("ACCESS", 0) & READABLE:
             return web.Response(status=204)
         return web.json_response({attribute: node[attribute]} if attribute in node else {})
+
+    def _known_host(self, host_and_port: str) -> bool:
+        origin = origin_of(f"http://{host_and_port}")
+        if origin is None:
+            return False
+        host = origin[1].strip("[]")
+        return rebind_proof(host) or host == self._config.host.lower()
 
     async def _listen(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20.0)

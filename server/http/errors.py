@@ -7,16 +7,22 @@ that id so an operator can find it from what the client saw.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import uuid
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from server.fields import field_error, validation_detail
 
 logger = logging.getLogger(__name__)
+
+# What a full disk (or a file-size limit) raises: the server's state, not a bug; 507, not 500.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,11 +65,38 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return response
     except ApiError as e:
         return json_error(e.status, e.error, e.detail)
+    except RequestPayloadError as e:
+        # A body its Content-Encoding does not describe (gzip declared, plain bytes sent): the
+        # client's mistake. What is left of the body cannot be read either: it counts as ended (aiohttp
+        # would try to read it after the answer, and fail again) and the connection closes after the answer.
+        request.content.feed_eof()
+        reason = str(e.__cause__ or e).replace("\n", " ").strip()
+        detail = {"content_encoding": request.headers.get("Content-Encoding"), "reason": reason}
+        response = json_error(400, "request body cannot be decoded", detail)
+        response.force_close()
+        return response
+    except (OSError, sqlite3.OperationalError) as e:
+        if not disk_full(e):
+            return _internal(request)
+        logger.error("disk full %s %s: %s", request.method, request.rel_url.path, e)
+        return json_error(507, "insufficient storage", "the server's disk is full: nothing was saved")
     except web.HTTPException as e:
         if e.status < 400 or not request.path.startswith("/api/"):
             raise
         return json_error(e.status, e.reason, None)
     except Exception:
-        error_id = uuid.uuid4().hex[:12]
-        logger.exception("unexpected error id=%s %s %s", error_id, request.method, request.rel_url.path)
-        return web.json_response({"error": "internal", "id": error_id}, status=500)
+        return _internal(request)
+
+
+def _internal(request: web.Request) -> web.Response:
+    """The 500 for an unexpected failure (called while it is handled: the traceback goes to the log)."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.exception("unexpected error id=%s %s %s", error_id, request.method, request.rel_url.path)
+    return web.json_response({"error": "internal", "id": error_id}, status=500)
+
+
+def disk_full(error: BaseException) -> bool:
+    """True for the errors a full disk gives: OSError ENOSPC/EDQUOT/EFBIG, SQLite's "disk is full"."""
+    if isinstance(error, OSError):
+        return error.errno in DISK_FULL
+    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)

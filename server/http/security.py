@@ -2,6 +2,11 @@
 set, each client within a rate; and who the client is behind a trusted reverse proxy.
 
 In order, for every request:
+0. The Host (a trusted proxy's `X-Forwarded-Host`) must be an IP address, a loopback name, the
+   configured host or advertised URL, this machine's name, or in `[server] allowed_hosts`; else 403.
+   DNS rebinding points an attacker's name at this server: the browser then takes the server for
+   the attacker's origin, so the CSRF check passes and the pages' reads are the attacker's to see.
+   An IP address cannot be rebound, and nobody else's name is taken.
 1. The client's address: the peer's, or, when the peer is one of `[server] trusted_proxies`, the
    nearest untrusted hop of its `X-Forwarded-For` (for rate limits and logs; `request[http_keys.CLIENT]`).
 2. CSRF: a mutating request (POST, PUT, PATCH, DELETE) or a WebSocket upgrade whose `Origin` (or,
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -102,11 +108,36 @@ class TrustedProxies:
 
     def own_origin(self, request: web.Request) -> Origin | None:
         """The origin a browser sees this server at: its scheme, Host and port (a trusted proxy's say)."""
-        scheme, host = request.scheme, request.host
+        scheme, host = request.scheme, self.host(request)
         if self.trusts(request.remote):
             scheme = _first(request.headers.get("X-Forwarded-Proto")) or scheme
-            host = _first(request.headers.get("X-Forwarded-Host")) or host
         return origin_of(f"{scheme}://{host}")
+
+    def host(self, request: web.Request) -> str:
+        """The Host the client asked for (host and port): a trusted proxy's X-Forwarded-Host, else the header."""
+        forwarded = _first(request.headers.get("X-Forwarded-Host")) if self.trusts(request.remote) else None
+        return forwarded or request.host
+
+
+class AllowedHosts:
+    """The names a request's Host may carry (the DNS rebinding check)."""
+
+    def __init__(self, config: Config) -> None:
+        machine = socket.gethostname().lower()
+        names = [config.server.host, URL(config.cluster.advertise_url).host or "", machine, f"{machine}.local"]
+        names += config.server.allowed_hosts
+        self.any = "*" in names
+        self._names = {name.lower().rstrip(".") for name in names if name and not name.startswith("*")}
+        self._domains = tuple(name[1:].lower() for name in names if name.startswith("*."))
+
+    def allows(self, host_and_port: str) -> bool:
+        if self.any:
+            return True
+        origin = origin_of(f"http://{host_and_port}")
+        if origin is None:
+            return False
+        host = origin[1].strip("[]")
+        return rebind_proof(host) or host in self._names or host.endswith(self._domains)
 
 
 def _first(value: str | None) -> str | None:
@@ -138,6 +169,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def rebind_proof(host: str) -> bool:
+    """An IP address (no DNS answer stands behind it) or a loopback name: no attacker's page can own it."""
+    if is_loopback(host) or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def exposure_warning(config: Config) -> str | None:
     """The start-up warning for a server others can reach that asks nobody for a token."""
     if config.security.api_token or is_loopback(config.server.host):
@@ -153,11 +195,12 @@ def needs_token(path: str) -> bool:
 
 
 def security_middleware(config: Config) -> Middleware:
-    return _Guard(config.security, config.server).middleware
+    return _Guard(config.security, config.server, AllowedHosts(config)).middleware
 
 
 class _Guard:
-    def __init__(self, security: SecurityConfig, server: ServerConfig) -> None:
+    def __init__(self, security: SecurityConfig, server: ServerConfig, hosts: AllowedHosts) -> None:
+        self._hosts = hosts
         self._token = security.api_token.encode()
         self._proxies = TrustedProxies(server.trusted_proxies)
         self._any_origin = "*" in server.cors_origins
@@ -174,6 +217,10 @@ class _Guard:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         client = self._proxies.client(request)
         request[http_keys.CLIENT] = client
+        host = self._proxies.host(request)
+        if not self._hosts.allows(host):
+            logger.warning("host refused %s %s host=%r client=%s", request.method, request.path, host, client)
+            return json_error(403, "host not allowed", {"host": host, "allow it with": "[server] allowed_hosts"})
         origin = request.headers.get(hdrs.ORIGIN)
         cors = origin is not None and (self._any_origin or origin in self._cors_origins)
         if request.method == "OPTIONS" and cors:

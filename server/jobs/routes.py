@@ -31,12 +31,11 @@ from server.http.openapi import operation
 from server.http.relay import NodeUnreachable, unreachable
 from server.jobs import keys as jobs_keys
 from server.jobs.media import SUFFIXES, MediaInfo, MediaLimits, MediaRejected, UnsupportedMedia, probe
-from server.jobs.store import Job, JobFinished, JobNotFound, JobOut, Status
-from server.jobs.worker import JOBS_FOLDER
+from server.jobs.store import JOB_ID, Job, JobFinished, JobNotFound, JobOut, Status
+from server.jobs.worker import JOBS_FOLDER, UPLOADING_MARKER
 
 routes = web.RouteTableDef()
 
-JOB_ID = re.compile(r"[0-9a-f]{32}")
 CHUNK_BYTES = 256 * 1024
 # Room in a request's Content-Length for the multipart framing and the text fields beside the file.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -121,7 +120,9 @@ async def create_job(request: web.Request) -> web.Response:
     job_id = uuid.uuid4().hex
     folder = Path(JOBS_FOLDER) / job_id  # relative to the data dir, as the job's row keeps it
     upload = worker.data_dir / folder / "input"
+    marker = upload.parent / UPLOADING_MARKER
     try:
+        await asyncio.to_thread(_mark_uploading, marker)
         fields, filename = await _receive(request, upload, limit)
         form = validate(JobForm, fields)
         limits = MediaLimits(config.max_duration_s, config.max_resolution)
@@ -131,13 +132,23 @@ async def create_job(request: web.Request) -> web.Response:
             raise ApiError(415, "unsupported media", str(e)) from e
         except MediaRejected as e:
             raise ApiError(422, "media refused", [field_error("file", str(e))]) from e
+        if info.frames > config.max_frames:
+            # Said at upload: a long clip would hold the render slot for as long as it takes.
+            detail = f"{info.frames} frames, more than [jobs] max_frames ({config.max_frames})"
+            raise invalid("file", detail)
         settings = await _job_settings(request.app, form)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, upload.parent, ignore_errors=True)
         raise
     job = _new_job(job_id, folder, filename, form.preset, settings, info)
     await worker.submit(job)
+    await asyncio.to_thread(marker.unlink)  # recorded: no longer an upload a crash could cut off
     return web.json_response(job.public(), status=202, headers={hdrs.LOCATION: f"/api/jobs/{job_id}"})
+
+
+def _mark_uploading(marker: Path) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 async def _receive(request: web.Request, upload: Path, limit: int) -> tuple[dict[str, str], str]:

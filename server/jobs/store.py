@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -23,6 +25,11 @@ from pydantic import BaseModel
 from pipeline import FrameParams
 from server.db import Database
 from server.jobs.media import CONTENT_TYPES, SUFFIXES, MediaInfo
+
+logger = logging.getLogger(__name__)
+
+# A job's id, as `POST /api/jobs` makes it (uuid4().hex): the name of its folder too.
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
@@ -212,9 +219,27 @@ def _from_row(row: sqlite3.Row) -> Job:
     )
 
 
-def _select(connection: sqlite3.Connection, job_id: str) -> Job | None:
+def _readable(rows: list[sqlite3.Row], unreadable: set[str]) -> list[Job]:
+    """The rows that make a job; one that does not (hand-edited, written by another version) is left
+    out and logged once, so it never turns a listing into a 500."""
+    jobs = []
+    for row in rows:
+        try:
+            jobs.append(_from_row(row))
+        except (TypeError, ValueError, KeyError) as e:  # bad JSON, fields a job has not got or lacks
+            if row["id"] not in unreadable:
+                unreadable.add(row["id"])
+                logger.error("job row id=%s cannot be read, left out of every answer: %s", row["id"], e)
+    return jobs
+
+
+def _select(connection: sqlite3.Connection, job_id: str, unreadable: set[str] | None = None) -> Job | None:
     row = connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return None if row is None else _from_row(row)
+    if row is None:
+        return None
+    if unreadable is None:
+        return _from_row(row)
+    return next(iter(_readable([row], unreadable)), None)
 
 
 class JobStore:
@@ -224,6 +249,7 @@ class JobStore:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._unreadable: set[str] = set()  # ids of rows logged as unreadable (once each)
 
     async def add(self, job: Job) -> None:
         params = json.dumps(dataclasses.asdict(job.params))
@@ -250,7 +276,7 @@ class JobStore:
         await self._db.run(insert)
 
     async def get(self, job_id: str) -> Job:
-        job = await self._db.run(lambda connection: _select(connection, job_id))
+        job = await self._db.run(lambda connection: _select(connection, job_id, self._unreadable))
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -265,7 +291,7 @@ class JobStore:
                 f"SELECT * FROM jobs {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-            return [_from_row(row) for row in rows], total
+            return _readable(rows, self._unreadable), total
 
         return await self._db.run(select)
 
@@ -273,17 +299,23 @@ class JobStore:
         """The oldest pending job, now marked processing; None when nothing waits."""
 
         def claim(connection: sqlite3.Connection) -> Job | None:
-            row = connection.execute(
+            while row := connection.execute(
                 "SELECT id FROM jobs WHERE status = 'pending' ORDER BY created, rowid LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            connection.execute(
-                "UPDATE jobs SET status = 'processing', started = ?, frames_done = 0, error = NULL,"
-                " attempts = attempts + 1 WHERE id = ?",
-                (time.time(), row["id"]),
-            )
-            return _select(connection, row["id"])
+            ).fetchone():
+                connection.execute(
+                    "UPDATE jobs SET status = 'processing', started = ?, frames_done = 0, error = NULL,"
+                    " attempts = attempts + 1 WHERE id = ?",
+                    (time.time(), row["id"]),
+                )
+                job = _select(connection, row["id"], self._unreadable)
+                if job is not None:
+                    return job
+                # A row that makes no job cannot be rendered: failed, so the queue moves on.
+                connection.execute(
+                    "UPDATE jobs SET status = 'failed', finished = ?, error = 'its record cannot be read' WHERE id = ?",
+                    (time.time(), row["id"]),
+                )
+            return None
 
         return await self._db.run(claim)
 
@@ -368,7 +400,8 @@ class JobStore:
                 "UPDATE jobs SET status = 'failed', finished = ?, processing_s = ? - started, error = ? WHERE id = ?",
                 [(now, now, error, job_id) for job_id in given_up],
             )
-            return requeued, [job for job in (_select(connection, i) for i in given_up) if job is not None]
+            jobs = (_select(connection, i, self._unreadable) for i in given_up)
+            return requeued, [job for job in jobs if job is not None]
 
         return await self._db.run(requeue)
 
@@ -378,7 +411,7 @@ class JobStore:
                 "SELECT * FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished < ?",
                 (cutoff,),
             ).fetchall()
-            return [_from_row(row) for row in rows]
+            return _readable(rows, self._unreadable)
 
         return await self._db.run(select)
 

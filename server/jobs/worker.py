@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import threading
@@ -39,10 +40,16 @@ T = TypeVar("T")
 
 JOBS_FOLDER = "jobs"
 SEGMENTS_FOLDER = "segments"
+# A job folder holding this file is an upload still arriving, or one a crash cut off: its job is not
+# recorded yet. Only such folders are removed as orphans. A folder the records do not name and without
+# it is kept: an empty or replaced database must never cost a job's files.
+UPLOADING_MARKER = ".uploading"
 # How often a running job's progress is saved and pushed to listeners.
 PROGRESS_INTERVAL_S = 0.5
 # How often finished jobs older than `[jobs] keep_hours` are looked for.
 SWEEP_INTERVAL_S = 600.0
+# How often a job failure the records refused (a full disk) is tried again.
+RECORD_RETRY_S = 2.0
 # How often the worker looks again while the engine is still loading.
 ENGINE_POLL_S = 0.2
 # In a cluster, a folder without a job is removed only once untouched this long: a front on the same
@@ -97,6 +104,7 @@ class JobWorker:
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
+        self._unrecorded: dict[str, tuple[Job, str]] = {}  # job id -> (job, error) the records refused
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,9 +118,15 @@ class JobWorker:
             self._publish("failed", job)
         known = await self._store.ids()
         min_age_s = ORPHAN_AGE_IN_CLUSTER_S if self._fetch_input is not None else 0.0
-        removed = await self._blocking(_remove_orphans, self._jobs_dir, known, min_age_s)
+        removed, unknown = await self._blocking(_remove_orphans, self._jobs_dir, known, min_age_s)
         if removed:
             logger.info("removed %d job folder(s) without a job (uploads cut off)", removed)
+        if unknown:
+            logger.warning(
+                "kept %d job folder(s) the job records do not name (a lost or replaced database?): %s",
+                len(unknown),
+                ", ".join(unknown),
+            )
         await self.sweep()
         await self._report_counts()
 
@@ -195,10 +209,13 @@ class JobWorker:
             if time.monotonic() - self._last_sweep >= SWEEP_INTERVAL_S:
                 await self.sweep()
             self._wake.clear()
+            if self._unrecorded:
+                await self._record_failures()
             job = await self._store.claim_next()
             if job is None:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), min(SWEEP_INTERVAL_S, self._store.idle_wait_s))
+                    retry_s = RECORD_RETRY_S if self._unrecorded else math.inf
+                    await asyncio.wait_for(self._wake.wait(), min(SWEEP_INTERVAL_S, self._store.idle_wait_s, retry_s))
                 except TimeoutError:
                     pass
                 continue
@@ -308,9 +325,22 @@ class JobWorker:
 
     async def _fail(self, job: Job, error: str) -> None:
         logger.warning("job failed id=%s: %s", job.id, error)
-        failed = await self._store.fail(job.id, error)
+        try:
+            failed = await self._store.fail(job.id, error)
+        except Exception as e:
+            # A full disk fails the render and then the record of it: the job stayed "processing"
+            # until a restart. Kept, and recorded on the worker's next turns until it lands.
+            logger.error("job failure id=%s not recorded yet (%s): trying again", job.id, e)
+            self._unrecorded[job.id] = (job, error)
+            return
+        self._unrecorded.pop(job.id, None)
         if failed is not None:
             self._publish("failed", failed)
+
+    async def _record_failures(self) -> None:
+        """Record the failures the records refused before (a full disk); those that still fail wait."""
+        for job, error in list(self._unrecorded.values()):
+            await self._fail(job, error)
 
     async def _release(self, job_id: str) -> None:
         running = self._running
@@ -346,18 +376,21 @@ def _lower_priority(nice: int) -> None:
             logger.warning("could not lower the job thread's priority to nice %d: %s", nice, e)
 
 
-def _remove_orphans(jobs_dir: Path, known: set[str], min_age_s: float = 0.0) -> int:
+def _remove_orphans(jobs_dir: Path, known: set[str], min_age_s: float = 0.0) -> tuple[int, list[str]]:
+    """Remove cut-off uploads (marked, not recorded); returns how many, and the unmarked folders nobody records."""
     if not jobs_dir.is_dir():
-        return 0
+        return 0, []
     before = time.time() - min_age_s
+    unrecorded = [folder for folder in jobs_dir.iterdir() if folder.is_dir() and folder.name not in known]
     orphans = [
         folder
-        for folder in jobs_dir.iterdir()
-        if folder.is_dir() and folder.name not in known and (not min_age_s or folder.stat().st_mtime < before)
+        for folder in unrecorded
+        if (folder / UPLOADING_MARKER).exists() and (not min_age_s or folder.stat().st_mtime < before)
     ]
     for folder in orphans:
         shutil.rmtree(folder, ignore_errors=True)
-    return len(orphans)
+    unknown = sorted(folder.name for folder in unrecorded if not (folder / UPLOADING_MARKER).exists())
+    return len(orphans), unknown
 
 
 def _unlink(path: Path) -> None:

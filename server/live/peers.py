@@ -37,6 +37,7 @@ from server.control.events import EventHub, StreamEvent
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 from server.engine_service import EngineStatus
 from server.fields import DEFAULT_NAME, validation_detail
+from server.live.admission import Attempt, make_room
 from server.live.dtls_role import as_dtls_server
 from server.live.session import Session
 from server.live.track import StylizedTrack
@@ -111,6 +112,26 @@ class PeerManager:
                 if reason is not None:
                     await self.close(session.id, reason)
 
+    async def _make_room(self, client: str | None) -> None:
+        """Close the attempts `server.live.admission` gives up for an offer from `client`."""
+        attempts = [
+            Attempt(session.id, session.remote, session.stats.started)
+            for session in self.sessions.values()
+            if session.connected_at is None
+        ]
+        config = self._config
+        closing = make_room(
+            attempts,
+            client,
+            len(self.sessions),
+            config.max_peers,
+            config.max_unconnected_per_client,
+            config.offer_grace_s,
+            time.monotonic(),
+        )
+        for stream_id in closing:
+            await self.close(stream_id, "not connected, its slot given to a new offer")
+
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
             RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in self._config.ice_servers
@@ -129,10 +150,12 @@ class PeerManager:
 
         `prepare(pc)` runs before the offer is read (WHIP: any video codec, sound declined).
         """
+        await self._make_room(remote)
         if len(self.sessions) >= self._config.max_peers:
             raise PeersFull(f"{len(self.sessions)} of {self._config.max_peers} streams in use")
         engine = self._engine.engine
         session = Session(id=uuid.uuid4().hex[:12], pc=RTCPeerConnection(self._rtc_configuration()), name=name)
+        session.remote = remote
         pc = session.pc
         self.sessions[session.id] = session
         self._settings.add_stream(session.id, name)
@@ -197,7 +220,6 @@ class PeerManager:
             logger.exception("offer failed stream=%s", session.id)
             await self.close(session.id, "offer failed")
             raise
-        session.remote = remote
         logger.info("stream up stream=%s from=%s peers=%d", session.id, remote, len(self.sessions))
         session.announced = True
         self._metrics.streams_active.set(len(self.sessions))

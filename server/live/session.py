@@ -23,6 +23,7 @@ class Session:
     name: str = DEFAULT_NAME  # outputs and per-name settings follow the name, not the id
     remote: str | None = None  # the caller's address, for the log
     connected_at: float | None = None  # monotonic time the connection first reached "connected"
+    secret: str | None = None  # WHIP: the last part of its Location, needed to hang up; never listed
 
     def stale(self, now: float, connect_timeout_s: float, idle_timeout_s: float) -> str | None:
         """Why this session should be closed at monotonic `now`, or None while it is doing its job."""

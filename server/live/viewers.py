@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from server.config import OutputsConfig, ServerConfig, TransportConfig
+from server.live.admission import Attempt, make_room
 from server.live.dtls_role import as_dtls_server
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.outputs import NamedOutputs
@@ -41,6 +42,8 @@ class Viewer:
     name: str
     pc: RTCPeerConnection
     created: float = field(default_factory=time.time)
+    client: str | None = None  # who offered it: a client's unconnected attempts are limited
+    since: float = field(default_factory=time.monotonic)
     watchdog: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, object]:
@@ -54,14 +57,28 @@ class ViewerManager:
         self._ice = [RTCIceServer(**s.model_dump(exclude_none=True)) for s in server.ice_servers]
         self._limit = outputs_config.max_viewers
         self._connect_timeout_s = outputs_config.viewer_connect_timeout_s
+        self._per_client = server.max_unconnected_per_client
+        self._grace_s = server.offer_grace_s
         self._codec = transport.codec
         self._outputs = outputs
         self.viewers: dict[str, Viewer] = {}
 
-    async def create(self, name: str, offer: RTCSessionDescription) -> tuple[Viewer, RTCSessionDescription]:
+    async def create(
+        self, name: str, offer: RTCSessionDescription, client: str | None = None
+    ) -> tuple[Viewer, RTCSessionDescription]:
+        attempts = [
+            Attempt(viewer.id, viewer.client, viewer.since)
+            for viewer in self.viewers.values()
+            if viewer.pc.connectionState != "connected"
+        ]
+        in_use, now = len(self.viewers), time.monotonic()
+        for viewer_id in make_room(attempts, client, in_use, self._limit, self._per_client, self._grace_s, now):
+            logger.info("viewer not connected, its slot given to a new offer viewer=%s", viewer_id)
+            await self.close(viewer_id)
         if len(self.viewers) >= self._limit:
             raise ViewersFull(f"{len(self.viewers)} of {self._limit} viewers watching")
-        viewer = Viewer(id=uuid.uuid4().hex[:12], name=name, pc=RTCPeerConnection(RTCConfiguration(self._ice)))
+        pc = RTCPeerConnection(RTCConfiguration(self._ice))
+        viewer = Viewer(id=uuid.uuid4().hex[:12], name=name, pc=pc, client=client)
         self.viewers[viewer.id] = viewer
         pc = viewer.pc
         pc.addTransceiver(NamedOutputTrack(self._outputs.viewer_joined(name)), direction="sendonly")

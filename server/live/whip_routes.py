@@ -1,7 +1,9 @@
 """WHIP (RFC 9725): OBS and other software publish a camera into a stream name with one HTTP POST.
 
 `POST /api/whip/{name}` takes an SDP offer (`application/sdp`) and answers 201 with the SDP answer
-and a `Location` to `DELETE` to hang up. The video is stylized like a page's camera (same engine
+and a `Location` to `DELETE` to hang up. The Location carries a secret only the publisher is given
+(`/api/whip/{name}/{stream_id}/{secret}`): the stream id alone is public (`/api/streams`), and with
+it anyone could hang up someone else's camera. The video is stylized like a page's camera (same engine
 and batching, settings resolved by name), goes to the name's outputs, and comes back on the same
 connection when the offer receives video. Candidates may trickle in by PATCH (`server.live.trickle`;
 an ICE restart is refused with 422). With `[security] api_token` set, the Bearer token is required.
@@ -9,13 +11,16 @@ an ICE restart is refused with 422). With `[security] api_token` set, the Bearer
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server import keys
 from server.fields import field_error
+from server.http import keys as http_keys
 from server.http.errors import ApiError
 from server.http.inputs import read_body
 from server.http.names import path_name
@@ -24,6 +29,7 @@ from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_cre
 from server.live import keys as live_keys
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.refusals import refusals_as_http
+from server.live.session import Session
 from server.live.trickle import TRICKLE_ICE_SDPFRAG, IceRestartRefused, TrickleRejected, add_candidates, parse_fragment
 
 logger = logging.getLogger(__name__)
@@ -49,11 +55,15 @@ async def publish(request: web.Request) -> web.Response:
 
     with refusals_as_http():
         session, answer = await request.app[live_keys.PEERS].create(
-            RTCSessionDescription(sdp=sdp, type="offer"), remote=request.remote, name=name, prepare=prepare
+            RTCSessionDescription(sdp=sdp, type="offer"),
+            remote=request.get(http_keys.CLIENT, request.remote),
+            name=name,
+            prepare=prepare,
         )
     if video_direction(session.pc) == "recvonly" and session.track is not None:
         request.app[live_keys.OUTPUTS].drain(session.id, session.track)  # nobody reads it back: outputs only
-    location = f"/api/whip/{name}/{session.id}"
+    session.secret = secrets.token_urlsafe(24)
+    location = f"/api/whip/{name}/{session.id}/{session.secret}"
     created = sdp_created(answer.sdp, location, ice_server_links(config.server.ice_servers))
     created.headers["ETag"] = session_etag(session.id)
     return created
@@ -69,20 +79,26 @@ async def options(request: web.Request) -> web.Response:
     return response
 
 
-@routes.delete("/api/whip/{name}/{stream_id}")
-@operation("WHIP: hang up a session", tag="whip", errors={404: "no such session under that name"})
+@routes.delete("/api/whip/{name}/{stream_id}/{secret}")
+@operation("WHIP: hang up a session (its Location)", tag="whip", errors={404: "no such session under that name"})
 async def hang_up(request: web.Request) -> web.Response:
+    session = _publisher(request)
+    await request.app[live_keys.PEERS].close(session.id)
+    return web.json_response({"closed": session.id})
+
+
+def _publisher(request: web.Request) -> Session:
+    """The session a WHIP Location names: 404 unless its name and secret match."""
     name = path_name(request, latest=False)
     stream_id = request.match_info["stream_id"]
-    peers = request.app[live_keys.PEERS]
-    session = peers.sessions.get(stream_id)
-    if session is None or session.name != name:
+    session = request.app[live_keys.PEERS].sessions.get(stream_id)
+    given = request.match_info["secret"].encode()
+    if session is None or session.name != name or not hmac.compare_digest(given, (session.secret or "").encode()):
         raise ApiError(404, "unknown session", {"name": name, "stream_id": stream_id})
-    await peers.close(stream_id)
-    return web.json_response({"closed": stream_id})
+    return session
 
 
-@routes.patch("/api/whip/{name}/{stream_id}")
+@routes.patch("/api/whip/{name}/{stream_id}/{secret}")
 @operation(
     "WHIP: trickle ICE candidates in (application/trickle-ice-sdpfrag); ICE restarts are refused",
     tag="whip",
@@ -96,12 +112,8 @@ async def hang_up(request: web.Request) -> web.Response:
     },
 )
 async def trickle(request: web.Request) -> web.Response:
-    name = path_name(request, latest=False)
-    stream_id = request.match_info["stream_id"]
-    session = request.app[live_keys.PEERS].sessions.get(stream_id)
-    if session is None or session.name != name:
-        raise ApiError(404, "unknown session", {"name": name, "stream_id": stream_id})
-    return await trickle_into(request, session.pc, stream_id)
+    session = _publisher(request)
+    return await trickle_into(request, session.pc, session.id)
 
 
 def session_etag(session_id: str) -> str:

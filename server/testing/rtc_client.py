@@ -284,7 +284,7 @@ async def whip_publish(
     pc, source, track_ready = _publisher(fps, receive, codec, audio)
     sdp, location = await _post_sdp(http, url, pc, token)
     client = RtcClient(
-        pc=pc, source=source, stream_id=location.rsplit("/", 1)[-1], answer={"sdp": sdp, "location": location}
+        pc=pc, source=source, stream_id=location.rsplit("/", 2)[-2], answer={"sdp": sdp, "location": location}
     )
     if receive:
         client.read(await asyncio.wait_for(track_ready, 10))
