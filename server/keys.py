@@ -5,7 +5,7 @@ and these (tests/test_layout.py checks it). What a room needs from another is ha
 composition root (`server/app.py`) through a key of the needing room's own. The core is what the
 root makes before any room: the config, this process's place in the deployment, the database, the
 engine, and the three buses every room uses (settings, events, metrics), whose implementation the
-topology decides (in-process, or Redis in a cluster).
+topology decides (in-process, or Redis in a cluster); and per request, the client's address.
 
 The types are imported for the type checker only, so importing this module loads nothing but aiohttp.
 """
@@ -36,3 +36,7 @@ EVENTS: web.AppKey[EventHub] = web.AppKey("events")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Only in a cluster: the client for the other nodes (files and routes that live elsewhere).
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
+
+# Per request: the client's address as the security middleware found it (a trusted proxy's
+# X-Forwarded-For believed); the live room's admission counts attempts by it.
+CLIENT: web.RequestKey[str] = web.RequestKey("client")

@@ -14,7 +14,7 @@ from server.config import ROOT
 
 ROOMS = ("live", "control", "jobs", "observe", "cluster")
 # The app state every room may read (server/keys.py); everything else is some room's own.
-CORE_KEYS = {"CONFIG", "TOPOLOGY", "DB", "ENGINE", "SETTINGS", "EVENTS", "METRICS", "RELAY"}
+CORE_KEYS = {"CONFIG", "TOPOLOGY", "DB", "ENGINE", "SETTINGS", "EVENTS", "METRICS", "RELAY", "CLIENT"}
 
 
 def _module_name(path: Path) -> str:

@@ -15,7 +15,6 @@ from aiohttp.test_utils import make_mocked_request
 
 from server import keys
 from server.config import Config, ConfigError, load_config
-from server.http import keys as http_keys
 from server.http.access_log import AccessLog
 from server.http.security import TrustedProxies, exposure_warning, needs_token, origin_of
 from server.live import keys as live_keys
@@ -283,7 +282,7 @@ def test_client_address_walks_the_forwarding_chain() -> None:
 
 def test_the_access_log_names_the_client_and_hides_the_token(caplog: pytest.LogCaptureFixture) -> None:
     request = make_mocked_request("GET", f"/api/streams/abc/mjpeg?fps=5&token={TOKEN}")
-    request[http_keys.CLIENT] = "203.0.113.9"
+    request[keys.CLIENT] = "203.0.113.9"
     logger = logging.getLogger("test.access")
     with caplog.at_level(logging.INFO, logger="test.access"):
         AccessLog(logger, "").log(request, web.Response(status=200), 0.25)

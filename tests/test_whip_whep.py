@@ -216,7 +216,8 @@ async def test_candidates_trickle_in_by_patch_and_ice_restarts_are_refused(serve
                 location, etag = response.headers["Location"], response.headers["ETag"]
                 answer = await response.text()
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-            session_id = location.rsplit("/", 1)[-1]
+            # WHIP's Location ends in its secret (/api/whip/{name}/{stream_id}/{secret}), WHEP's in the viewer.
+            session_id = location.split("/")[4] if "whip" in path else location.rsplit("/", 1)[-1]
             server_pc = (
                 server.app[live_keys.PEERS].sessions[session_id].pc
                 if "whip" in path

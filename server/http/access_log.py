@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from server.http import keys as http_keys
+from server import keys
 
 # Routes the page and /monitor poll: a line a second each would drown the events that matter.
 POLLED = frozenset({"/readyz", "/health", "/api/stats", "/api/streams", "/api/settings", "/metrics"})
@@ -22,7 +22,7 @@ class AccessLog(AbstractAccessLogger):
         level = logging.DEBUG if polled and request.method in ("GET", "HEAD") else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
-        client = request.get(http_keys.CLIENT) or request.remote
+        client = request.get(keys.CLIENT) or request.remote
         url = request.rel_url
         if "token" in url.query:
             url = url.update_query(token="***")

@@ -38,6 +38,7 @@ STATUS_TEXT = {
     422: "invalid fields, each named",
     429: "too many requests (Retry-After)",
     503: "not ready or full",
+    507: "the disk is full: nothing was saved",
 }
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -246,6 +247,10 @@ def _operation(
         entry["security"] = [{"bearer": []}, {"query": []}] if method in ("GET", "HEAD") else [{"bearer": []}]
     elif method in MUTATING:
         errors.setdefault(429, STATUS_TEXT[429])
+    if method in MUTATING and path.startswith("/api/"):
+        # Any write may meet a full disk; on a cluster's front, a change may find the bus to its workers down.
+        errors.setdefault(503, "not ready or full; on a cluster's front, the bus to the workers is down")
+        errors.setdefault(507, STATUS_TEXT[507])
     for status, text in sorted(errors.items()):
         error = {"$ref": REF.format(model="InvalidFields" if status == 422 else "Error")}
         responses[str(status)] = {"description": text, "content": {"application/json": {"schema": error}}}

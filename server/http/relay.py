@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from server.http import keys as http_keys
+from server import keys
 from server.http.errors import ApiError
 
 # Request headers that describe the body or what the caller accepts: passed on.
@@ -100,7 +100,7 @@ class Relay:
     async def forward(self, request: web.Request, base_url: str, body: bytes | None = None) -> web.StreamResponse:
         """`request` sent on to the node at `base_url`; its answer. Raises `NodeUnreachable`."""
         headers = self.headers({name: request.headers[name] for name in FORWARDED if name in request.headers})
-        client = request.get(http_keys.CLIENT) or request.remote
+        client = request.get(keys.CLIENT) or request.remote
         if client:
             headers["X-Forwarded-For"] = client
         query = [(name, value) for name, value in request.query.items() if name != "token"]

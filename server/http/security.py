@@ -8,7 +8,7 @@ In order, for every request:
    the attacker's origin, so the CSRF check passes and the pages' reads are the attacker's to see.
    An IP address cannot be rebound, and nobody else's name is taken.
 1. The client's address: the peer's, or, when the peer is one of `[server] trusted_proxies`, the
-   nearest untrusted hop of its `X-Forwarded-For` (for rate limits and logs; `request[http_keys.CLIENT]`).
+   nearest untrusted hop of its `X-Forwarded-For` (for rate limits and logs; `request[keys.CLIENT]`).
 2. CSRF: a mutating request (POST, PUT, PATCH, DELETE) or a WebSocket upgrade whose `Origin` (or,
    without one, whose `Referer`) is neither the server's own origin (scheme, host and port as the
    browser sees them: TLS and a trusted proxy's `X-Forwarded-Proto`/`-Host` count) nor one in
@@ -34,8 +34,8 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from yarl import URL
 
+from server import keys
 from server.config import Config, SecurityConfig, ServerConfig, address_in, networks
-from server.http import keys as http_keys
 from server.http.errors import json_error
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class _Guard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         client = self._proxies.client(request)
-        request[http_keys.CLIENT] = client
+        request[keys.CLIENT] = client
         host = self._proxies.host(request)
         if not self._hosts.allows(host):
             logger.warning("host refused %s %s host=%r client=%s", request.method, request.path, host, client)

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from server import keys
 from server.control.settings import SettingsPatch
 from server.fields import DEFAULT_NAME, PublishName
-from server.http import keys as http_keys
 from server.http.errors import ApiError
 from server.http.inputs import read_model
 from server.http.openapi import operation
@@ -57,7 +56,7 @@ async def offer(request: web.Request) -> web.Response:
     peers = request.app[live_keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)
-        client = request.get(http_keys.CLIENT, request.remote)
+        client = request.get(keys.CLIENT, request.remote)
         session, answer = await peers.create(description, body.settings, name=body.name, remote=client)
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": session.id})
 

@@ -13,7 +13,6 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 
 from server import keys
-from server.http import keys as http_keys
 from server.http.errors import ApiError
 from server.http.names import path_name
 from server.http.openapi import operation
@@ -39,7 +38,7 @@ async def watch(request: web.Request) -> web.Response:
     sdp = await read_sdp(request)
     try:
         offer = RTCSessionDescription(sdp=sdp, type="offer")
-        viewer, answer = await request.app[live_keys.VIEWERS].create(name, offer, request.get(http_keys.CLIENT))
+        viewer, answer = await request.app[live_keys.VIEWERS].create(name, offer, request.get(keys.CLIENT))
     except ViewersFull as e:
         raise ApiError(503, "too many viewers", str(e)) from e
     except ViewerRejected as e:

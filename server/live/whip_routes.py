@@ -20,7 +20,6 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server import keys
 from server.fields import field_error
-from server.http import keys as http_keys
 from server.http.errors import ApiError
 from server.http.inputs import read_body
 from server.http.names import path_name
@@ -56,7 +55,7 @@ async def publish(request: web.Request) -> web.Response:
     with refusals_as_http():
         session, answer = await request.app[live_keys.PEERS].create(
             RTCSessionDescription(sdp=sdp, type="offer"),
-            remote=request.get(http_keys.CLIENT, request.remote),
+            remote=request.get(keys.CLIENT, request.remote),
             name=name,
             prepare=prepare,
         )
