@@ -20,7 +20,7 @@ WHEEL_TARGET := --only-binary=:all: --python-version $(PY_VERSION) --implementat
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[cluster,mdns]'
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
@@ -106,7 +106,8 @@ wheelhouse:
 	rm -rf $(WHEELS)/site
 	mkdir -p $(WHEELS)
 	python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-		deps = p["dependencies"] + [d for d in p["optional-dependencies"]["dev"] if d.startswith("pytest")]; \
+		extras = p["optional-dependencies"]; \
+		deps = p["dependencies"] + extras["cluster"] + extras["mdns"] + [d for d in extras["dev"] if d.startswith("pytest")]; \
 		print("\n".join(d for d in deps if not d.startswith("torch")))' > $(WHEELS)/requirements.txt
 	# PyTurboJPEG ships no wheel: build its (pure Python) one here.
 	python3 -m pip wheel -q --no-deps -w $(WHEELS) "$$(grep -i '^pyturbojpeg' $(WHEELS)/requirements.txt)"

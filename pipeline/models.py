@@ -6,12 +6,13 @@ Specs:
   come from the standard cache or are downloaded once (`pipeline.hub`); loading itself is offline;
 - `tiny`: a small random-weight model of the same family, built once under `<data_dir>/models/tiny`
   in diffusers format and loaded back from there, so tests exercise the real loading path;
-- `arch:<name>`: the real architecture from `configs/models/<name>/` with random weights, for
+- `arch:<name>`: the real architecture from `pipeline/archs/<name>/` with random weights, for
   measuring speed where weights cannot be downloaded.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import json
 import logging
@@ -37,7 +38,8 @@ DEFAULT_VAE = "madebyollin/taesd"
 AUTO_VAE = "auto"
 TINY = "tiny"
 ARCH_PREFIX = "arch:"
-ARCH_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+# The architectures' configs ship inside the package (wheels install unpacked: a real folder).
+ARCH_DIR = Path(str(importlib.resources.files("pipeline") / "archs"))
 # What a diffusers Stable Diffusion repository must hold for the one-step transform (no safety checker).
 MODEL_PATTERNS = [
     "unet/config.json",

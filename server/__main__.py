@@ -208,6 +208,10 @@ def serve(config: Config) -> None:
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         fail(f"cannot listen on {host}:{port} ({why}); choose another port with --port (or STYLIZE_PORT)")
+    from server.extras import missing
+
+    for problem in missing(config):
+        fail(problem)
     osc_ports_free(config)
     database_intact(config)
     if not port:  # the port the system picked: where the other nodes of a cluster reach this one

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 
 from aiohttp import web
 
 from server import keys
 from server.cluster import keys as cluster_keys
-from server.cluster import room as cluster
-from server.cluster.node import ClusterNode
 from server.config import Config
 from server.control import keys as control_keys
 from server.control import presets, saved_settings
@@ -61,16 +60,8 @@ def create_app(config: Config) -> web.Application:
     database = Database(database_path(config), schemas=SCHEMAS)
     app[keys.DB] = database
     initial = StyleSettings(**config.defaults.model_dump())
-    if topology.shares_state:
-        node = ClusterNode(config, initial)
-        app[cluster_keys.CLUSTER], app[keys.RELAY] = node, node.relay
-        app[keys.SETTINGS], app[keys.EVENTS] = node.settings, node.events
-        app[control_keys.PRESET_STORAGE], app[jobs_keys.JOBS] = node.presets, node.jobs
-        app[jobs_keys.FETCH_INPUT] = node.fetch_job_input
-        app[observe_keys.SPANNING] = node
-        if node.engines is not None:
-            app[keys.ENGINE] = node.engines  # a front's engine is its workers'
-    else:
+    cluster = _join_cluster(app, config, initial) if topology.shares_state else None
+    if cluster is None:
         app[keys.SETTINGS], app[keys.EVENTS] = SettingsStore(initial), EventHub()
         app[control_keys.PRESET_STORAGE], app[jobs_keys.JOBS] = SqlitePresets(database), job_store.JobStore(database)
     _hand_in(app, topology)
@@ -79,7 +70,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend(observe.CONTEXTS)
     app.cleanup_ctx.extend(http.CONTEXTS)
     app.cleanup_ctx.append(_database_ctx)
-    if topology.shares_state:
+    if cluster is not None:
         app.cleanup_ctx.extend(cluster.CONTEXTS)
     if topology.runs_engine:
         app.cleanup_ctx.append(_engine_ctx)
@@ -89,12 +80,31 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend(jobs.CONTEXTS)
     # The API contract from every room's routes, with the /api/events message types.
     app.cleanup_ctx.append(http.document_ctx(EVENT_TYPES, version=lambda: app[observe_keys.STATS].version))
-    rooms = [observe, control, *([live] if topology.runs_live else []), jobs, http]
-    if topology.shares_state:
+    rooms: list[ModuleType] = [observe, control, *([live] if topology.runs_live else []), jobs, http]
+    if cluster is not None:
         rooms.append(cluster)  # /api/cluster; on a front, the live room's routes relayed
     for room in rooms:
         room.setup_routes(app)
     return app
+
+
+def _join_cluster(app: web.Application, config: Config, initial: StyleSettings) -> ModuleType:
+    """This node's part in a cluster: settings, events, presets and jobs in Redis; the cluster room.
+
+    Imported only here: the cluster needs the Redis client, an extra a single server does without.
+    """
+    from server.cluster import room
+    from server.cluster.node import ClusterNode
+
+    node = ClusterNode(config, initial)
+    app[cluster_keys.CLUSTER], app[keys.RELAY] = node, node.relay
+    app[keys.SETTINGS], app[keys.EVENTS] = node.settings, node.events
+    app[control_keys.PRESET_STORAGE], app[jobs_keys.JOBS] = node.presets, node.jobs
+    app[jobs_keys.FETCH_INPUT] = node.fetch_job_input
+    app[observe_keys.SPANNING] = node
+    if node.engines is not None:
+        app[keys.ENGINE] = node.engines  # a front's engine is its workers'
+    return room
 
 
 def _hand_in(app: web.Application, topology: Topology) -> None:

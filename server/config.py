@@ -14,10 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from server.fields import Guidance, Prompt, Seed, Strength
+from server.package_data import package_folder
 
-# The source tree: the server runs from it (configs/ and static/ live beside the packages).
+# The source tree, for tests and benchmarks; what the server reads ships inside the package (a wheel too).
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs"
+CONFIGS = package_folder("configs")
 DEFAULT_CONFIG = CONFIGS / "default.toml"
 
 # Short variables for the knobs people set most (the same ones the command line has).

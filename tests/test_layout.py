@@ -58,7 +58,14 @@ def test_pipeline_imports_nothing_of_the_server_or_the_web_stack() -> None:
 
 def test_the_http_edge_imports_only_leaf_modules_and_the_app_keys() -> None:
     # keys.py declares typed names and imports nothing of the rooms when it runs.
-    allowed = {"server.bounded_json", "server.config", "server.fields", "server.keys", "server.http"}
+    allowed = {
+        "server.bounded_json",
+        "server.config",
+        "server.fields",
+        "server.keys",
+        "server.http",
+        "server.package_data",
+    }
     for path in _sources("server/http"):
         imported = {name for name in _runtime_imports(path) if name.startswith("server")}
         bad = {name for name in imported if name != "server" and not any(name.startswith(a) for a in allowed)}
@@ -150,6 +157,15 @@ def test_control_plane_modules_leave_torch_out(module: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"importing {module} loaded {result.stdout.strip()}"
+
+
+def test_a_single_server_imports_no_extra() -> None:
+    # The cluster's Redis client and mDNS are extras (pip install 'stylize[cluster]', '[mdns]').
+    result = _python(
+        ["-c", "import sys, server.app; print(sorted(m for m in ('redis', 'zeroconf') if m in sys.modules))"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_help_parses_flags_without_importing_torch() -> None:

@@ -15,7 +15,6 @@ from server import keys
 from server.control import keys as control_keys
 from server.control import name_settings_routes, preset_routes, settings_routes, suggestion_routes
 from server.control.events import EVENT_TYPES, SettingsEvent
-from server.control.mdns import MdnsAdvertiser, service_infos
 from server.control.osc import start_osc
 from server.control.osc_feedback import OscFeedback
 from server.control.oscquery import OscQueryServer
@@ -133,6 +132,8 @@ async def _mdns_ctx(app: web.Application) -> AsyncIterator[None]:
             logger.warning("[osc] mdns needs the OSCQuery server ([osc] query_port): nothing advertised")
         yield
         return
+    from server.control.mdns import MdnsAdvertiser, service_infos  # here: zeroconf is an extra ([osc] mdns)
+
     advertiser = MdnsAdvertiser(
         config.host, service_infos(config.host, app[control_keys.OSC_QUERY].port, app[control_keys.OSC].port)
     )

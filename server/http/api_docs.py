@@ -9,11 +9,11 @@ from aiohttp import web
 from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
-from server.config import ROOT
 from server.http import keys as http_keys
 from server.http.openapi import openapi_document, operation
+from server.package_data import package_folder
 
-DOCS_PAGE = ROOT / "static" / "docs.html"
+DOCS_PAGE = package_folder("static") / "docs.html"
 UI_PREFIX = "/docs/ui"
 
 routes = web.RouteTableDef()

@@ -8,10 +8,10 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server import keys
-from server.config import ROOT
 from server.http.openapi import operation
+from server.package_data import package_folder
 
-STATIC_DIR = ROOT / "static"
+STATIC_DIR = package_folder("static")
 
 routes = web.RouteTableDef()
 

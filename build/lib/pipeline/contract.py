@@ -1,0 +1,56 @@
+"""What callers exchange with the engine, importable without torch: frame parameters, priorities,
+batch reports, and the two ways a frame's future can fail."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """What one frame is generated with: the engine's view of a stream's settings."""
+
+    prompt: str
+    strength: float
+    seed: int = 0
+    negative_prompt: str = ""
+    prompt_b: str = ""
+    blend: float = 0.0
+    guidance_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength!r}")
+        if not 0.0 <= self.blend <= 1.0:
+            raise ValueError(f"blend must be in [0, 1], got {self.blend!r}")
+
+
+class Priority(enum.IntEnum):
+    LIVE = 0
+    JOB = 1
+
+
+@dataclass
+class BatchReport:
+    """What one batch did, for metrics: frames in it, frames that reused an output, stage durations (s).
+
+    `busy_s` is how long the device worked on the batch, from its colour conversion in to its colour
+    conversion out; `idle_s` is how long the device sat idle between the previous batch's work and
+    this one's (0 when the batch was queued behind the previous one). Summed over a window they give
+    the engine's busy ratio. A batch in which no frame needed the model has neither (both 0).
+    """
+
+    size: int
+    skipped: int
+    stages: dict[str, float]
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+
+
+class FrameReplaced(Exception):
+    """A newer frame of the same key arrived before this one was taken into a batch."""
+
+
+class EngineClosed(Exception):
+    """The engine stopped before this frame was processed."""

@@ -1,0 +1,415 @@
+"""Model specs -> loaded diffusers components, always through `from_pretrained`.
+
+Specs:
+- a Hugging Face id (default `stabilityai/sd-turbo`, with the tiny VAE `madebyollin/taesd`) or a
+  local diffusers folder (with its own VAE); `[model] vae` names another VAE for either. Hub files
+  come from the standard cache or are downloaded once (`pipeline.hub`); loading itself is offline;
+- `tiny`: a small random-weight model of the same family, built once under `<data_dir>/models/tiny`
+  in diffusers format and loaded back from there, so tests exercise the real loading path;
+- `arch:<name>`: the real architecture from `configs/models/<name>/` with random weights, for
+  measuring speed where weights cannot be downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from pipeline import hub
+from pipeline.hub import Progress
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+DEFAULT_VAE = "madebyollin/taesd"
+AUTO_VAE = "auto"
+TINY = "tiny"
+ARCH_PREFIX = "arch:"
+# The architectures' configs ship inside the package (wheels install unpacked: a real folder).
+ARCH_DIR = Path(str(importlib.resources.files("pipeline") / "archs"))
+# What a diffusers Stable Diffusion repository must hold for the one-step transform (no safety checker).
+MODEL_PATTERNS = [
+    "unet/config.json",
+    "unet/*.safetensors",
+    "unet/*.bin",
+    "text_encoder/config.json",
+    "text_encoder/*.safetensors",
+    "text_encoder/*.bin",
+    "tokenizer/*",
+    "scheduler/*",
+]
+VAE_PATTERNS = ["vae/config.json", "vae/*.safetensors", "vae/*.bin"]
+OFFLINE_FIX = (
+    "Fetch it where there is network with `python -m server download` (it lands in the hub cache), "
+    "or run `--model tiny` (or STYLIZE_MODEL=tiny), or pass a local diffusers folder"
+)
+FOLDER_FIX = "Pass a diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/, vae/), a hub id, or `--model tiny`"
+# Without accelerate, asking diffusers for low-memory loading only earns a warning: ask for what works.
+_ACCELERATE = importlib.util.find_spec("accelerate") is not None
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's files cannot be had or loaded: `problem` names the component, its source and why."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}. {fix}" if fix else problem)
+        self.problem = problem
+
+
+@dataclass
+class ModelBundle:
+    spec: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderTiny | AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: EulerDiscreteScheduler
+    device: torch.device
+    dtype: torch.dtype
+    width: int
+    height: int
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae)
+
+
+def vae_scale_factor(vae: AutoencoderTiny | AutoencoderKL) -> int:
+    """Pixels per latent along a side, from the VAE's own config (diffusers' pipelines read it the same way)."""
+    if isinstance(vae, AutoencoderTiny):
+        return 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def load_model(
+    spec: str,
+    *,
+    data_dir: Path,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    vae: str = AUTO_VAE,
+    resolution: int | None = None,
+    progress: Progress | None = None,
+) -> ModelBundle:
+    """Load `spec` (see the module docstring); `vae` is `AUTO_VAE`, "" (the model's own) or a hub id/folder.
+
+    Raises `ModelUnavailableError` naming the component that could not be had and why.
+    """
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    if spec.startswith(ARCH_PREFIX):
+        parts = _build_arch(spec[len(ARCH_PREFIX) :], dtype)
+    else:
+        parts = _load_files(
+            fetch_model(spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, progress=progress), dtype
+        )
+    unet, vae_model, text_encoder, tokenizer, scheduler = parts
+    # from_pretrained already gave the dtype; moving without one keeps diffusers' fp32-only modules.
+    unet.to(device=device, memory_format=torch.channels_last).eval()
+    vae_model.to(device=device, memory_format=torch.channels_last).eval()
+    text_encoder.to(device=device).eval()
+    latent_size = int(unet.config.sample_size)
+    side = resolution or latent_size * vae_scale_factor(vae_model)
+    logger.info("model loaded spec=%s device=%s dtype=%s resolution=%d", spec, device, dtype, side)
+    return ModelBundle(spec, unet, vae_model, text_encoder, tokenizer, scheduler, device, dtype, side, side)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where one component's files are on this machine, and how the user named them (for messages)."""
+
+    component: str
+    name: str  # a hub id or a folder, as given
+    kind: Literal["hub", "folder", "built-in"]
+    folder: Path
+    subfolder: str | None
+
+    def __str__(self) -> str:
+        return f"{self.component} {self.name!r} ({self.kind})"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    model: Files  # the folder holding unet/, text_encoder/, tokenizer/, scheduler/
+    vae: Files
+
+
+def fetch_model(
+    spec: str, vae: str = AUTO_VAE, *, data_dir: Path, fp16: bool, progress: Progress | None = None
+) -> ModelFiles:
+    """Every file `spec` needs, on this machine: from its folder, the hub cache, or downloaded now.
+
+    `vae` `AUTO_VAE` means the tiny VAE `DEFAULT_VAE` for a hub model and the folder's own VAE for a
+    folder (and the built `tiny`); "" always the model's own. Raises `ModelUnavailableError`.
+    """
+    if spec == TINY:
+        model = Files("model", TINY, "built-in", ensure_tiny_model(data_dir / "models" / "tiny"), None)
+    else:
+        model = _locate("model", spec, MODEL_PATTERNS + (VAE_PATTERNS if vae == "" else []), fp16, progress)
+    if vae == AUTO_VAE:
+        vae = "" if model.kind != "hub" else DEFAULT_VAE
+    if vae == "":
+        return ModelFiles(model, Files("vae", model.name, model.kind, model.folder, "vae"))
+    return ModelFiles(model, _locate("vae", vae, [p.removeprefix("vae/") for p in VAE_PATTERNS], fp16, progress))
+
+
+def _locate(component: str, name: str, patterns: list[str], fp16: bool, progress: Progress | None) -> Files:
+    if not hub.is_hub_id(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelUnavailableError(f"{component} {name!r} (folder): no such folder", FOLDER_FIX)
+        return Files(component, name, "folder", folder, None)
+    try:
+        folder = hub.fetch(name, patterns, fp16=fp16, progress=progress)
+    except hub.HubUnavailable as e:
+        raise ModelUnavailableError(f"{component} {name!r} (hub): {e}", OFFLINE_FIX) from e
+    return Files(component, name, "hub", folder, None)
+
+
+_Parts = tuple[UNet2DConditionModel, Any, CLIPTextModel, CLIPTokenizer, EulerDiscreteScheduler]
+
+
+def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
+    """Each component with diffusers' and transformers' `from_pretrained`, from folders on this machine."""
+
+    def part(component: str) -> Files:
+        return replace(files.model, component=component, subfolder=component)
+
+    unet = _load(
+        part("unet"),
+        lambda f, s, v: UNet2DConditionModel.from_pretrained(
+            f, subfolder=s, variant=v, torch_dtype=dtype, low_cpu_mem_usage=_ACCELERATE
+        ),
+        dtype,
+    )
+    text_encoder = _load(
+        part("text_encoder"),
+        lambda f, s, v: CLIPTextModel.from_pretrained(f, subfolder=s, variant=v, dtype=dtype),
+        dtype,
+    )
+    tokenizer = _load(part("tokenizer"), lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype)
+    scheduler = _load(part("scheduler"), lambda f, s, v: EulerDiscreteScheduler.from_pretrained(f, subfolder=s), dtype)
+    vae = _load(
+        files.vae,
+        lambda f, s, v: _vae_class(f, s).from_pretrained(
+            f, subfolder=s, variant=v, torch_dtype=dtype, low_cpu_mem_usage=_ACCELERATE
+        ),
+        dtype,
+    )
+    return unet, vae, text_encoder, tokenizer, scheduler
+
+
+def _load(files: Files, loader: Callable[[str, str | None, str | None], Any], dtype: torch.dtype) -> Any:
+    """`loader(folder, subfolder, variant)`, its failure turned into one line naming the component."""
+    where = files.folder / files.subfolder if files.subfolder else files.folder
+    if not where.is_dir():
+        raise ModelUnavailableError(f"{files}: no {files.subfolder or 'model'} folder in {files.folder}", FOLDER_FIX)
+    try:
+        return loader(str(files.folder), files.subfolder, _variant(where, dtype))
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelUnavailableError(f"{files}: cannot load from {where} ({first})", FOLDER_FIX) from e
+
+
+def _variant(folder: Path, dtype: torch.dtype) -> str | None:
+    """ "fp16" when the folder's fp16 weights are wanted (a half-precision run) or are all it has."""
+    half = any(folder.glob("*.fp16.safetensors")) or any(folder.glob("*.fp16.bin"))
+    full = any(p for p in folder.iterdir() if p.name.endswith(hub.WEIGHTS) and ".fp16." not in p.name)
+    return "fp16" if half and (dtype != torch.float32 or not full) else None
+
+
+def _vae_class(folder: str, subfolder: str | None) -> type[AutoencoderTiny] | type[AutoencoderKL]:
+    config = AutoencoderTiny.load_config(folder, subfolder=subfolder)
+    return AutoencoderKL if config.get("_class_name") == "AutoencoderKL" else AutoencoderTiny
+
+
+def _build_arch(name: str, dtype: torch.dtype) -> _Parts:
+    folder = ARCH_DIR / name
+    if not folder.is_dir():
+        known = sorted(p.name for p in ARCH_DIR.iterdir() if p.is_dir())
+        raise ModelUnavailableError(f"unknown architecture {name!r}; known: {known}")
+    with _seeded():
+        unet = UNet2DConditionModel.from_config(_read_json(folder / "unet.json"))
+        vae = AutoencoderTiny.from_config(_read_json(folder / "vae.json"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_read_json(folder / "text_encoder.json")))
+    scheduler = EulerDiscreteScheduler.from_config(_read_json(folder / "scheduler.json"))
+    unet.to(dtype)
+    vae.to(dtype)
+    text_encoder.to(dtype)
+    return unet, vae, text_encoder, byte_level_tokenizer(), scheduler
+
+
+@contextmanager
+def _seeded(seed: int = 0) -> Iterator[None]:
+    """Random weights from a fixed seed, leaving the caller's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def byte_level_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer made here: one token per byte (with and without the word-end mark), no merges.
+
+    CLIP's own vocabulary cannot be downloaded offline; any prompt still tokenizes to valid ids.
+    """
+    byte_chars = _bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for suffix in ("", "</w>"):
+        for char in byte_chars:
+            vocab[char + suffix] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's reversible map of the 256 byte values onto printable characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = []
+    extra = 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _visible_init(vae: AutoencoderTiny) -> None:
+    """Re-initialise the tiny VAE so its pictures have contrast.
+
+    With PyTorch's default init the ReLU stack shrinks every signal and the decoder returns a
+    uniformly black frame, so tests could not tell one prompt's output from another's. He-normal
+    weights keep the signal alive; the last layer is scaled to land around mid-grey.
+    """
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    last = vae.decoder.layers[-1]
+    with torch.no_grad():
+        last.weight.mul_(0.07)
+        last.bias.fill_(0.5)
+
+
+def ensure_tiny_model(folder: Path) -> Path:
+    """Build the `tiny` model once (seeded random weights) and save it in diffusers format."""
+    if (folder / "model_index.json").is_file():
+        _drop_stale_vae_key(folder)  # folders built by earlier versions
+        return folder
+    logger.info("building the tiny model at %s", folder)
+    with _seeded():
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=16,
+        )
+        vae = AutoencoderTiny(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+        )
+        _visible_init(vae)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=1000,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=512,
+                eos_token_id=513,
+                pad_token_id=513,
+            )
+        )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    # A folder of this process's own: the workers of a cluster may all build it at once on a fresh data dir.
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    unet.save_pretrained(partial / "unet")
+    vae.save_pretrained(partial / "vae")
+    text_encoder.save_pretrained(partial / "text_encoder")
+    byte_level_tokenizer().save_pretrained(partial / "tokenizer")
+    scheduler.save_pretrained(partial / "scheduler")
+    _drop_stale_vae_key(partial)
+    (partial / "model_index.json").write_text(json.dumps(TINY_INDEX, indent=2))
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not (folder / "model_index.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process built it first: the same seeded weights
+    return folder
+
+
+# model_index.json of the tiny model, so that diffusers' own pipelines load the folder too (the tests do).
+TINY_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderTiny"],
+}
+
+
+def _drop_stale_vae_key(folder: Path) -> None:
+    """AutoencoderTiny saves a `block_out_channels` it does not take back (a warning at every load): drop it."""
+    path = folder / "vae" / "config.json"
+    config = json.loads(path.read_text())
+    if config.pop("block_out_channels", None) is not None:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -1,0 +1,162 @@
+"""The per-row inputs of the transform: each is a static tensor per batch bucket that every batch of
+that size writes in place, so a captured CUDA graph reads this batch's values.
+
+A part names the transform's keyword it feeds, may send a few numbers per row in the batch's one
+copy up (`header`), and may be optional: it runs only when `wanted` says a row of the batch needs it,
+and the bucket keeps one captured graph per set of parts that run. Conditioning still to come (a
+second text encoder, a control image, an adapter index, a temporal state) is another part here; the
+scheduler and the runner's copies do not change for it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from pipeline.contract import FrameParams
+from pipeline.models import ModelBundle
+from pipeline.onestep import strength_to_timestep
+from pipeline.prompts import PromptEmbeddings
+
+
+def guided(rows: Sequence[FrameParams]) -> bool:
+    """Classifier-free guidance runs for a batch when one of its rows asks for it."""
+    return any(r.guidance_scale > 1.0 for r in rows)
+
+
+class RowInput:
+    """One per-row input. Subclasses set `name` and implement `allocate` and `fill`."""
+
+    name: str = ""
+    # The numpy dtype of the per-row numbers sent in the batch's one copy up; None: nothing to send.
+    header_dtype: type[np.generic] | None = None
+    # Optional parts run only in batches where `wanted`; the graph key is the set of parts that run.
+    optional = False
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return True
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        raise NotImplementedError
+
+    def allocate(self, size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        """Write this batch's values for `rows` (one per bucket row) into `into`; `header` is the
+        device view of what `header(rows)` sent up."""
+        raise NotImplementedError
+
+
+class PromptInput(RowInput):
+    name = "prompt_embeds"
+
+    def __init__(self, prompts: PromptEmbeddings, model: ModelBundle) -> None:
+        self._prompts = prompts
+        self._model = model
+
+    def allocate(self, size: int) -> torch.Tensor:
+        sequence, embedding = self._prompts.get("").shape  # what the text encoder really gives
+        return torch.empty((size, sequence, embedding), device=self._model.device, dtype=self._model.dtype)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        torch.stack([self._prompts.blended(r.prompt, r.prompt_b, r.blend) for r in rows], 0, out=into)
+
+
+class NegativeInput(PromptInput):
+    """The negative prompt's embedding, for classifier-free guidance (only when a row asks for it)."""
+
+    name = "negative_embeds"
+    optional = True
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return guided(rows)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        torch.stack([self._prompts.get(r.negative_prompt) for r in rows], 0, out=into)
+
+
+class GuidanceInput(RowInput):
+    name = "guidance_scale"
+    header_dtype = np.float32
+    optional = True
+
+    def __init__(self, model: ModelBundle) -> None:
+        self._device = model.device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return guided(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([r.guidance_scale for r in rows], dtype=np.float32)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, device=self._device, dtype=torch.float32)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.float32))
+
+
+class TimestepInput(RowInput):
+    name = "timesteps"
+    header_dtype = np.int64
+
+    def __init__(self, model: ModelBundle) -> None:
+        self._device = model.device
+        self.num_train_timesteps = int(model.scheduler.config.num_train_timesteps)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([strength_to_timestep(r.strength, self.num_train_timesteps) for r in rows], dtype=np.int64)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, device=self._device, dtype=torch.int64)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.int64))
+
+
+class NoiseInput(RowInput):
+    """Fixed noise per seed (what keeps video from flickering), made on the CPU as diffusers does."""
+
+    name = "noise"
+    CACHE_SIZE = 256
+
+    def __init__(self, model: ModelBundle) -> None:
+        self._model = model
+        factor = model.vae_scale_factor
+        self._shape = (model.latent_channels, model.height // factor, model.width // factor)
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, *self._shape), device=self._model.device, dtype=torch.float32)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        torch.cat([self.for_seed(r.seed) for r in rows], out=into)
+
+    def for_seed(self, seed: int) -> torch.Tensor:
+        noise = self._cache.get(seed)
+        if noise is None:
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn((1, *self._shape), generator=generator, dtype=torch.float32)
+            noise = self._cache[seed] = noise.to(self._model.device)
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(seed)
+        return noise
+
+
+def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
+    """What `OneStepImg2Img` takes beside the images, in the order of its arguments."""
+    return [
+        PromptInput(prompts, model),
+        TimestepInput(model),
+        NoiseInput(model),
+        NegativeInput(prompts, model),
+        GuidanceInput(model),
+    ]

@@ -1,0 +1,143 @@
+"""GET /api/events: a WebSocket that pushes every settings change, stream up/down, job and preset event.
+
+Every message is one JSON object with its `type` and `ts` (when it was published, ISO 8601 UTC);
+the models below describe each type for the API contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any, Literal, TypeAlias
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, Field
+
+from server.control.settings import Source, StyleSettings
+
+logger = logging.getLogger(__name__)
+
+# A listener that falls this far behind is cut off rather than let memory grow.
+QUEUE_LIMIT = 256
+CLOSE_TIMEOUT_S = 0.5
+
+
+def timestamp() -> str:
+    """Now as ISO 8601 UTC to the millisecond: 2026-11-30T13:25:57.123Z."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Event(BaseModel):
+    ts: str = Field(default_factory=timestamp, description="when it was published, ISO 8601 UTC")
+
+
+class SettingsEvent(_Event):
+    """Global or per-stream settings changed, from any control path."""
+
+    type: Literal["settings"] = "settings"
+    scope: str = Field(description='"global" or a stream id')
+    source: Source
+    changed: dict[str, Any]
+    settings: StyleSettings
+
+
+class StreamEvent(_Event):
+    """A stream came up or went down (with why)."""
+
+    type: Literal["stream"] = "stream"
+    action: Literal["up", "down"]
+    stream_id: str
+    streams: int = Field(description="streams live now")
+    reason: str | None = Field(None, description="down only: hung up, connection failed, no frames ...")
+
+
+class JobEvent(_Event):
+    """A render job changed: queued, started, progress, completed, failed, cancelled, deleted."""
+
+    type: Literal["job"] = "job"
+    action: Literal["queued", "started", "progress", "completed", "failed", "cancelled", "deleted"]
+    job: dict[str, Any] = Field(description="the job as GET /api/jobs/{id} shows it")
+
+
+class PresetEvent(_Event):
+    """A custom preset was created, updated or deleted, or a preset applied."""
+
+    type: Literal["preset"] = "preset"
+    action: Literal["created", "updated", "deleted", "applied"]
+    preset_id: str
+    preset: dict[str, Any] | None = None
+    scope: str | None = None
+    subject: str | None = None
+    prompt: str | None = None
+
+
+EVENT_TYPES: list[type[BaseModel]] = [SettingsEvent, StreamEvent, JobEvent, PresetEvent]
+Event: TypeAlias = SettingsEvent | StreamEvent | JobEvent | PresetEvent
+
+
+def event_message(event: Event) -> str:
+    """One event as listeners receive it: its model as JSON, the fields it leaves empty left out."""
+    return event.model_dump_json(exclude_none=True)
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[str | None]] = set()
+
+    @property
+    def listeners(self) -> int:
+        return len(self._queues)
+
+    def publish(self, event: Event) -> None:
+        """Queue `event` for every listener; never blocks."""
+        self.deliver(event_message(event))
+
+    def deliver(self, message: str) -> None:
+        """Queue one encoded event for every listener of this hub."""
+        for queue in list(self._queues):
+            if queue.qsize() >= QUEUE_LIMIT:
+                logger.warning("event listener too slow, disconnecting")
+                self._queues.discard(queue)
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(message)
+
+    async def close(self) -> None:
+        for queue in list(self._queues):
+            queue.put_nowait(None)
+        self._queues.clear()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        # A listener that does not answer our close at once is dropped: a server going down must not wait
+        # on browsers (Chromium answers a server's close frame only after about two seconds).
+        ws = web.WebSocketResponse(heartbeat=20.0, timeout=CLOSE_TIMEOUT_S)
+        await ws.prepare(request)
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queues.add(queue)
+        reader = asyncio.create_task(self._drain_incoming(ws))
+        try:
+            while True:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getter.cancel()
+                    break
+                message = getter.result()
+                if message is None:
+                    break
+                await ws.send_str(message)
+        finally:
+            self._queues.discard(queue)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await ws.close()
+        return ws
+
+    @staticmethod
+    async def _drain_incoming(ws: web.WebSocketResponse) -> None:
+        """Listeners only listen; reading is how a closed socket is noticed."""
+        async for message in ws:
+            if message.type == WSMsgType.ERROR:
+                break

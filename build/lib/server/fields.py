@@ -1,0 +1,57 @@
+"""The style fields: their bounds declared once, and the one shape of a bad-field report.
+
+Settings, patches, presets, job forms, suggestions and the `[defaults]` config section all type
+their fields with these, so a bound cannot drift between the HTTP API, OSC and the config file.
+Whichever path finds a bad field (HTTP, the data channel), it reports `{"field", "message", "type"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, ValidationError
+
+MAX_PROMPT = 500
+MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 20.0
+
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT)]
+# 0 = the input untouched, 1 = fully generated.
+Strength = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# 0 = the embedding of `prompt`, 1 = that of `prompt_b`.
+Blend = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# 0 (or 1) runs without guidance, as turbo models want; above 1 doubles the UNet work.
+Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)]
+PresetId = Annotated[str, Field(max_length=64)]
+
+
+def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, str]:
+    """One bad field, as every error detail lists it."""
+    return {"field": field, "message": message, "type": kind}
+
+
+def validation_detail(error: ValidationError) -> list[dict[str, str]]:
+    """A pydantic error as a list of `field_error` items."""
+    return [
+        field_error(".".join(str(part) for part in item["loc"]), item["msg"], item["type"])
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+# A stream's name: what outputs, per-name settings and OSC addresses (`/stylize/name/<name>/...`) are
+# keyed by, so they survive reconnects. Safe in a URL path segment and in an OSC address.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEFAULT_NAME = "default"
+# Not a name: the output of whichever stream started most recently.
+LATEST = "latest"
+
+
+def publishable(name: str) -> str:
+    """A name a stream may take: any but `latest`."""
+    if name == LATEST:
+        raise ValueError(f"{LATEST!r} stands for the most recently started stream; a stream cannot take it")
+    return name
+
+
+PublishName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(publishable)]

@@ -1,0 +1,1 @@
+"""The HTTP edge: JSON errors and validation, security middleware, pages and probes."""

@@ -1,0 +1,82 @@
+"""POST /api/offer and the stream list: the WebRTC side of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field
+
+from server import keys
+from server.control.settings import SettingsPatch
+from server.fields import DEFAULT_NAME, PublishName
+from server.http.errors import ApiError
+from server.http.inputs import read_model
+from server.http.openapi import operation
+from server.live import keys as live_keys
+from server.live.refusals import refusals_as_http
+
+routes = web.RouteTableDef()
+
+
+class OfferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sdp: str = Field(min_length=1)
+    type: Literal["offer"]
+    settings: SettingsPatch | None = None
+    name: PublishName = DEFAULT_NAME  # outputs and per-name settings follow it across reconnects
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: Literal["answer"]
+    stream_id: str
+
+
+class StreamList(BaseModel):
+    streams: list[dict[str, Any]] = Field(description="id, state, created, stats and overrides of each stream")
+
+
+class HungUp(BaseModel):
+    closed: str
+
+
+@routes.post("/api/offer")
+@operation(
+    "Start a stream: an SDP offer in, the answer out",
+    tag="streams",
+    body=OfferRequest,
+    response=Answer,
+    errors={400: "the offer is not SDP aiortc takes", 503: "server full, or the model not ready"},
+)
+async def offer(request: web.Request) -> web.Response:
+    body = await read_model(request, OfferRequest)
+    peers = request.app[live_keys.PEERS]
+    with refusals_as_http():
+        description = RTCSessionDescription(sdp=body.sdp, type=body.type)
+        client = request.get(keys.CLIENT, request.remote)
+        session, answer = await peers.create(description, body.settings, name=body.name, remote=client)
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream_id": session.id})
+
+
+@routes.get("/api/streams")
+@routes.get("/api/streams/")
+@operation("The live streams", tag="streams", response=StreamList)
+async def list_streams(request: web.Request) -> web.Response:
+    peers = request.app[live_keys.PEERS]
+    settings = request.app[keys.SETTINGS]
+    streams = [
+        {**session.describe(), "overrides": settings.overrides(session.id)} for session in peers.sessions.values()
+    ]
+    return web.json_response({"streams": streams})
+
+
+@routes.delete("/api/streams/{stream_id}")
+@operation("Hang up a stream", tag="streams", response=HungUp, errors={404: "unknown stream"})
+async def hang_up(request: web.Request) -> web.Response:
+    stream_id = request.match_info["stream_id"]
+    if not await request.app[live_keys.PEERS].close(stream_id, "hung up over HTTP"):
+        raise ApiError(404, "unknown stream", stream_id)
+    return web.json_response({"closed": stream_id})

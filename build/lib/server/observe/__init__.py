@@ -1,0 +1,1 @@
+"""Observing the server: Prometheus metrics, /api/stats, the recent windows behind them, their routes."""

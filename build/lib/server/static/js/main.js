@@ -1,0 +1,246 @@
+// The page: wires the camera, the live connection, the style controls, readouts and events together.
+
+import { api } from "./api.js";
+import { cameraSupported, listCameras, openCamera } from "./camera.js";
+import { StyleControls } from "./controls.js";
+import { EventFeed } from "./events.js";
+import { JobsPanel } from "./jobs.js";
+import { OutputLinks, streamName } from "./outputs.js";
+import { LiveConnection } from "./rtc.js";
+import { ServerState } from "./server_state.js";
+import { StatsMeter } from "./stats.js";
+import { attachAutocomplete } from "./suggestions.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  camera: $("camera"),
+  resolution: $("resolution"),
+  start: $("start"),
+  stop: $("stop"),
+  layout: $("layout"),
+  fullscreen: $("fullscreen"),
+  input: $("input"),
+  output: $("output"),
+  outputBox: $("output-box"),
+  serverState: $("server-state"),
+  prompt: $("prompt"),
+  preset: $("preset"),
+  presetChips: $("preset-chips"),
+  strength: $("strength"),
+  strengthValue: $("strength-value"),
+  seed: $("seed"),
+  dice: $("dice"),
+  pause: $("pause"),
+  pausedBadge: $("paused"),
+  status: $("status"),
+  fps: $("fps"),
+  latency: $("latency"),
+  latencyDetail: $("latency-detail"),
+  error: $("error"),
+};
+
+let localStream = null;
+
+function showError(error) {
+  const message = error ? error.message || String(error) : "";
+  ui.error.textContent = message;
+  ui.error.hidden = !message;
+}
+
+function setStatus(state, text) {
+  ui.status.textContent = text;
+  ui.status.dataset.state = state;
+  const streaming = ["connecting", "connected", "reconnecting", "retrying"].includes(state);
+  ui.start.disabled = streaming || server.state === "failed";
+  ui.stop.disabled = !streaming;
+  if (!streaming) {
+    stats.stop();
+    showReadout({ fps: null, latencyMs: null, parts: null, serverFps: null });
+    stopCamera();
+  }
+}
+
+function showReadout({ fps, latencyMs, parts, serverFps }) {
+  ui.fps.textContent = fps === null ? "–" : fps.toFixed(1);
+  ui.fps.title = serverFps === null ? "" : `server sends ${serverFps} fps on average`;
+  ui.latency.textContent = latencyMs === null ? "–" : `${Math.round(latencyMs)} ms`;
+  if (!parts) {
+    ui.latencyDetail.textContent = "";
+    return;
+  }
+  const names = { encode: "encode", network: "rtt", server: "server", buffer: "buffer", decode: "decode" };
+  ui.latencyDetail.textContent = Object.entries(parts)
+    .filter(([, v]) => v !== null)
+    .map(([k, v]) => `${names[k]} ${Math.round(v)}`)
+    .join(" · ");
+}
+
+const server = new ServerState((change) => onServerState(change));
+const stats = new StatsMeter(showReadout, (streamId) => connection.streamLost(streamId));
+const controls = new StyleControls(ui, showError);
+const jobs = new JobsPanel({
+  form: $("job-form"),
+  file: $("job-file"),
+  prompt: $("job-prompt"),
+  strength: $("job-strength"),
+  submit: $("job-submit"),
+  error: $("job-error"),
+  list: $("job-list"),
+});
+attachAutocomplete(ui.prompt);
+const name = streamName(showError);
+const outputs = new OutputLinks({ name, label: $("stream-name"), list: $("output-links") });
+const connection = new LiveConnection({
+  name,
+  rtcConfig: {},
+  onStatus: setStatus,
+  onError: showError,
+  onOutput: (stream) => {
+    ui.output.srcObject = stream;
+  },
+  onStream: (streamId) => {
+    if (streamId) stats.watch(connection.pc, streamId);
+    else stats.stop();
+  },
+});
+
+// The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
+// release the camera, say why); a server that stops answering drops the stream, which reconnects.
+function onServerState({ state, text, reason }) {
+  ui.serverState.textContent = text;
+  ui.serverState.dataset.state = state;
+  ui.serverState.title = reason;
+  ui.serverState.hidden = state === "ready";
+  if (state === "failed") {
+    if (connection.active) connection.stop();
+    showError(new Error(`the model failed to load: ${reason}`));
+  } else if (state === "unreachable") {
+    connection.serverLost();
+  } else if (ui.error.textContent.startsWith("the model failed")) {
+    showError(null); // the server came back with a model that loads
+  }
+  ui.start.disabled = state === "failed" || connection.active;
+}
+
+function stopCamera() {
+  if (localStream) localStream.getTracks().forEach((t) => t.stop());
+  localStream = null;
+  ui.input.srcObject = null;
+}
+
+async function start() {
+  showError(null);
+  if (!cameraSupported()) {
+    showError(new Error("this browser gives no camera here: open the page over https (or on localhost) — see README, TLS"));
+    return;
+  }
+  ui.start.disabled = true;
+  setStatus("connecting", "opening camera");
+  try {
+    localStream = await openCamera(ui.camera.value, ui.resolution.value);
+  } catch (error) {
+    setStatus("error", "no camera");
+    showError(new Error(`camera: ${error.message || error.name}`));
+    return;
+  }
+  ui.input.srcObject = localStream;
+  listCameras(ui.camera).catch(() => {}); // labels appear once permission is granted
+  await connection.start(localStream);
+}
+
+async function changeCamera() {
+  if (!connection.active || !localStream) return;
+  try {
+    const next = await openCamera(ui.camera.value, ui.resolution.value);
+    const previous = localStream;
+    localStream = next;
+    ui.input.srcObject = next;
+    await connection.replaceVideoTrack(next);
+    previous.getTracks().forEach((t) => t.stop());
+  } catch (error) {
+    showError(new Error(`camera: ${error.message || error.name}`));
+  }
+}
+
+function setLayout(layout) {
+  document.body.dataset.layout = layout;
+  ui.layout.value = layout;
+  try {
+    localStorage.setItem("stylize-layout", layout);
+  } catch {
+    // not remembered; fine
+  }
+}
+
+function toggleFullscreen() {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else if (ui.outputBox.requestFullscreen) ui.outputBox.requestFullscreen().catch((error) => showError(error));
+  else if (ui.output.webkitEnterFullscreen) ui.output.webkitEnterFullscreen(); // iPhone: only a video may go full screen
+}
+
+async function loadPresets() {
+  try {
+    controls.setPresets((await api("GET", "/api/presets")).presets);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function loadSettings() {
+  try {
+    controls.render(await api("GET", "/api/settings"));
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function onEvent(event) {
+  if (event.type === "settings" && event.scope === "global") controls.render(event.settings, event.source);
+  else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
+  else if (event.type === "preset" && event.action !== "applied") loadPresets();
+  else if (event.type === "job") jobs.onEvent(event);
+}
+
+ui.start.addEventListener("click", start);
+ui.stop.addEventListener("click", () => {
+  ui.stop.disabled = true;
+  connection.stop();
+});
+ui.camera.addEventListener("change", changeCamera);
+ui.resolution.addEventListener("change", changeCamera);
+ui.layout.addEventListener("change", () => setLayout(ui.layout.value));
+ui.fullscreen.addEventListener("click", toggleFullscreen);
+ui.output.addEventListener("dblclick", toggleFullscreen);
+document.addEventListener("keydown", (event) => {
+  const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName);
+  if (!typing && event.key === "f") toggleFullscreen();
+});
+window.addEventListener("pagehide", () => {
+  if (connection.active) connection.stop({ leavingPage: true });
+});
+
+(async () => {
+  let layout = "both";
+  try {
+    layout = localStorage.getItem("stylize-layout") || layout;
+  } catch {
+    // default layout
+  }
+  setLayout(layout);
+  setStatus("idle", "idle");
+  server.start();
+  const events = new EventFeed({ onEvent, onOpen: () => Promise.all([loadSettings(), jobs.refresh()]) });
+  let authorized = true;
+  try {
+    const config = await api("GET", "/api/client-config");
+    connection.rtcConfig = { iceServers: config.ice_servers };
+  } catch (error) {
+    authorized = error.status !== 401;
+    showError(error);
+  }
+  // Without the token the events socket would be refused too, again and again: not until the page has it.
+  if (authorized) events.start();
+  await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
+  // For users' scripts and tests: the live objects of this page.
+  window.stylize = { connection, controls, stats, events, jobs, server, outputs };
+})();
