@@ -21,23 +21,23 @@ from server.cluster import keys as cluster_keys
 from server.config import Config
 from server.control import keys as control_keys
 from server.control import presets, saved_settings
-from server.control import room as control
+from server.control import wiring as control
 from server.control.events import EVENT_TYPES, EventHub
 from server.control.presets import SqlitePresets
 from server.control.settings import SettingsStore, StyleSettings
 from server.db import Database
 from server.engine_service import EngineService
-from server.http import room as http
+from server.http import wiring as http
 from server.http.errors import error_middleware
 from server.http.security import security_middleware
 from server.jobs import keys as jobs_keys
-from server.jobs import room as jobs
 from server.jobs import store as job_store
+from server.jobs import wiring as jobs
 from server.live import keys as live_keys
-from server.live import room as live
+from server.live import wiring as live
 from server.live.session import Session
 from server.observe import keys as observe_keys
-from server.observe import room as observe
+from server.observe import wiring as observe
 from server.observe.metrics import Metrics
 from server.topology import Topology
 
@@ -93,7 +93,7 @@ def _join_cluster(app: web.Application, config: Config, initial: StyleSettings) 
 
     Imported only here: the cluster needs the Redis client, an extra a single server does without.
     """
-    from server.cluster import room
+    from server.cluster import wiring
     from server.cluster.node import ClusterNode
 
     node = ClusterNode(config, initial)
@@ -104,7 +104,7 @@ def _join_cluster(app: web.Application, config: Config, initial: StyleSettings) 
     app[observe_keys.SPANNING] = node
     if node.engines is not None:
         app[keys.ENGINE] = node.engines  # a front's engine is its workers'
-    return room
+    return wiring
 
 
 def _hand_in(app: web.Application, topology: Topology) -> None:

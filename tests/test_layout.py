@@ -46,8 +46,8 @@ def _sources(folder: str) -> list[Path]:
 
 
 def _is_routes_module(path: Path) -> bool:
-    """A module that declares HTTP routes, or a room's wiring (`room.py`)."""
-    return path.name == "room.py" or "RouteTableDef()" in path.read_text()
+    """A module that declares HTTP routes, or a room's wiring (`wiring.py`)."""
+    return path.name == "wiring.py" or "RouteTableDef()" in path.read_text()
 
 
 def test_pipeline_imports_nothing_of_the_server_or_the_web_stack() -> None:

@@ -297,11 +297,11 @@ async def test_a_server_beyond_loopback_without_a_token_warns_at_start(
     assert exposure_warning(make_config()) is None
     assert exposure_warning(make_config(server={"host": "0.0.0.0"}, security={"api_token": "t"})) is None
     exposed = make_config(server={"host": "0.0.0.0"}, engine={"warmup": False})
-    with caplog.at_level(logging.WARNING, logger="server.http.room"):
+    with caplog.at_level(logging.WARNING, logger="server.http.wiring"):
         # The test server binds loopback whatever the config says; the warning reads the config.
         running = await start_server(exposed, ready=False)
         await stop_server(running)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "server.http.room"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "server.http.wiring"]
     assert len(warnings) == 1 and "without [security] api_token" in warnings[0]
 
 

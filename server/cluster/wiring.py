@@ -20,7 +20,7 @@ from server.cluster.front import Front
 from server.cluster.local import LocalCluster
 from server.http.errors import json_error
 from server.http.openapi import declared_like
-from server.live import room as live
+from server.live import wiring as live
 
 Relaying = Callable[[Front, web.Request], Awaitable[web.StreamResponse]]
 
