@@ -27,24 +27,15 @@ from pythonosc.osc_message import OscMessage
 
 from server.config import OscConfig, address_in, networks
 from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
-from server.control.osc_namespace import STEPS
+from server.control.osc_namespace import LEAVES, PREFIX, STEPS
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "/stylize"
-# OSC name -> settings field, for the addresses that set one field from one argument.
-FIELDS = {
-    "prompt": "prompt",
-    "prompt_b": "prompt_b",
-    "negative_prompt": "negative_prompt",
-    "blend": "blend",
-    "strength": "strength",
-    "guidance_scale": "guidance_scale",
-    "seed": "seed",
-    "pause": "paused",
-}
-FLOAT_FIELDS = {"blend", "strength", "guidance_scale"}
+# OSC name -> settings field, for the addresses that set one field from one argument: the namespace's
+# leaves (one table for what is parsed here, fed back and listed by OSCQuery), the preset aside.
+FIELDS = {osc: leaf.field for osc, leaf in LEAVES.items() if osc != "preset"}
+FLOAT_FIELDS = {leaf.field for leaf in LEAVES.values() if leaf.osc_type == "f"}
 # Drops are logged once per address; a sender spraying random addresses must not grow this forever.
 LOGGED_ADDRESSES = 256
 
