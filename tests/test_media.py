@@ -41,8 +41,9 @@ async def test_snapshot_decodes_to_the_stream_output_size(server: RunningServer)
     try:
         await client.wait_frames(3)
         track = server.app[live_keys.PEERS].sessions[client.stream_id].track
-        assert track is not None and track.latest_output is not None
-        output_size = (track.latest_output.height, track.latest_output.width)
+        newest = track.output.newest if track is not None else None
+        assert newest is not None
+        output_size = (newest.height, newest.width)
         async with server.http.get(server.url(f"/api/streams/{client.stream_id}/snapshot.jpg")) as response:
             assert response.status == 200
             assert response.content_type == "image/jpeg"

@@ -7,24 +7,24 @@ stream ends they keep the last frame, and when a stream of that name is back the
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
-import numpy as np
 from av import VideoFrame
+
+from server.live.frame_fanout import FrameFanout
 
 
 class NamedOutput:
     def __init__(self, name: str) -> None:
         self.name = name
         self.stream_id: str | None = None  # the stream that feeds it now; None while waiting for one
-        self.frame: VideoFrame | None = None  # the newest frame, kept after its stream ends
-        self.frame_stream_id: str | None = None  # the stream that made `frame`
-        self.version = 0  # bumps with every new frame
+        self.frames = FrameFanout()  # the newest frame, kept after its stream ends
         self.viewers = 0  # WHEP viewers
         self.watchers = 0  # MJPEG responses
-        self._planes: np.ndarray | None = None
-        self._changed = asyncio.Event()
+
+    @property
+    def frame(self) -> VideoFrame | None:
+        return self.frames.newest
 
     @property
     def state(self) -> Literal["live", "waiting"]:
@@ -35,29 +35,10 @@ class NamedOutput:
         """Nothing feeds, shows or watches it: it may be forgotten."""
         return self.stream_id is None and self.frame is None and not self.viewers and not self.watchers
 
-    def show(self, stream_id: str, frame: VideoFrame) -> None:
+    def show(self, frame: VideoFrame, stream_id: str) -> None:
         """A stylized frame of `stream_id`: the newest of this name when that stream feeds it."""
-        if stream_id != self.stream_id:
-            return
-        self.frame = frame
-        self.frame_stream_id = stream_id
-        self.version += 1
-        self._planes = None
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def next_frame(self, after: int) -> tuple[int, VideoFrame, str | None]:
-        """The newest frame once it is newer than version `after`: (version, frame, its stream)."""
-        while self.frame is None or self.version <= after:
-            await self._changed.wait()
-        return self.version, self.frame, self.frame_stream_id
-
-    def planes(self) -> np.ndarray:
-        """The newest frame as one yuv420p array, made once per frame for every viewer to copy."""
-        if self._planes is None:
-            assert self.frame is not None
-            self._planes = self.frame.to_ndarray(format="yuv420p", threads=1)
-        return self._planes
+        if stream_id == self.stream_id:
+            self.frames.publish(frame, stream_id)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -66,5 +47,5 @@ class NamedOutput:
             "state": self.state,
             "viewers": self.viewers,
             "mjpeg": self.watchers,
-            "frames": self.version,
+            "frames": self.frames.version,
         }

@@ -42,7 +42,7 @@ async def mjpeg(request: web.Request) -> web.StreamResponse:
         request,
         request.app[live_keys.JPEG],
         fps,
-        picture=lambda: track.latest_output,
+        picture=lambda: track.output.newest,
         live=lambda: track.readyState == "live",
         label=f"stream={request.match_info['stream_id']}",
     )
@@ -60,7 +60,7 @@ def _latest_output(request: web.Request) -> tuple[StylizedTrack, VideoFrame]:
     """The stream's output track and its newest frame: 404 for an unknown stream, 503 before a first frame."""
     session = _session(request)
     track = session.track
-    frame = track.latest_output if track is not None else None
+    frame = track.output.newest if track is not None else None
     if track is None or frame is None:
         raise ApiError(503, "no frame yet", {"stream_id": session.id, "frames_out": session.stats.frames_out})
     return track, frame

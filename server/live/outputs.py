@@ -54,7 +54,8 @@ class NamedOutputs:
         self._live[stream_id] = name
         for key in (name, LATEST):
             self.get(key).stream_id = stream_id
-        track.output_listeners.append(lambda frame: self._frame(stream_id, name, frame))
+        for key in (name, LATEST):
+            track.output.subscribe(self.get(key).show)
         logger.info("output follows stream=%s name=%s", stream_id, name)
 
     async def stream_ended(self, stream_id: str) -> None:
@@ -82,10 +83,6 @@ class NamedOutputs:
         for task in drains:
             task.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
-
-    def _frame(self, stream_id: str, name: str, frame: VideoFrame) -> None:
-        self._outputs[name].show(stream_id, frame)
-        self._outputs[LATEST].show(stream_id, frame)
 
     # -- viewers --------------------------------------------------------------------------------
 

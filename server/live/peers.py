@@ -39,6 +39,7 @@ from server.engine_service import EngineStatus
 from server.fields import DEFAULT_NAME, validation_detail
 from server.live.admission import Attempt, make_room
 from server.live.dtls_role import as_dtls_server
+from server.live.frame_counts import FrameCounts
 from server.live.session import Session
 from server.live.track import StylizedTrack
 from server.observe.metrics import Metrics
@@ -172,8 +173,7 @@ class PeerManager:
                 session.id,
                 engine,
                 lambda: self._settings.effective(session.id),
-                session.stats,
-                self._metrics,
+                FrameCounts(session.stats, self._metrics),
                 max_failed=self._config.max_failed_frames,
                 on_failed=lambda reason: self._close_later(session.id, reason),
             )

@@ -18,9 +18,10 @@ from av import VideoFrame
 
 from pipeline.contract import EngineClosed, FrameReplaced
 from server.control.settings import StyleSettings
+from server.live.frame_counts import FrameCounts
+from server.live.frame_fanout import FrameFanout
 from server.live.mailbox import LatestMailbox, MailboxClosed
-from server.live.stream_stats import StreamStats
-from server.observe.metrics import DropReason, Metrics
+from server.observe.metrics import DropReason
 
 if TYPE_CHECKING:
     from pipeline import Engine
@@ -49,8 +50,7 @@ class StylizedTrack(MediaStreamTrack):
         stream_id: str,
         engine: Engine,
         settings: Callable[[], StyleSettings],
-        stats: StreamStats,
-        metrics: Metrics | None = None,
+        counts: FrameCounts,
         *,
         max_failed: int = 15,
         on_failed: Callable[[str], None] | None = None,
@@ -60,8 +60,7 @@ class StylizedTrack(MediaStreamTrack):
         self._stream_id = stream_id
         self._engine = engine
         self._settings = settings
-        self._stats = stats
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._counts = counts
         self._max_failed = max_failed
         self._on_failed = on_failed
         self._failed_in_a_row = 0
@@ -69,9 +68,8 @@ class StylizedTrack(MediaStreamTrack):
         self._reader: asyncio.Task[None] | None = None
         self._loop_thread = 0  # the event loop's thread, known once started
         self._last: np.ndarray | None = None  # the newest stylized picture, for `paused`
-        self.latest_output: VideoFrame | None = None
-        # Told of every stylized frame as it is made (the name's outputs: MJPEG, WHEP viewers); must not block.
-        self.output_listeners: list[Callable[[VideoFrame], None]] = []
+        # Every stylized frame, published once: the name's outputs, MJPEG, snapshots and viewers read it.
+        self.output = FrameFanout()
 
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -86,8 +84,7 @@ class StylizedTrack(MediaStreamTrack):
             self.stop()
             raise MediaStreamError from None
         now = time.perf_counter()
-        self._stats.frame_out(now - arrived)
-        self._metrics.frame_sent(latency_s=now - arrived, send_s=now - ready)
+        self._counts.sent(latency_s=now - arrived, send_s=now - ready)
         return frame
 
     def stop(self) -> None:
@@ -110,8 +107,7 @@ class StylizedTrack(MediaStreamTrack):
                 if not isinstance(frame, VideoFrame):
                     continue
                 arrived = time.perf_counter()
-                self._stats.frame_in()
-                self._metrics.frame_received()
+                self._counts.received()
                 settings = self._settings()
                 if settings.paused and self._last is not None:
                     self._emit(frame, self._last, arrived)
@@ -130,7 +126,7 @@ class StylizedTrack(MediaStreamTrack):
         if frame.width % 2 or frame.height % 2:
             frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2, threads=1)
         data = frame.to_ndarray(format="yuv420p", threads=1)
-        self._metrics.observe_stage("receive", time.perf_counter() - arrived)
+        self._counts.converted(time.perf_counter() - arrived)
         return self._engine.submit(self._stream_id, data, settings.frame_params())
 
     def _hand_back(
@@ -167,9 +163,7 @@ class StylizedTrack(MediaStreamTrack):
         result = VideoFrame.from_numpy_buffer(output, format="yuv420p")
         result.pts = frame.pts
         result.time_base = frame.time_base
-        self.latest_output = result
-        for listener in self.output_listeners:
-            listener(result)
+        self.output.publish(result, self._stream_id)
         if self._outputs.put((arrived, time.perf_counter(), result)):
             self._drop("send")
 
@@ -183,5 +177,4 @@ class StylizedTrack(MediaStreamTrack):
             self._on_failed = None  # once
 
     def _drop(self, reason: DropReason) -> None:
-        self._stats.frame_dropped()
-        self._metrics.frame_dropped(reason)
+        self._counts.dropped(reason)

@@ -36,7 +36,7 @@ class NamedOutputTrack(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        self._seen, frame, source = await self._output.next_frame(self._seen)
+        self._seen, frame, source = await self._output.frames.next_frame(self._seen)
         ticks = round(frame.pts * frame.time_base * CLOCK_RATE) if frame.pts is not None and frame.time_base else 0
         if source != self._source:
             self._source = source
@@ -44,7 +44,7 @@ class NamedOutputTrack(MediaStreamTrack):
         pts = max(ticks + self._offset, self._last_pts + 1)
         self._last_pts = pts
         # A frame of its own: encoders run on other threads and may touch the frame they are given.
-        copy = VideoFrame.from_ndarray(self._output.planes(), format="yuv420p")
+        copy = VideoFrame.from_ndarray(self._output.frames.planes(), format="yuv420p")
         copy.pts = pts
         copy.time_base = TIME_BASE
         return copy
