@@ -1,7 +1,8 @@
 """The render worker: one task takes pending jobs oldest first and renders them through the engine.
 
 Media work (decoding, encoding, file moves) runs on a thread of the worker's own, never on the
-event loop. Each frame goes to the engine as `Priority.JOB` under the key `job-<id>`, one at a
+event loop; so does the render loop itself (decode, submit, wait, encode: two hand-offs a frame, to
+the engine's thread and back), which tells the loop of its progress now and then. Each frame goes to the engine as `Priority.JOB` under the key `job-<id>`, one at a
 time, so live frames always go first and a job never holds more than one slot of a batch. While
 live streams are up, the worker also paces itself to `[jobs] live_share` of the time (decoding
 and encoding compete with the live peers for the CPU, not only for the engine). Every change to
@@ -23,15 +24,18 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from pipeline import Priority
 from server.config import JobsConfig
 from server.control.events import EventHub, JobEvent
 from server.engine_service import EngineStatus
-from server.jobs.media import EncodeOptions, RenderFailed, open_render
+from server.jobs.media import EncodeOptions, Render, RenderFailed, open_render
 from server.jobs.store import Job, JobNotFound, JobRecords, gave_up
 from server.jpeg import JpegEncoder
+
+if TYPE_CHECKING:
+    from pipeline import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class _Running:
     job_id: str
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Read by the render loop on the media thread: set when the job is cancelled, times out or the server stops.
+    halt: threading.Event = field(default_factory=threading.Event)
 
 
 class JobWorker:
@@ -289,27 +295,19 @@ class JobWorker:
         done = render.resume_from
         if done:
             logger.info("job resumed id=%s from frame %d of %d", job.id, done, job.frames_total)
-        reported = float("-inf")  # the first frame is reported at once: the owner sees rendering start
+        loop = asyncio.get_running_loop()
+
+        def progress(frames_done: int) -> bool:
+            """From the media thread, now and then: tell the owner; False when the job is no longer ours."""
+            return asyncio.run_coroutine_threadsafe(self._progress(job, frames_done), loop).result()
+
         try:
-            frame = await self._blocking(render.read)
-            while frame is not None:
-                if running.cancelled.is_set():
-                    raise JobCancelled(job.id)
-                started = time.monotonic()
-                stylized = await asyncio.wrap_future(engine.submit(key, frame.data, job.params, Priority.JOB))
-                await self._blocking(render.write, frame, stylized)
-                done += 1
-                frame = await self._blocking(render.read)
-                await self._yield_to_live(time.monotonic() - started)
-                if time.monotonic() - reported >= PROGRESS_INTERVAL_S:
-                    reported = time.monotonic()
-                    if not await self._store.set_progress(job.id, done):
-                        raise JobCancelled(job.id)  # cancelled or deleted elsewhere, or taken over
-                    self._publish("progress", dataclasses.replace(job, frames_done=done))
+            done = await self._blocking(self._render_frames, render, engine, key, job, done, running, progress)
             if running.cancelled.is_set():
                 raise JobCancelled(job.id)
             await self._blocking(render.finish)
         except BaseException:
+            running.halt.set()  # a render loop still on the media thread stops after its frame
             await self._blocking(render.close)
             await self._blocking(_unlink, partial)
             raise
@@ -317,11 +315,44 @@ class JobWorker:
         await self._blocking(partial.replace, target)
         return done
 
-    async def _yield_to_live(self, busy_s: float) -> None:
+    def _render_frames(
+        self,
+        render: Render,
+        engine: Engine,
+        key: str,
+        job: Job,
+        done: int,
+        running: _Running,
+        progress: Callable[[int], bool],
+    ) -> int:
+        """The render loop, on the job's media thread: decode, the engine, encode, two hand-offs a
+        frame (to the engine's thread and back); the event loop hears of it every PROGRESS_INTERVAL_S."""
+        reported = float("-inf")  # the first frame is reported at once: the owner sees rendering start
+        while (frame := render.read()) is not None:
+            if running.cancelled.is_set() or running.halt.is_set():
+                raise JobCancelled(job.id)
+            started = time.monotonic()
+            stylized = engine.submit(key, frame.data, job.params, Priority.JOB).result()
+            render.write(frame, stylized)
+            done += 1
+            self._yield_to_live(time.monotonic() - started, running.halt)
+            if time.monotonic() - reported >= PROGRESS_INTERVAL_S:
+                reported = time.monotonic()
+                if not progress(done):
+                    raise JobCancelled(job.id)  # cancelled or deleted elsewhere, or taken over
+        return done
+
+    async def _progress(self, job: Job, done: int) -> bool:
+        if not await self._store.set_progress(job.id, done):
+            return False
+        self._publish("progress", dataclasses.replace(job, frames_done=done))
+        return True
+
+    def _yield_to_live(self, busy_s: float, halt: threading.Event) -> None:
         """With live streams up, rest so that this frame's work is `live_share` of the time spent."""
         share = self._config.live_share
         if share < 1.0 and self._live_streams() > 0:
-            await asyncio.sleep(busy_s * (1.0 - share) / share)
+            halt.wait(busy_s * (1.0 - share) / share)
 
     async def _fail(self, job: Job, error: str) -> None:
         logger.warning("job failed id=%s: %s", job.id, error)
