@@ -39,6 +39,7 @@ from server.control.settings import (
     Source,
     StyleSettings,
     UnknownStreamError,
+    name_scope,
     scope_name,
 )
 from server.fields import DEFAULT_NAME
@@ -102,7 +103,7 @@ class ReplicatedSettings(SettingsStore):
 
     def streams(self) -> dict[str, tuple[str, Owner]]:
         """Every stream of the cluster, oldest first: id -> (name, owner)."""
-        return {sid: (self._names.get(sid, DEFAULT_NAME), owner) for sid, owner in self._owners.items()}
+        return {sid: ((self.stream_name(sid) or DEFAULT_NAME), owner) for sid, owner in self._owners.items()}
 
     async def reap(self, alive: set[str]) -> list[tuple[str, str]]:
         """Remove the streams whose worker instance is not in `alive`; (id, name) of those this node removed."""
@@ -113,7 +114,7 @@ class ReplicatedSettings(SettingsStore):
             message = self._message("unstream", id=stream_id)
             keys = [self._streams, self._key(stream_id), self._scopes, self._channel]
             won = await self._reap(keys=keys, args=[stream_id, message])
-            name = self._names.get(stream_id, DEFAULT_NAME)
+            name = self.stream_name(stream_id) or DEFAULT_NAME
             self._forget(stream_id)
             if won:
                 removed.append((stream_id, name))
@@ -212,7 +213,7 @@ class ReplicatedSettings(SettingsStore):
         try:
             values = SettingsPatch.model_validate(changed).values()
             before = self._current(scope)
-            settings = self._set_global(values) if scope == GLOBAL else self._set_overrides(scope, values)
+            settings = self.take(scope, values)
         except UnknownStreamError:
             return  # a stream that has left meanwhile
         except (ValueError, ValidationError) as e:
@@ -220,7 +221,7 @@ class ReplicatedSettings(SettingsStore):
             return
         if mine and settings == before:
             return  # this node's own change, told to its listeners when it was made
-        self._emit(SettingsChange(scope, source if source in SOURCES else "config", values, settings, remote=True))
+        self.tell(SettingsChange(scope, source if source in SOURCES else "config", values, settings, remote=True))
 
     def _current(self, scope: str) -> StyleSettings | None:
         if scope == GLOBAL:
@@ -250,7 +251,7 @@ class ReplicatedSettings(SettingsStore):
             return  # joining a running cluster: its state wins
         logger.info("writing this node's settings into Redis (the fields it misses)")
         scopes: dict[str, dict[str, Any]] = {GLOBAL: self.global_settings.model_dump()}
-        scopes.update({scope: values for scope, values in self._overrides.items() if scope_name(scope)})
+        scopes.update({name_scope(name): values for name, values in self.named_overrides().items()})
 
         def write(pipe: Pipeline) -> None:
             for scope, values in scopes.items():
@@ -263,7 +264,7 @@ class ReplicatedSettings(SettingsStore):
 
     async def _register_own_streams(self) -> None:
         """This node's streams back in Redis, and told of again (nodes that resynced first read none)."""
-        own = {sid: self._names.get(sid, DEFAULT_NAME) for sid, owner in self._owners.items() if owner == self._me}
+        own = {sid: (self.stream_name(sid) or DEFAULT_NAME) for sid, owner in self._owners.items() if owner == self._me}
         if not own:
             return
 
@@ -271,7 +272,7 @@ class ReplicatedSettings(SettingsStore):
             for stream_id, name in own.items():
                 pipe.hset(self._streams, stream_id, json.dumps(self._me.as_dict(name)))
                 pipe.publish(self._channel, self._message("stream", id=stream_id, **self._me.as_dict(name)))
-                overrides = self._overrides.get(stream_id, {})
+                overrides = self.overrides(stream_id)
                 for field, value in overrides.items():
                     pipe.hsetnx(self._key(stream_id), field, json.dumps(value))
                 if overrides:
@@ -300,7 +301,8 @@ class ReplicatedSettings(SettingsStore):
         if stored.get(GLOBAL):
             fields = _fields(GLOBAL, stored[GLOBAL])
             self._replace(GLOBAL, {**self.global_settings.model_dump(), "preset": None, **fields})
-        named = {scope for scope in [*stored, *self._overrides] if scope_name(scope) is not None}
+        named = {scope for scope in stored if scope_name(scope) is not None}
+        named |= {name_scope(name) for name in self.named_overrides()}
         for scope in sorted(named):
             self._replace(scope, _fields(scope, stored.get(scope, {})))
         for stream_id in [sid for sid, owner in self._owners.items() if owner != self._me]:
@@ -313,7 +315,7 @@ class ReplicatedSettings(SettingsStore):
             if scope == GLOBAL:
                 settings = StyleSettings.model_validate(values)
                 changed = {k: v for k, v in settings.model_dump().items() if getattr(before, k, None) != v}
-                self._global = settings
+                self.restore(settings)
             else:
                 overrides = SettingsPatch.model_validate(values).values()
                 current = self.overrides(scope) if self.has_stream(scope) else {}
@@ -321,12 +323,12 @@ class ReplicatedSettings(SettingsStore):
                 changed = {k: v for k, v in changed.items() if current.get(k) != v}
                 if not changed:
                     return
-                settings = self._set_overrides(scope, changed)
+                settings = self.take(scope, changed)
         except (ValueError, ValidationError) as e:
             logger.warning("settings of %s in Redis ignored (they do not validate): %s", scope, e)
             return
         if changed and settings != before:
-            self._emit(SettingsChange(scope, "config", changed, settings, remote=True))
+            self.tell(SettingsChange(scope, "config", changed, settings, remote=True))
 
 
 def _decoded(value: str) -> Any:

@@ -234,6 +234,17 @@ class SettingsStore:
         self._emit(SettingsChange(stream_id, source, changed, settings))
         return settings
 
+    # -- for a replica (a cluster node): changes made elsewhere -----------------------------------
+
+    def take(self, scope: str, changed: dict[str, Any]) -> StyleSettings:
+        """Set `changed` in `scope` ("global", a stream id or a name's scope) as another node made it:
+        nobody is told here (`tell` does, once the caller knows the change is news)."""
+        return self._set_global(changed) if scope == "global" else self._set_overrides(scope, changed)
+
+    def tell(self, change: SettingsChange) -> None:
+        """Tell the listeners of a change made elsewhere."""
+        self._emit(change)
+
     def _set_global(self, changed: dict[str, Any]) -> StyleSettings:
         self._global = StyleSettings.model_validate({**self._global.model_dump(), **changed})
         return self._global

@@ -1,13 +1,14 @@
 """The render worker: one task takes pending jobs oldest first and renders them through the engine.
 
 Media work (decoding, encoding, file moves) runs on a thread of the worker's own, never on the
-event loop; so does the render loop itself (decode, submit, wait, encode: two hand-offs a frame, to
-the engine's thread and back), which tells the loop of its progress now and then. Each frame goes to the engine as `Priority.JOB` under the key `job-<id>`, one at a
-time, so live frames always go first and a job never holds more than one slot of a batch. While
-live streams are up, the worker also paces itself to `[jobs] live_share` of the time (decoding
-and encoding compete with the live peers for the CPU, not only for the engine). Every change to
-a job's life (queued, started, progress, completed, failed, cancelled, deleted) goes through
-here and is pushed on /api/events as a `job` event.
+event loop; so does the render loop itself (decode, submit, wait, encode: two hand-offs a frame,
+to the engine's thread and back), which tells the loop of its progress now and then. Each frame
+goes to the engine as `Priority.JOB` under the key `job-<id>`, one at a time, so live frames
+always go first and a job never holds more than one slot of a batch. While live streams are up,
+the worker also paces itself to `[jobs] live_share` of the time (decoding and encoding compete
+with the live peers for the CPU, not only for the engine). Every change to a job's life (queued,
+started, progress, completed, failed, cancelled, deleted) goes through here and is pushed on
+/api/events as a `job` event.
 """
 
 from __future__ import annotations
