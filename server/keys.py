@@ -12,7 +12,7 @@ The types are imported for the type checker only, so importing this module loads
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from server.control.settings import SettingsStore
     from server.db import Database
     from server.engine_service import EngineStatus
-    from server.http.relay import Relay
     from server.observe.metrics import Metrics
     from server.topology import Topology
 
@@ -34,6 +33,17 @@ ENGINE: web.AppKey[EngineStatus] = web.AppKey("engine")
 SETTINGS: web.AppKey[SettingsStore] = web.AppKey("settings")
 EVENTS: web.AppKey[EventHub] = web.AppKey("events")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+
+
+class Relay(Protocol):
+    """The client for the other nodes of a cluster (`server.http.relay.Relay`): a request whose file
+    or stream lives on another node is answered from there."""
+
+    here: str  # this node's own URL
+
+    async def forward(self, request: web.Request, base_url: str, body: bytes | None = None) -> web.StreamResponse: ...
+
+
 # Only in a cluster: the client for the other nodes (files and routes that live elsewhere).
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 
