@@ -7,6 +7,7 @@ Skipped where there is no CUDA device; run them on one with `pytest -m cuda`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -189,3 +190,57 @@ def test_fp16_stays_close_to_fp32(model: ModelBundle, model_cache: Path) -> None
     for half, single in zip(*outputs, strict=True):
         difference = _levels(half, single)
         assert difference.mean() <= FP16_MEAN_LEVELS and np.percentile(difference, 99) <= FP16_P99_LEVELS
+
+
+# -- failures on the device: a bad row costs its frame, running out of memory shrinks the batch -----
+
+
+class _Refusing:
+    """The transform, refusing batches `refuse` picks (eager: a graph would record the refusal)."""
+
+    def __init__(self, inner: Any, refuse: Any) -> None:
+        self.inner, self.refuse, self.sizes = inner, refuse, []
+
+    def __call__(self, images: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(images.shape[0])
+        error = self.refuse(images)
+        if error is not None:
+            raise error
+        return self.inner(images, **inputs)
+
+
+def test_a_row_that_fails_on_the_device_costs_only_its_frame(model: ModelBundle) -> None:
+    engine = Engine(model, max_batch=4, cuda_graphs=False)
+    engine.runner.transform = _Refusing(
+        engine.runner.transform,
+        lambda images: RuntimeError("black frame") if bool((images.flatten(1).mean(1) < -0.9).any()) else None,
+    )
+    black = np.full((96, 64), 128, dtype=np.uint8)
+    black[:64] = 16
+    params = FrameParams(prompt="x", strength=0.5)
+    good = [engine.submit("a", _frame(1), params), engine.submit("b", _frame(2), params)]
+    bad = engine.submit("c", black, params)
+    engine.start()
+    try:
+        assert all(future.result(timeout=60).shape == _frame(1).shape for future in good)
+        assert isinstance(bad.exception(timeout=60), RuntimeError) and engine.frames_failed == 1
+    finally:
+        engine.stop()
+
+
+def test_running_out_of_device_memory_shrinks_the_batch_and_serving_goes_on(model: ModelBundle) -> None:
+    engine = Engine(model, max_batch=8, cuda_graphs=False)
+    refusing = _Refusing(
+        engine.runner.transform,
+        lambda images: torch.OutOfMemoryError("CUDA out of memory (test)") if images.shape[0] > 2 else None,
+    )
+    engine.runner.transform = refusing
+    params = FrameParams(prompt="x", strength=0.5)
+    futures = [engine.submit(f"s{i}", _frame(i), params) for i in range(5)]
+    engine.start()
+    try:
+        assert all(future.result(timeout=60).shape == _frame(0).shape for future in futures)
+        assert (engine.max_batch, set(engine.runner.buckets) <= {1, 2}) == (2, True)
+        assert engine.submit("s0", _frame(9), params).result(timeout=60).shape == _frame(0).shape
+    finally:
+        engine.stop()
