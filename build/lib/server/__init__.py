@@ -1,1 +1,0 @@
-"""The stylization server: aiohttp + aiortc in rooms by feature (live, control, jobs, observe, http)."""

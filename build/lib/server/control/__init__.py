@@ -1,1 +1,0 @@
-"""Control: the one settings state, OSC, the events hub, presets and prompt suggestions, and their routes."""

@@ -1,1 +1,0 @@
-"""The HTTP edge: JSON errors and validation, security middleware, pages and probes."""

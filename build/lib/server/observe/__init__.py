@@ -1,1 +1,0 @@
-"""Observing the server: Prometheus metrics, /api/stats, the recent windows behind them, their routes."""

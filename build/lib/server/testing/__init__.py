@@ -1,1 +1,0 @@
-"""A harness owned by neither tests nor benchmarks: servers in and out of process, an aiortc client, clips."""
