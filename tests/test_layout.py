@@ -22,12 +22,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """Modules `path` imports when it runs: `if TYPE_CHECKING:` blocks (names for the type checker) are left out."""
+def _runtime_imports(path: Path, *, with_type_only: bool = False) -> set[str]:
+    """Modules `path` imports when it runs: `if TYPE_CHECKING:` blocks (names for the type checker) are
+    left out, unless `with_type_only`."""
     tree = ast.parse(path.read_text(), str(path))
     type_only: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not with_type_only and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             type_only.update(id(child) for statement in node.body for child in ast.walk(statement))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -85,18 +86,6 @@ def test_domain_modules_import_no_other_rooms_routes() -> None:
             assert not foreign, f"{path.relative_to(ROOT)} imports routes of another room: {sorted(foreign)}"
 
 
-def _all_imports(path: Path) -> set[str]:
-    """Every module `path` names in an import, for the type checker's too."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
-
-
 def test_the_core_keys_are_only_the_core() -> None:
     tree = ast.parse((ROOT / "server" / "keys.py").read_text())
     declared = {
@@ -116,7 +105,11 @@ def test_a_room_reads_only_its_own_keys_and_the_core_ones() -> None:
     assert all((ROOT / name.replace(".", "/")).with_suffix(".py").is_file() for name in rooms_keys)
     for room in (*ROOMS, "http"):
         for path in _sources(f"server/{room}"):
-            foreign = {name for name in _all_imports(path) if name in rooms_keys and name != f"server.{room}.keys"}
+            foreign = {
+                name
+                for name in _runtime_imports(path, with_type_only=True)
+                if name in rooms_keys and name != f"server.{room}.keys"
+            }
             assert not foreign, f"{path.relative_to(ROOT)} reads another room's keys: {sorted(foreign)}"
 
 

@@ -16,6 +16,12 @@ from aiortc import RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
 TRICKLE_ICE_SDPFRAG = "application/trickle-ice-sdpfrag"
+# What a trickle PATCH (on a WHIP or a WHEP session) may answer beside the session's own 404.
+TRICKLE_ERRORS = {
+    412: "If-Match is not the session's ETag",
+    415: "not application/trickle-ice-sdpfrag",
+    422: "an ICE restart (new ICE credentials), or candidates that do not parse",
+}
 
 
 class TrickleRejected(Exception):

@@ -18,7 +18,7 @@ from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_created
 from server.live import keys as live_keys
-from server.live.trickle import TRICKLE_ICE_SDPFRAG
+from server.live.trickle import TRICKLE_ERRORS, TRICKLE_ICE_SDPFRAG
 from server.live.viewers import Viewer, ViewerRejected, ViewersFull
 from server.live.whip_routes import session_etag, trickle_into
 
@@ -80,12 +80,7 @@ async def stop_watching(request: web.Request) -> web.Response:
     tag="outputs",
     status=204,
     raw_body=TRICKLE_ICE_SDPFRAG,
-    errors={
-        404: "unknown viewer",
-        412: "If-Match is not the session's ETag",
-        415: "not application/trickle-ice-sdpfrag",
-        422: "an ICE restart (new ICE credentials), or candidates that do not parse",
-    },
+    errors={404: "unknown viewer", **TRICKLE_ERRORS},
 )
 async def trickle(request: web.Request) -> web.Response:
     viewer = _viewer(request)

@@ -29,7 +29,14 @@ from server.live import keys as live_keys
 from server.live.negotiation import open_to_other_software, video_direction
 from server.live.refusals import refusals_as_http
 from server.live.session import Session
-from server.live.trickle import TRICKLE_ICE_SDPFRAG, IceRestartRefused, TrickleRejected, add_candidates, parse_fragment
+from server.live.trickle import (
+    TRICKLE_ERRORS,
+    TRICKLE_ICE_SDPFRAG,
+    IceRestartRefused,
+    TrickleRejected,
+    add_candidates,
+    parse_fragment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +110,7 @@ def _publisher(request: web.Request) -> Session:
     tag="whip",
     status=204,
     raw_body=TRICKLE_ICE_SDPFRAG,
-    errors={
-        404: "no such session under that name",
-        412: "If-Match is not the session's ETag",
-        415: "not application/trickle-ice-sdpfrag",
-        422: "an ICE restart (new ICE credentials), or candidates that do not parse",
-    },
+    errors={404: "no such session under that name", **TRICKLE_ERRORS},
 )
 async def trickle(request: web.Request) -> web.Response:
     session = _publisher(request)
