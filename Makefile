@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
 	$(PY) -m bench.live --model tiny --size 256 --peers 1,4 --engine-batch 4 --seconds 15
 	$(PY) -m bench.jobs --model tiny --seconds 10
+	$(PY) -m bench.json_check
 	$(PY) -m bench.cluster --model tiny --size 256 --workers 1,2 --peers 4 --seconds 15
 
 # On a CUDA machine: the real SD-Turbo architecture (random weights, nothing to download), fp16, 512².
