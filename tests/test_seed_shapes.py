@@ -114,3 +114,20 @@ async def test_every_event_carries_an_iso_utc_timestamp(server: RunningServer) -
     sent = datetime.datetime.fromisoformat(event["ts"])
     assert sent.tzinfo is not None
     assert abs((datetime.datetime.now(datetime.UTC) - sent).total_seconds()) < 60
+
+
+async def test_strict_get_routes_take_the_token_in_the_query(make_config: Callable[..., Config]) -> None:
+    running = await start_server(make_config(engine={"warmup": False}, security={"api_token": "t0ken"}))
+    try:
+        for path in (
+            "/api/jobs?limit=5",
+            "/api/presets",
+            "/api/suggestions/autocomplete?query=neo",
+            "/api/suggestions/random?count=2",
+        ):
+            status, body = await running.call("GET", f"{path}{'&' if '?' in path else '?'}token=t0ken")
+            assert status == 200, (path, body)
+        status, body = await running.call("GET", "/api/suggestions/random?token=t0ken&cuont=2")
+        assert status == 422 and [error["field"] for error in body["detail"]] == ["cuont"], "others still refused"
+    finally:
+        await stop_server(running)
