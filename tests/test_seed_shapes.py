@@ -82,6 +82,20 @@ async def test_preview_fills_the_template_without_touching_the_live_look(server:
     assert (await server.call("GET", "/api/settings"))[1] == before
 
 
+async def test_apply_takes_the_seed_path_and_user_prompt(server: RunningServer) -> None:
+    for path, body in (
+        ("/api/presets/apply/anime", {"user_prompt": "a red fox"}),
+        ("/api/presets/anime/apply", {"prompt": "a grey wolf"}),
+    ):
+        status, applied = await server.call("POST", path, body)
+        assert status == 200, applied
+        _, settings = await server.call("GET", "/api/settings")
+        assert applied["subject"] == body.get("user_prompt", body.get("prompt"))
+        assert settings["prompt"].startswith(f"anime illustration of {applied['subject']}, ")
+    assert (await server.call("POST", "/api/presets/apply/nope", {"user_prompt": "x"}))[0] == 404
+    assert (await server.call("POST", "/api/presets/apply/anime", {"user_prompt": 3}))[0] == 422
+
+
 async def test_jobs_list_takes_skip(server: RunningServer) -> None:
     form_ids = []
     for _ in range(2):

@@ -36,7 +36,13 @@ class ListQuery(BaseModel):
 
 class ApplyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_SUBJECT, description="fills the {prompt} slot")
+    prompt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SUBJECT,
+        validation_alias=AliasChoices("prompt", "user_prompt"),
+        description="fills the {prompt} slot (user_prompt: the seed systems' name, as preview takes)",
+    )
     stream_id: str | None = Field(None, min_length=1, max_length=64, description="apply to this stream only")
 
 
@@ -168,6 +174,7 @@ async def delete_preset(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/presets/{preset_id}/apply")
+@routes.post("/api/presets/apply/{preset_id}")  # the seed systems' path
 @operation(
     "Apply a preset to the live look (global, or one stream)",
     tag="presets",
