@@ -145,3 +145,20 @@ async def test_strict_get_routes_take_the_token_in_the_query(make_config: Callab
         assert status == 422 and [error["field"] for error in body["detail"]] == ["cuont"], "others still refused"
     finally:
         await stop_server(running)
+
+
+async def test_control_characters_in_prompts_are_refused_naming_the_field(server: RunningServer) -> None:
+    _, before = await server.call("GET", "/api/settings")
+    for method, path, body, field in (
+        ("PATCH", "/api/settings", {"prompt": "a fox\x1b[2J"}, "prompt"),
+        ("PATCH", "/api/settings", {"negative_prompt": "blur\nINFO forged"}, "negative_prompt"),
+        ("POST", "/api/presets/anime/apply", {"prompt": "a fox\r\n"}, "prompt"),
+        ("POST", "/api/presets/anime/preview", {"user_prompt": "a\x00fox"}, "user_prompt"),
+        ("POST", "/api/suggestions/enhance", {"prompt": "a\tcat"}, "prompt"),
+    ):
+        status, answer = await server.call(method, path, body)
+        assert status == 422 and [item["field"] for item in answer["detail"]] == [field], (path, answer)
+        assert "control character" in answer["detail"][0]["message"]
+    assert (await server.call("GET", "/api/settings"))[1] == before
+    status, _ = await server.call("PATCH", "/api/settings", {"prompt": "a café fox — 狐"})
+    assert status == 200, "printable text beyond ASCII still passes"

@@ -22,6 +22,7 @@ from server.control.presets import (
     UnknownPresetError,
 )
 from server.control.settings import StyleSettings, UnknownStreamError
+from server.fields import OneLine
 from server.http.errors import ApiError
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
@@ -36,7 +37,7 @@ class ListQuery(BaseModel):
 
 class ApplyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str | None = Field(
+    prompt: OneLine | None = Field(
         None,
         min_length=1,
         max_length=MAX_SUBJECT,
@@ -48,7 +49,7 @@ class ApplyBody(BaseModel):
 
 class PreviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str | None = Field(
+    prompt: OneLine | None = Field(
         None,
         min_length=1,
         max_length=MAX_SUBJECT,
