@@ -162,3 +162,33 @@ async def test_control_characters_in_prompts_are_refused_naming_the_field(server
     assert (await server.call("GET", "/api/settings"))[1] == before
     status, _ = await server.call("PATCH", "/api/settings", {"prompt": "a café fox — 狐"})
     assert status == 200, "printable text beyond ASCII still passes"
+
+
+async def test_each_events_listener_gets_what_it_asked_for(server: RunningServer) -> None:
+    assert (await server.call("GET", "/api/events?types=settings,bogus"))[1]["detail"][0]["field"] == "types"
+    assert (await server.call("GET", "/api/events?name=-x"))[1]["detail"][0]["field"] == "name"
+    assert (await server.call("GET", "/api/events?colour=red"))[0] == 422
+    urls = ("/api/events?types=preset", "/api/events?name=stage", "/api/events?stream=s-1&types=settings")
+    listeners = [await server.http.ws_connect(server.url(url)) for url in urls]
+    try:
+        await eventually(lambda: server.app[keys.EVENTS].listeners == len(urls))
+        assert (await server.call("PATCH", "/api/outputs/other/settings", {"seed": 3}))[0] == 200
+        assert (await server.call("PATCH", "/api/outputs/stage/settings", {"seed": 4}))[0] == 200
+        assert (await server.call("POST", "/api/strength", {"strength": 0.4}))[0] == 200
+        assert (await server.call("POST", "/api/presets/anime/apply", {"prompt": "a fox"}))[0] == 200
+
+        async def first(listener: aiohttp.ClientWebSocketResponse, count: int) -> list[dict[str, object]]:
+            return [json.loads((await asyncio.wait_for(listener.receive(), 10)).data) for _ in range(count)]
+
+        presets, stage, stream = listeners
+        assert [(e["type"], e["action"]) for e in await first(presets, 1)] == [("preset", "applied")]
+        assert [(e["type"], e["scope"]) for e in await first(stage, 2)] == [
+            ("settings", "name:stage"),
+            ("settings", "global"),
+        ]
+        heard = await first(stream, 2)
+        assert [(e["type"], e["scope"]) for e in heard] == [("settings", "global")] * 2
+        assert heard[1]["changed"]["preset"] == "anime"
+    finally:
+        for listener in listeners:
+            await listener.close()
