@@ -339,6 +339,11 @@ async def test_jobs_panel_uploads_follows_and_deletes_a_render(browser: Any, ser
     job = await get_json(server, f"/api/jobs/{job_id}")
     assert (job["status"], job["params"]["strength"], job["filename"]) == ("completed", 0.4, "still.png")
     assert "1/1 frames" in await page.text_content(f"#job-list li[data-job='{job_id}']")
+    row_style = "row => [getComputedStyle(row).borderTopStyle, getComputedStyle(row).listStyleType]"
+    assert await page.eval_on_selector(f"#job-list li[data-job='{job_id}']", row_style) == ["solid", "none"]
+    monitor = await page.get_attribute("#monitor-link", "href")
+    async with server.http.get(server.url(monitor or "")) as response:
+        assert monitor == "/monitor" and response.status == 200, "the page links the monitor"
 
     # An empty file is refused, and the panel says why.
     await page.set_input_files("#job-file", files=[{"name": "empty.png", "mimeType": "image/png", "buffer": b""}])
