@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 from aiohttp import WSMsgType, web
@@ -129,10 +130,18 @@ class EventHub:
     def __init__(self) -> None:
         # Each listener's queue with what it asked for (None: everything).
         self._queues: dict[asyncio.Queue[str | None], EventsQuery | None] = {}
+        # In-process observers of every event, decoded (the monitor's recent activity).
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def listeners(self) -> int:
         return len(self._queues)
+
+    def add_watcher(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        self._watchers.append(watcher)
+
+    def remove_watcher(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        self._watchers.remove(watcher)
 
     def publish(self, event: Event) -> None:
         """Queue `event` for every listener; never blocks."""
@@ -141,6 +150,10 @@ class EventHub:
     def deliver(self, message: str) -> None:
         """Queue one encoded event for every listener of this hub that wants it."""
         decoded: dict[str, Any] | None = None
+        if self._watchers:
+            decoded = json.loads(message)
+            for watcher in list(self._watchers):
+                watcher(decoded)
         for queue, wanted in list(self._queues.items()):
             if wanted is not None:
                 # Decoded once, and only when a listener filters: a cluster's events arrive encoded.
