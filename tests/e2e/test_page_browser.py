@@ -161,6 +161,30 @@ async def test_page_reconnects_by_itself_after_a_server_restart(
         await stop_server(running)
 
 
+async def test_page_reconnects_as_soon_as_the_server_is_ready_not_at_its_back_off_step(
+    browser: Any, make_config: Callable[..., Config]
+) -> None:
+    config = make_config(server={"port": free_port()}, engine={"max_batch": 1, "warmup": False})
+    running = await start_server(config)
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.select_option("#resolution", "320x240")
+        await page.click("#start")
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+        await stop_server(running)
+        # A long outage's back-off: the next try would be 30 s away.
+        await page.evaluate("window.stylize.connection.failures = 99")
+        await page.wait_for_function(
+            "document.getElementById('status').textContent === 'retrying in 30 s'", timeout=10_000
+        )
+        running = await start_server(config)
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=8_000)
+        await page.click("#stop")
+    finally:
+        await stop_server(running)
+
+
 ICE_SERVERS = [{"urls": "turn:127.0.0.1:3479", "username": "artist", "credential": "s3cret"}]
 
 

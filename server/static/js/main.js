@@ -116,7 +116,10 @@ function onServerState({ state, text, reason }) {
     showError(new Error(`the model failed to load: ${reason}`));
   } else if (state === "unreachable") {
     connection.serverLost();
-  } else if (ui.error.textContent.startsWith("the model failed")) {
+  } else if (state === "ready") {
+    connection.retryNow(); // back: reconnect at once rather than at the next back-off step
+  }
+  if (state !== "failed" && state !== "unreachable" && ui.error.textContent.startsWith("the model failed")) {
     showError(null); // the server came back with a model that loads
   }
   ui.start.disabled = state === "failed" || connection.active;
