@@ -185,6 +185,37 @@ async def test_page_reconnects_as_soon_as_the_server_is_ready_not_at_its_back_of
         await stop_server(running)
 
 
+async def test_a_camera_that_ends_is_shown_lost_and_taken_again(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    await page.select_option("#resolution", "320x240")
+    await page.click("#start")
+    await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+    # What a browser does when a camera is unplugged: the track stops and fires `ended`.
+    await page.evaluate(
+        """() => {
+            const track = document.getElementById("input").srcObject.getVideoTracks()[0];
+            window.lostTrack = track;
+            track.stop();
+            track.dispatchEvent(new Event("ended"));
+        }"""
+    )
+    assert "camera lost" in await page.text_content("#error")
+    await page.wait_for_function(
+        """() => {
+            const track = document.getElementById("input").srcObject.getVideoTracks()[0];
+            return track !== window.lostTrack && track.readyState === "live"
+                && document.getElementById("error").hidden;
+        }""",
+        timeout=10_000,
+    )
+    sent = "() => window.stylize.connection.pc.getSenders().find((s) => s.track).track.readyState"
+    assert await page.evaluate(sent) == "live", "the stream sends the camera taken again"
+    assert await page.text_content("#status") == "connected"
+    await page.click("#stop")
+    assert under_test.unexpected_errors() == []
+
+
 ICE_SERVERS = [{"urls": "turn:127.0.0.1:3479", "username": "artist", "credential": "s3cret"}]
 
 

@@ -147,6 +147,7 @@ async function start() {
     return;
   }
   ui.input.srcObject = localStream;
+  watchCamera(localStream);
   listCameras(ui.camera).catch(() => {}); // labels appear once permission is granted
   await connection.start(localStream);
 }
@@ -154,14 +155,46 @@ async function start() {
 async function changeCamera() {
   if (!connection.active || !localStream) return;
   try {
-    const next = await openCamera(ui.camera.value, ui.resolution.value);
-    const previous = localStream;
-    localStream = next;
-    ui.input.srcObject = next;
-    await connection.replaceVideoTrack(next);
-    previous.getTracks().forEach((t) => t.stop());
+    await swapCamera();
   } catch (error) {
     showError(new Error(`camera: ${error.message || error.name}`));
+  }
+}
+
+async function swapCamera() {
+  const next = await openCamera(ui.camera.value, ui.resolution.value);
+  const previous = localStream;
+  localStream = next;
+  ui.input.srcObject = next;
+  watchCamera(next);
+  await connection.replaceVideoTrack(next);
+  if (previous) previous.getTracks().forEach((t) => t.stop());
+}
+
+const CAMERA_RETRY_MS = 1000;
+const CAMERA_LOST = "camera lost: getting it back";
+
+// A camera unplugged, taken by another app or stopped by the system ends its track: say so, and open
+// it again (once a second) while the stream is still wanted, so the stream goes on with a live picture.
+function watchCamera(stream) {
+  const track = stream.getVideoTracks()[0];
+  if (!track) return;
+  track.addEventListener("ended", () => {
+    if (stream !== localStream || !connection.active) return; // swapped or stopped on purpose
+    showError(new Error(CAMERA_LOST));
+    reacquireCamera(stream);
+  });
+}
+
+async function reacquireCamera(lost) {
+  while (lost === localStream && connection.active) {
+    try {
+      await swapCamera();
+      if (ui.error.textContent === CAMERA_LOST) showError(null);
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, CAMERA_RETRY_MS));
+    }
   }
 }
 
