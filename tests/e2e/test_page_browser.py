@@ -435,3 +435,24 @@ async def test_the_page_fits_a_phone(browser: Any, server: RunningServer) -> Non
     await page.tap("#stop")
     await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
     assert under_test.unexpected_errors() == []
+
+
+async def test_the_stylized_only_view_fits_a_laptop_screen(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server, viewport={"width": 1366, "height": 900})
+    page = under_test.page
+    await page.select_option("#layout", "output")
+    # Something above the picture grows afterwards (an error line): the picture makes room.
+    await page.evaluate("() => { const e = document.getElementById('error'); e.textContent = 'x'; e.hidden = false; }")
+    await page.wait_for_timeout(100)
+    box = await page.evaluate(
+        """() => {
+          const video = document.getElementById("output").getBoundingClientRect();
+          const caption = document.querySelector("#output-box figcaption");
+          return { top: video.top, bottom: video.bottom, height: video.height, width: video.width,
+                   caption: caption ? caption.getBoundingClientRect().bottom : 0,
+                   scroll: document.documentElement.scrollTop, inner: window.innerHeight };
+        }"""
+    )
+    assert box["bottom"] <= box["inner"] and box["caption"] <= box["inner"], box  # the whole picture on screen
+    assert box["height"] >= 480, box  # and still big
+    assert under_test.unexpected_errors() == []

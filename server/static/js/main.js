@@ -201,11 +201,21 @@ async function reacquireCamera(lost) {
 function setLayout(layout) {
   document.body.dataset.layout = layout;
   ui.layout.value = layout;
+  fitOutput();
   try {
     localStorage.setItem("stylize-layout", layout);
   } catch {
     // not remembered; fine
   }
+}
+
+// "Stylized only" sizes the picture to the height left under the header and controls (how tall they
+// are depends on the window's width), so the whole picture and its caption are on screen at once.
+function fitOutput() {
+  const above = ui.outputBox.getBoundingClientRect().top + window.scrollY;
+  const caption = ui.outputBox.querySelector("figcaption");
+  const below = (caption ? caption.getBoundingClientRect().height : 0) + 16; // the body's bottom padding
+  document.body.style.setProperty("--output-room", `${Math.max(240, window.innerHeight - above - below)}px`);
 }
 
 function toggleFullscreen() {
@@ -245,6 +255,12 @@ ui.stop.addEventListener("click", () => {
 ui.camera.addEventListener("change", changeCamera);
 ui.resolution.addEventListener("change", changeCamera);
 ui.layout.addEventListener("change", () => setLayout(ui.layout.value));
+window.addEventListener("resize", fitOutput);
+// What is above the picture grows later too: preset chips arriving, an error shown, controls wrapping.
+const aboveOutput = new ResizeObserver(() => fitOutput());
+for (let element = ui.outputBox.closest("main").previousElementSibling; element; element = element.previousElementSibling) {
+  aboveOutput.observe(element);
+}
 ui.fullscreen.addEventListener("click", toggleFullscreen);
 ui.output.addEventListener("dblclick", toggleFullscreen);
 document.addEventListener("keydown", (event) => {
