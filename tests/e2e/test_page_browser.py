@@ -192,15 +192,17 @@ async def test_a_camera_that_ends_is_shown_lost_and_taken_again(browser: Any, se
     await page.click("#start")
     await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
     # What a browser does when a camera is unplugged: the track stops and fires `ended`.
-    await page.evaluate(
+    # Read at once: a fake camera is back within a frame or two, and the message goes with it.
+    said = await page.evaluate(
         """() => {
             const track = document.getElementById("input").srcObject.getVideoTracks()[0];
             window.lostTrack = track;
             track.stop();
             track.dispatchEvent(new Event("ended"));
+            return document.getElementById("error").textContent;
         }"""
     )
-    assert "camera lost" in await page.text_content("#error")
+    assert "camera lost" in said
     await page.wait_for_function(
         """() => {
             const track = document.getElementById("input").srcObject.getVideoTracks()[0];
@@ -455,4 +457,21 @@ async def test_the_stylized_only_view_fits_a_laptop_screen(browser: Any, server:
     )
     assert box["bottom"] <= box["inner"] and box["caption"] <= box["inner"], box  # the whole picture on screen
     assert box["height"] >= 480, box  # and still big
+    assert under_test.unexpected_errors() == []
+
+
+async def test_a_pause_of_the_pages_name_is_shown_and_lifted_there_alone(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server, "/?name=stage")
+    page = under_test.page
+    async with server.http.patch(server.url("/api/outputs/stage/settings"), json={"paused": True}) as response:
+        assert response.status == 200
+    await page.wait_for_selector("#scoped-paused:not([hidden])", timeout=5_000)
+    assert await page.text_content("#scoped-paused") == "paused for stage"
+    assert await page.is_hidden("#paused"), "the global settings are not paused"
+    assert await page.text_content("#pause") == "Pause"
+    await page.click("#scoped-resume")
+    await page.wait_for_selector("#scoped-paused", state="hidden", timeout=5_000)
+    named = await get_json(server, "/api/outputs/stage/settings")
+    assert "paused" not in named["overrides"] and named["settings"]["paused"] is False
+    assert (await get_json(server, "/api/settings"))["paused"] is False, "nobody else was paused or resumed"
     assert under_test.unexpected_errors() == []

@@ -7,6 +7,7 @@ import { EventFeed } from "./events.js";
 import { JobsPanel } from "./jobs.js";
 import { OutputLinks, streamName } from "./outputs.js";
 import { LiveConnection } from "./rtc.js";
+import { ScopedPause } from "./scoped_pause.js";
 import { ServerState } from "./server_state.js";
 import { StatsMeter } from "./stats.js";
 import { attachAutocomplete } from "./suggestions.js";
@@ -102,6 +103,12 @@ const connection = new LiveConnection({
     if (streamId) stats.watch(connection.pc, streamId);
     else stats.stop();
   },
+});
+const scopedPause = new ScopedPause({
+  name,
+  badge: $("scoped-paused"),
+  resume: $("scoped-resume"),
+  onError: showError,
 });
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
@@ -235,12 +242,14 @@ async function loadPresets() {
 async function loadSettings() {
   try {
     controls.render(await api("GET", "/api/settings"));
+    await scopedPause.refresh();
   } catch (error) {
     showError(error);
   }
 }
 
 function onEvent(event) {
+  scopedPause.onEvent(event);
   if (event.type === "settings" && event.scope === "global") controls.render(event.settings, event.source);
   else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
   else if (event.type === "preset" && event.action !== "applied") loadPresets();
@@ -294,5 +303,5 @@ window.addEventListener("pagehide", () => {
   if (authorized) events.start();
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs, server, outputs };
+  window.stylize = { connection, controls, stats, events, jobs, server, outputs, scopedPause };
 })();
