@@ -190,7 +190,8 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, token_from: str = "") -> None:
+    """Listen and run; `token_from` names the place that set the API token (logged, the token never)."""
     # Only now the server itself: --help and a bad flag never wait for it.
     from server.app import create_app
 
@@ -218,6 +219,8 @@ def serve(config: Config) -> None:
         bound = config.server.model_copy(update={"port": int(sock.getsockname()[1])})
         config = config.model_copy(update={"server": bound})
     setup_logging(config)
+    if token_from:
+        logging.getLogger("server").info("API token set by %s", token_from)
     asyncio.run(_serve(create_app(config), sock, ssl_context, config.server))
     exit_past_stuck_threads(EXIT_GRACE_S)
 
@@ -272,16 +275,17 @@ def download(config: Config, full_precision: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from server.config import ConfigError
+    from server.config import ConfigError, token_source
 
     try:
         config = config_from_args(args)
+        token_from = token_source(args.config) if config.security.api_token else ""
     except ConfigError as e:
         fail(str(e))
     if args.command == "download":
         download(config, args.full_precision)
     else:
-        serve(config)
+        serve(config, token_from)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Configuration: `configs/default.toml`, an optional user file, `STYLIZE_...` variables, then flags."""
+"""Configuration: `configs/default.toml`, an optional user file, `STYLIZE_...` variables, then flags.
+
+The variables come from the environment and, under it, from a `.env` file in the working directory
+(the seed systems read one; the real environment wins).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ ENV_ALIASES = {
     "STYLIZE_DATA_DIR": ("server", "data_dir"),
 }
 
+
+# Read from the working directory, as the seed systems (python-dotenv) did.
+DOTENV = Path(".env")
+TOKEN_VARIABLE = "STYLIZE_SECURITY_API_TOKEN"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -311,18 +319,62 @@ def load_config(
 ) -> Config:
     """Merge the defaults file, `path`, the environment and `overrides` ({section: {key: value}}).
 
+    Without `env`: the process environment over the `STYLIZE_...` lines of `./.env`.
     Raises `ConfigError` naming every bad key.
     """
     data = _read_toml(DEFAULT_CONFIG)
     if path is not None:
         _merge(data, _read_toml(path))
-    _merge(data, _from_env(os.environ if env is None else env))
+    _merge(data, _from_env(process_env() if env is None else env))
     if overrides:
         _merge(data, {section: dict(values) for section, values in overrides.items()})
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError("invalid configuration: " + "; ".join(_describe(item) for item in e.errors())) from e
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The `STYLIZE_...` assignments of a dotenv file (`KEY=value`, `export KEY=value`, quotes, `#` comments)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name.startswith("STYLIZE_"):
+            continue  # blank lines, comments and other programs' variables
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        found[name] = value
+    return found
+
+
+def process_env() -> dict[str, str]:
+    """The variables the server reads: `./.env`'s, then the real environment's over them."""
+    return {**read_dotenv(DOTENV), **os.environ}
+
+
+def token_source(path: Path | None) -> str:
+    """Which place set `[security] api_token` (for the start-up log; never the token), or "" when none did."""
+    if os.environ.get(TOKEN_VARIABLE):
+        return f"{TOKEN_VARIABLE} in the environment"
+    if read_dotenv(DOTENV).get(TOKEN_VARIABLE):
+        return f"{TOKEN_VARIABLE} in {DOTENV.resolve()}"
+    if path is not None and _read_toml(path).get("security", {}).get("api_token"):
+        return f"[security] api_token in {path}"
+    if _read_toml(DEFAULT_CONFIG).get("security", {}).get("api_token"):
+        return f"[security] api_token in {DEFAULT_CONFIG}"
+    return ""
 
 
 def _describe(error: Any) -> str:

@@ -7,6 +7,7 @@ Whichever path finds a bad field (HTTP, the data channel), it reports `{"field",
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, ValidationError
@@ -15,7 +16,18 @@ MAX_PROMPT = 500
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 20.0
 
-Prompt = Annotated[str, Field(max_length=MAX_PROMPT)]
+
+def one_line(text: str) -> str:
+    """Text without control characters: a newline or an escape sequence in a prompt would forge log lines,
+    OSC feedback and what the pages show, so it is refused where it comes in, naming the field."""
+    for character in text:
+        if unicodedata.category(character) == "Cc":
+            raise ValueError(f"holds a control character (U+{ord(character):04X}); send one line of plain text")
+    return text
+
+
+OneLine = Annotated[str, AfterValidator(one_line)]
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT), AfterValidator(one_line)]
 # 0 = the input untouched, 1 = fully generated.
 Strength = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 # 0 = the embedding of `prompt`, 1 = that of `prompt_b`.

@@ -127,8 +127,8 @@ async def test_events_of_every_node_reach_every_nodes_listeners_once(nodes: Call
     a, b = await nodes("a"), await nodes("b")
     heard: dict[str, list[str]] = {"a": [], "b": []}
     queues = {name: asyncio.Queue[str | None]() for name in heard}
-    a.events._queues.add(queues["a"])
-    b.events._queues.add(queues["b"])
+    a.events._queues[queues["a"]] = None
+    b.events._queues[queues["b"]] = None
     a.events.publish(StreamEvent(action="up", stream_id="x", streams=1))
     b.events.publish(StreamEvent(action="down", stream_id="y", streams=0, reason="hung up"))
     for name, queue in queues.items():

@@ -19,7 +19,7 @@ import pytest
 from pipeline import hub
 from server import keys
 from server.__main__ import parse_args
-from server.config import ROOT, Config, ConfigError, load_config
+from server.config import ROOT, Config, ConfigError, load_config, token_source
 from server.engine_service import download_model
 from server.testing.servers import free_port, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
@@ -65,6 +65,43 @@ def test_config_mistakes_name_the_near_key_and_how_lists_are_written(tmp_path: P
     assert "STYLIZE_SERVER_CORS_ORIGINS='[" in str(error.value) and "as JSON" in str(error.value)
     with pytest.raises(ConfigError, match="STYLIZE_OSC_ALLOW holds invalid JSON"):
         load_config(env={"STYLIZE_OSC_ALLOW": '["10.0.0.0/8",'})
+
+
+def test_a_dotenv_file_in_the_working_directory_is_read_under_the_real_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        "# the seed's file\nexport STYLIZE_SECURITY_API_TOKEN='from-dotenv'  \n"
+        "STYLIZE_DEFAULTS_SEED=7 # a comment\nOTHER_TOOL=x\n\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STYLIZE_SECURITY_API_TOKEN", raising=False)
+    monkeypatch.delenv("STYLIZE_DEFAULTS_SEED", raising=False)
+    config = load_config()
+    assert (config.security.api_token, config.defaults.seed) == ("from-dotenv", 7)
+    assert token_source(None) == f"STYLIZE_SECURITY_API_TOKEN in {tmp_path.resolve() / '.env'}"
+    monkeypatch.setenv("STYLIZE_SECURITY_API_TOKEN", "from-env")
+    assert load_config().security.api_token == "from-env", "the real environment wins"
+    assert token_source(None) == "STYLIZE_SECURITY_API_TOKEN in the environment"
+    assert load_config(env={}).security.api_token == "", "an explicit environment reads no file"
+
+
+async def test_the_start_up_says_which_file_set_the_token_and_never_the_token(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("STYLIZE_SECURITY_API_TOKEN=s3cret-token\n")
+    monkeypatch.delenv("STYLIZE_SECURITY_API_TOKEN", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    log = tmp_path / "console.log"
+    async with aiohttp.ClientSession() as http, server_process(data_dir, log, cwd=tmp_path) as running:
+        await wait_ready(http, running.url)
+        async with http.get(f"{running.url}/api/settings") as response:
+            assert response.status == 401, "the .env's token guards the API"
+        async with http.get(f"{running.url}/api/settings?token=s3cret-token") as response:
+            assert response.status == 200
+    text = log.read_text()
+    assert f"API token set by STYLIZE_SECURITY_API_TOKEN in {tmp_path / '.env'}" in text
+    assert "s3cret-token" not in text
 
 
 def test_a_busy_port_is_one_line_naming_it_and_the_flag(data_dir: Path) -> None:

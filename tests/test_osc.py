@@ -89,6 +89,7 @@ async def test_bad_osc_input_is_dropped_counted_and_changes_nothing(server: Runn
     osc.send_message("/stylize/seed", 2.5)
     osc.send_message("/stylize/pause", 5)
     osc.send_message("/stylize/prompt", "x" * 501)
+    osc.send_message("/stylize/prompt", "a fox\n2026-01-01 INFO forged: line")  # a control character
     osc.send_message("/stylize/volume", 0.5)  # unknown address
     osc.send_message("/other/strength", 0.5)
     osc.send_message("/stylize/stream/nope/strength", 0.5)  # unknown stream
@@ -99,7 +100,7 @@ async def test_bad_osc_input_is_dropped_counted_and_changes_nothing(server: Runn
     osc.send_message("/stylize/pause", 0.5)
     osc._sock.sendto(b"\x00garbage that is not OSC", ("127.0.0.1", _port(server)))
     osc._sock.sendto(b"", ("127.0.0.1", _port(server)))
-    await eventually(lambda: listener.rejected >= 17)
+    await eventually(lambda: listener.rejected >= 18)
     assert listener.accepted == 0
     assert await _settings(server) == before
     # Still serving, over OSC and HTTP.

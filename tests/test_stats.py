@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import torch
 
@@ -14,8 +15,10 @@ from server import keys
 from server.config import Config
 from server.observe import keys as observe_keys
 from server.observe.stats import RecentErrors, SystemProbe
+from server.testing.clips import make_image
 from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
 
 
 @pytest.fixture
@@ -151,3 +154,32 @@ async def test_monitor_page_and_its_assets_are_served(quick_server: RunningServe
         async with server.http.get(server.url(asset)) as response:
             assert response.status == 200, asset
             assert "https://" not in await response.text()
+
+
+async def test_the_average_job_time_and_recent_activity_start_over_on_reset(quick_server: RunningServer) -> None:
+    server = quick_server
+    logging.getLogger("server.test").error("an error from before the reset")
+    form = aiohttp.FormData()
+    form.add_field("file", make_image("png"), filename="still.png", content_type="image/png")
+    async with server.http.post(server.url("/api/jobs"), data=form) as response:
+        assert response.status == 202
+    await server.call("PATCH", "/api/settings", {"strength": 0.3})
+
+    async def completed() -> bool:
+        return (await get_stats(server))["activity"]["jobs_completed"] == 1
+
+    await eventually(completed, what="the job's completion in /api/stats")
+    stats = await get_stats(server)
+    activity = stats["activity"]
+    assert activity["job_average_s"] is not None and activity["job_average_s"] >= 0
+    summaries = [entry["summary"] for entry in activity["recent"]]
+    assert "job completed still.png" in summaries and "settings global: strength (http)" in summaries
+    assert not any(entry["summary"].startswith("job progress") for entry in activity["recent"])
+    assert any(error["message"] == "an error from before the reset" for error in stats["errors"])
+
+    status, reset = await server.call("POST", "/api/stats/reset")
+    assert status == 200 and reset["reset_at"] >= activity["reset_at"]
+    after = await get_stats(server)
+    assert (after["activity"]["jobs_completed"], after["activity"]["job_average_s"]) == (0, None)
+    assert after["activity"]["recent"] == [] and after["errors"] == []
+    assert after["jobs"] == stats["jobs"], "the job counts are the store's, not a tally"

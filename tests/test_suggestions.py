@@ -110,7 +110,27 @@ async def test_enhance_adds_only_what_is_missing(server: RunningServer) -> None:
     assert body["added"] == ["sharp focus"]
 
 
-@pytest.mark.parametrize("body", [{"prompt": "x" * (MAX_PROMPT + 1)}, {"prompt": 5}, {}, {"prompt": "a", "x": 1}])
+async def test_enhance_takes_the_seed_systems_switches(server: RunningServer) -> None:
+    body = {"prompt": "a cat", "add_quality": False}
+    status, answer = await call(server, "POST", "/api/suggestions/enhance", body)
+    assert status == 200 and answer["added"] == ["digital painting", "soft cinematic lighting"]
+    body = {"prompt": "a cat", "add_style": False}
+    status, answer = await call(server, "POST", "/api/suggestions/enhance", body)
+    assert status == 200 and answer["added"] == ["highly detailed", "sharp focus", "vibrant colors"]
+    body = {"prompt": "a cat", "add_quality": False, "add_style": False}
+    assert (await call(server, "POST", "/api/suggestions/enhance", body))[1] == {"prompt": "a cat", "added": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "x" * (MAX_PROMPT + 1)},
+        {"prompt": 5},
+        {},
+        {"prompt": "a", "x": 1},
+        {"prompt": "a", "add_style": "no"},
+    ],
+)
 async def test_enhance_bad_body_is_422(server: RunningServer, body: dict[str, Any]) -> None:
     status, answer = await call(server, "POST", "/api/suggestions/enhance", body)
     assert status == 422 and answer["error"] == "invalid fields"

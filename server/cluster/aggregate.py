@@ -99,7 +99,13 @@ def merge_stats(front: dict[str, Any], workers: list[tuple[dict[str, Any], dict[
         for node, report in workers
     ]
     errors = list(front.get("errors") or [])
+    # The monitor's reset is the front's: the workers' errors from before it are hidden too.
+    reset_at = float((front.get("activity") or {}).get("reset_at") or 0.0)
     for node, report in workers:
-        errors.extend({**error, "worker": node["id"]} for error in report.get("errors") or [])
+        errors.extend(
+            {**error, "worker": node["id"]}
+            for error in report.get("errors") or []
+            if float(error.get("time") or 0.0) >= reset_at
+        )
     merged["errors"] = sorted(errors, key=lambda error: float(error.get("time") or 0.0))[-ERRORS_KEPT:]
     return merged

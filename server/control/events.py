@@ -1,20 +1,24 @@
 """GET /api/events: a WebSocket that pushes every settings change, stream up/down, job and preset event.
 
 Every message is one JSON object with its `type` and `ts` (when it was published, ISO 8601 UTC);
-the models below describe each type for the API contract.
+the models below describe each type for the API contract. A listener may ask for less
+(`EventsQuery`): some types only, or what concerns one stream or one name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
+from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.control.settings import Source, StyleSettings
+from server.control.settings import Source, StyleSettings, name_scope
+from server.fields import NAME_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,46 @@ EVENT_TYPES: list[type[BaseModel]] = [SettingsEvent, StreamEvent, JobEvent, Pres
 Event: TypeAlias = SettingsEvent | StreamEvent | JobEvent | PresetEvent
 
 
+EVENT_TYPE_NAMES = ("settings", "stream", "job", "preset")
+
+
+class EventsQuery(BaseModel):
+    """What one listener wants; every event when nothing is asked."""
+
+    model_config = ConfigDict(extra="forbid")
+    types: str | None = Field(None, description="comma-separated event types: settings, stream, job, preset")
+    stream: str | None = Field(
+        None, min_length=1, max_length=64, description="only what concerns this stream id (and global changes)"
+    )
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="only what concerns this stream name (and global changes)"
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, value: str | None) -> str | None:
+        if value is not None:
+            unknown = [part for part in value.split(",") if part not in EVENT_TYPE_NAMES]
+            if unknown:
+                raise ValueError(f"unknown event type {unknown[0]!r}; known: {', '.join(EVENT_TYPE_NAMES)}")
+        return value
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        """Whether one decoded event passes: its type is asked for, and it concerns the stream or name
+        asked for (global changes concern every one; jobs none)."""
+        if self.types is not None and event.get("type") not in self.types.split(","):
+            return False
+        subjects = {scope for scope in (self.stream, self.name and name_scope(self.name)) if scope}
+        if not subjects:
+            return True
+        about = event.get("scope", event.get("stream_id"))
+        return about == "global" or about in subjects
+
+    @property
+    def everything(self) -> bool:
+        return self.types is None and self.stream is None and self.name is None
+
+
 def event_message(event: Event) -> str:
     """One event as listeners receive it: its model as JSON, the fields it leaves empty left out."""
     return event.model_dump_json(exclude_none=True)
@@ -84,22 +128,41 @@ def event_message(event: Event) -> str:
 
 class EventHub:
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[str | None]] = set()
+        # Each listener's queue with what it asked for (None: everything).
+        self._queues: dict[asyncio.Queue[str | None], EventsQuery | None] = {}
+        # In-process observers of every event, decoded (the monitor's recent activity).
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def listeners(self) -> int:
         return len(self._queues)
+
+    def add_watcher(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        self._watchers.append(watcher)
+
+    def remove_watcher(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        self._watchers.remove(watcher)
 
     def publish(self, event: Event) -> None:
         """Queue `event` for every listener; never blocks."""
         self.deliver(event_message(event))
 
     def deliver(self, message: str) -> None:
-        """Queue one encoded event for every listener of this hub."""
-        for queue in list(self._queues):
+        """Queue one encoded event for every listener of this hub that wants it."""
+        decoded: dict[str, Any] | None = None
+        if self._watchers:
+            decoded = json.loads(message)
+            for watcher in list(self._watchers):
+                watcher(decoded)
+        for queue, wanted in list(self._queues.items()):
+            if wanted is not None:
+                # Decoded once, and only when a listener filters: a cluster's events arrive encoded.
+                decoded = json.loads(message) if decoded is None else decoded
+                if not wanted.wants(decoded):
+                    continue
             if queue.qsize() >= QUEUE_LIMIT:
                 logger.warning("event listener too slow, disconnecting")
-                self._queues.discard(queue)
+                self._queues.pop(queue, None)
                 queue.put_nowait(None)
             else:
                 queue.put_nowait(message)
@@ -109,13 +172,14 @@ class EventHub:
             queue.put_nowait(None)
         self._queues.clear()
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request, wanted: EventsQuery | None = None) -> web.WebSocketResponse:
+        """Push the events `wanted` (all when None) to one WebSocket listener until either side closes."""
         # A listener that does not answer our close at once is dropped: a server going down must not wait
         # on browsers (Chromium answers a server's close frame only after about two seconds).
         ws = web.WebSocketResponse(heartbeat=20.0, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._queues.add(queue)
+        self._queues[queue] = None if wanted is None or wanted.everything else wanted
         reader = asyncio.create_task(self._drain_incoming(ws))
         try:
             while True:
@@ -129,7 +193,7 @@ class EventHub:
                     break
                 await ws.send_str(message)
         finally:
-            self._queues.discard(queue)
+            self._queues.pop(queue, None)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await ws.close()

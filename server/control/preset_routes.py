@@ -22,6 +22,7 @@ from server.control.presets import (
     UnknownPresetError,
 )
 from server.control.settings import StyleSettings, UnknownStreamError
+from server.fields import OneLine
 from server.http.errors import ApiError
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
@@ -36,13 +37,19 @@ class ListQuery(BaseModel):
 
 class ApplyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_SUBJECT, description="fills the {prompt} slot")
+    prompt: OneLine | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SUBJECT,
+        validation_alias=AliasChoices("prompt", "user_prompt"),
+        description="fills the {prompt} slot (user_prompt: the seed systems' name, as preview takes)",
+    )
     stream_id: str | None = Field(None, min_length=1, max_length=64, description="apply to this stream only")
 
 
 class PreviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str | None = Field(
+    prompt: OneLine | None = Field(
         None,
         min_length=1,
         max_length=MAX_SUBJECT,
@@ -168,6 +175,7 @@ async def delete_preset(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/presets/{preset_id}/apply")
+@routes.post("/api/presets/apply/{preset_id}")  # the seed systems' path
 @operation(
     "Apply a preset to the live look (global, or one stream)",
     tag="presets",

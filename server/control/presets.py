@@ -22,7 +22,7 @@ from server.config import CONFIGS
 from server.control.events import EventHub, PresetEvent
 from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, UnknownStreamError
 from server.db import Database
-from server.fields import Guidance, Prompt, Seed, Strength
+from server.fields import Guidance, Prompt, Seed, Strength, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class PresetFields(BaseModel):
     template: Annotated[
         str,
         Field(max_length=MAX_TEMPLATE, description="holds exactly one {prompt} slot (or send prompt_template)"),
+        AfterValidator(one_line),
         AfterValidator(check_template),
     ]
     negative_prompt: Prompt = ""

@@ -33,6 +33,8 @@ class RandomQuery(BaseModel):
 class EnhanceBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     prompt: Prompt
+    add_quality: bool = Field(True, description="add the quality terms the prompt lacks (the seed systems' switch)")
+    add_style: bool = Field(True, description="add a style and a lighting when the prompt has none")
 
 
 class AutocompleteItem(BaseModel):
@@ -119,7 +121,9 @@ async def by_category(request: web.Request) -> web.Response:
 @operation("Add the quality, style and lighting a prompt lacks", tag="suggestions", body=EnhanceBody, response=Enhanced)
 async def enhance(request: web.Request) -> web.Response:
     body = await read_model(request, EnhanceBody)
-    prompt, added = request.app[control_keys.SUGGESTIONS].enhance(body.prompt)
+    prompt, added = request.app[control_keys.SUGGESTIONS].enhance(
+        body.prompt, quality=body.add_quality, style=body.add_style
+    )
     return web.json_response({"prompt": prompt, "added": added})
 
 

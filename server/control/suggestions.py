@@ -151,16 +151,17 @@ class PromptSuggestions:
             picks.setdefault(prompt, ComposedPrompt(prompt, components))
         return seed, list(picks.values())
 
-    def enhance(self, prompt: str) -> tuple[str, list[str]]:
-        """Append the quality terms, a style and a lighting the prompt lacks, within MAX_PROMPT.
+    def enhance(self, prompt: str, *, quality: bool = True, style: bool = True) -> tuple[str, list[str]]:
+        """Append the quality terms (`quality`), a style and a lighting (`style`) the prompt lacks, within
+        MAX_PROMPT.
 
         Returns the new prompt and the terms added.
         """
         lowered = prompt.lower()
-        wanted = [term for term in self._rules.quality if not _words_pattern(term).search(lowered)]
-        if not any(marker.search(lowered) for marker in self._style_markers):
+        wanted = [term for term in self._rules.quality if quality and not _words_pattern(term).search(lowered)]
+        if style and not any(marker.search(lowered) for marker in self._style_markers):
             wanted.append(self._rules.style)
-        if not any(marker.search(lowered) for marker in self._lighting_markers):
+        if style and not any(marker.search(lowered) for marker in self._lighting_markers):
             wanted.append(self._rules.lighting)
         result = prompt.strip().rstrip(",").rstrip()
         added: list[str] = []

@@ -14,7 +14,7 @@ from aiohttp import web
 from server import keys
 from server.control import keys as control_keys
 from server.control import name_settings_routes, preset_routes, settings_routes, suggestion_routes
-from server.control.events import EVENT_TYPES, SettingsEvent
+from server.control.events import EVENT_TYPES, EventsQuery, SettingsEvent
 from server.control.osc import start_osc
 from server.control.osc_feedback import OscFeedback
 from server.control.oscquery import OscQueryServer
@@ -22,6 +22,7 @@ from server.control.presets import PresetLibrary, load_builtin_presets
 from server.control.saved_settings import SavedSettings
 from server.control.settings import SettingsChange
 from server.control.suggestions import PromptSuggestions
+from server.http.inputs import read_query
 from server.http.openapi import REF, operation
 
 logger = logging.getLogger(__name__)
@@ -163,11 +164,14 @@ CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     tag="events",
     status=101,
     response={"oneOf": [{"$ref": REF.format(model=model.__name__)} for model in EVENT_TYPES]},
+    query=EventsQuery,
     description="Upgrade to a WebSocket (?token= when a token is set); each text message is one event of the "
-    "types listed in x-websocket-events, each with its type and ts. Listeners only listen.",
+    "types listed in x-websocket-events, each with its type and ts. Listeners only listen. ?types=, ?stream= "
+    "and ?name= narrow what one listener gets (a bad value is a 422 before the upgrade).",
 )
 async def events(request: web.Request) -> web.WebSocketResponse:
-    return await request.app[keys.EVENTS].handle(request)
+    wanted = read_query(request, EventsQuery)
+    return await request.app[keys.EVENTS].handle(request, wanted)
 
 
 def setup_routes(app: web.Application) -> None:

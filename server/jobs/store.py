@@ -126,8 +126,15 @@ class Job:
 
     @property
     def download_name(self) -> str:
-        stem = self.filename.rsplit(".", 1)[0] or f"job-{self.id[:8]}"
-        return f"{stem}-stylized{SUFFIXES[self.media.output_format]}"
+        """`clip-stylized.mp4` for `clip.mp4`; `clip-webm-stylized.mp4` for `clip.webm`, so the results of
+        two uploads differing only in their container do not overwrite each other in a downloads folder."""
+        stem, dot, extension = self.filename.rpartition(".")
+        if not dot:
+            stem, extension = self.filename, ""
+        stem = stem or f"job-{self.id[:8]}"
+        suffix = SUFFIXES[self.media.output_format]
+        kept = f"-{extension.lower()}" if extension and f".{extension.lower()}" != suffix else ""
+        return f"{stem}{kept}-stylized{suffix}"
 
     def public(self) -> dict[str, Any]:
         """The job as the API shows it (no file-system paths), built from its declared model."""

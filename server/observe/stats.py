@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import psutil
 
 from server.engine_service import EngineNotReady, EngineStatus
+from server.observe.activity import Activity
 from server.observe.metrics import DROP_REASONS, Metrics, cuda_memory_allocated
 from server.observe.recent_window import RECENT_S
 
@@ -220,6 +221,7 @@ class StatsReporter:
         self.probe = SystemProbe(data_dir)
         self.jobs: Counts = metrics.jobs_by_status
         self.presets: AsyncCounts | None = None
+        self.activity = Activity()
         self._started = time.monotonic()
         self._started_at = time.time()
 
@@ -256,7 +258,8 @@ class StatsReporter:
             "streams": [session.describe() for session in sessions],
             "jobs": dict(self.jobs()),
             "presets": presets,
-            "errors": self.errors.entries(),
+            "errors": [error for error in self.errors.entries() if error["time"] >= self.activity.reset_at],
+            "activity": self.activity.describe(),
             "disk": system.get("disk"),
             "system": system,
         }

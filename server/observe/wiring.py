@@ -29,7 +29,9 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     reporter.presets = app.get(observe_keys.PRESET_USAGE)
     app[observe_keys.STATS] = reporter
+    app[keys.EVENTS].add_watcher(reporter.activity.see)
     yield
+    app[keys.EVENTS].remove_watcher(reporter.activity.see)
     root.removeHandler(errors)
     await asyncio.to_thread(reporter.probe.close)
 

@@ -152,6 +152,34 @@ function render(stats) {
   renderCounts("jobs", stats.jobs, "no jobs");
   renderCounts("presets", stats.presets, "no preset used yet");
   renderErrors(stats.errors);
+  renderActivity(stats.activity);
+}
+
+function renderActivity(activity) {
+  const average = activity.job_average_s;
+  setText("job-average", average === null ? "–" : average < 60 ? `${average.toFixed(1)} s` : duration(average));
+  setText("jobs-completed", String(activity.jobs_completed));
+  setText("reset-at", new Date(activity.reset_at * 1000).toLocaleTimeString());
+  const items = activity.recent.map((entry) => {
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = new Date(entry.ts).toLocaleTimeString();
+    li.append(time, entry.summary);
+    return li;
+  });
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "none";
+    li.textContent = "nothing since the reset";
+    items.push(li);
+  }
+  $("activity").replaceChildren(...items);
+}
+
+// The tallies start over on the server (every monitor open sees it); the next poll shows it.
+async function resetTallies() {
+  const response = await fetch("/api/stats/reset", { method: "POST", headers: authHeaders() });
+  if (!response.ok) showReason(`reset refused: ${response.status} ${response.statusText}`, true);
 }
 
 function cell(text, className) {
@@ -408,5 +436,6 @@ async function poll() {
   }
 }
 
+$("reset").addEventListener("click", () => resetTallies().catch((error) => showReason(`reset failed: ${error}`, true)));
 window.addEventListener("resize", drawCharts);
 poll();

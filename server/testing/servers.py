@@ -108,15 +108,16 @@ async def server_process(
     env: Mapping[str, str] | None = None,
     port: int | None = None,
     cpus: set[int] | None = None,
+    cwd: Path = ROOT,
 ) -> AsyncIterator[ServerProcess]:
-    """Start a server on `data_dir` (OSC off, output appended to `log`, on `cpus` when given); stopped
-    and reaped on the way out."""
+    """Start a server on `data_dir` (OSC off, output appended to `log`, on `cpus` when given, in `cwd`);
+    stopped and reaped on the way out."""
     port = port or free_port()
     variables = {**os.environ, "STYLIZE_OSC_ENABLED": "false", **(env or {})}
     command = [sys.executable, "-m", "server", "--model", model, "--data-dir", str(data_dir), "--port", str(port)]
     with log.open("ab") as output:
         process = await asyncio.create_subprocess_exec(
-            *command, cwd=ROOT, env=variables, stdout=output, stderr=output, preexec_fn=on_cpus(cpus)
+            *command, cwd=cwd, env=variables, stdout=output, stderr=output, preexec_fn=on_cpus(cpus)
         )
     try:
         scheme = "https" if variables.get("STYLIZE_SERVER_TLS_CERT") else "http"

@@ -53,6 +53,11 @@ async def test_monitor_renders_live_numbers_and_charts(
         await page.goto(server.url("/monitor"))
         await check_monitor(page, client.stream_id)
         await page.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
+        activity = "() => document.getElementById('activity').textContent"
+        assert f"stream up {client.stream_id}" in await page.evaluate(activity)
+        assert await page.locator("#job-average").inner_text() == "–", "no job done yet"
+        await page.click("#reset")
+        await page.wait_for_function(f"{activity}.includes('nothing since the reset')", timeout=5_000)
     finally:
         await client.close()
     assert problems == []

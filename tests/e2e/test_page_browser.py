@@ -161,6 +161,63 @@ async def test_page_reconnects_by_itself_after_a_server_restart(
         await stop_server(running)
 
 
+async def test_page_reconnects_as_soon_as_the_server_is_ready_not_at_its_back_off_step(
+    browser: Any, make_config: Callable[..., Config]
+) -> None:
+    config = make_config(server={"port": free_port()}, engine={"max_batch": 1, "warmup": False})
+    running = await start_server(config)
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.select_option("#resolution", "320x240")
+        await page.click("#start")
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+        await stop_server(running)
+        # A long outage's back-off: the next try would be 30 s away.
+        await page.evaluate("window.stylize.connection.failures = 99")
+        await page.wait_for_function(
+            "document.getElementById('status').textContent === 'retrying in 30 s'", timeout=10_000
+        )
+        running = await start_server(config)
+        await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=8_000)
+        await page.click("#stop")
+    finally:
+        await stop_server(running)
+
+
+async def test_a_camera_that_ends_is_shown_lost_and_taken_again(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    await page.select_option("#resolution", "320x240")
+    await page.click("#start")
+    await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+    # What a browser does when a camera is unplugged: the track stops and fires `ended`.
+    # Read at once: a fake camera is back within a frame or two, and the message goes with it.
+    said = await page.evaluate(
+        """() => {
+            const track = document.getElementById("input").srcObject.getVideoTracks()[0];
+            window.lostTrack = track;
+            track.stop();
+            track.dispatchEvent(new Event("ended"));
+            return document.getElementById("error").textContent;
+        }"""
+    )
+    assert "camera lost" in said
+    await page.wait_for_function(
+        """() => {
+            const track = document.getElementById("input").srcObject.getVideoTracks()[0];
+            return track !== window.lostTrack && track.readyState === "live"
+                && document.getElementById("error").hidden;
+        }""",
+        timeout=10_000,
+    )
+    sent = "() => window.stylize.connection.pc.getSenders().find((s) => s.track).track.readyState"
+    assert await page.evaluate(sent) == "live", "the stream sends the camera taken again"
+    assert await page.text_content("#status") == "connected"
+    await page.click("#stop")
+    assert under_test.unexpected_errors() == []
+
+
 ICE_SERVERS = [{"urls": "turn:127.0.0.1:3479", "username": "artist", "credential": "s3cret"}]
 
 
@@ -339,6 +396,11 @@ async def test_jobs_panel_uploads_follows_and_deletes_a_render(browser: Any, ser
     job = await get_json(server, f"/api/jobs/{job_id}")
     assert (job["status"], job["params"]["strength"], job["filename"]) == ("completed", 0.4, "still.png")
     assert "1/1 frames" in await page.text_content(f"#job-list li[data-job='{job_id}']")
+    row_style = "row => [getComputedStyle(row).borderTopStyle, getComputedStyle(row).listStyleType]"
+    assert await page.eval_on_selector(f"#job-list li[data-job='{job_id}']", row_style) == ["solid", "none"]
+    monitor = await page.get_attribute("#monitor-link", "href")
+    async with server.http.get(server.url(monitor or "")) as response:
+        assert monitor == "/monitor" and response.status == 200, "the page links the monitor"
 
     # An empty file is refused, and the panel says why.
     await page.set_input_files("#job-file", files=[{"name": "empty.png", "mimeType": "image/png", "buffer": b""}])
@@ -374,4 +436,42 @@ async def test_the_page_fits_a_phone(browser: Any, server: RunningServer) -> Non
     assert layout["start"]["height"] >= 32, layout  # big enough to tap
     await page.tap("#stop")
     await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+    assert under_test.unexpected_errors() == []
+
+
+async def test_the_stylized_only_view_fits_a_laptop_screen(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server, viewport={"width": 1366, "height": 900})
+    page = under_test.page
+    await page.select_option("#layout", "output")
+    # Something above the picture grows afterwards (an error line): the picture makes room.
+    await page.evaluate("() => { const e = document.getElementById('error'); e.textContent = 'x'; e.hidden = false; }")
+    await page.wait_for_timeout(100)
+    box = await page.evaluate(
+        """() => {
+          const video = document.getElementById("output").getBoundingClientRect();
+          const caption = document.querySelector("#output-box figcaption");
+          return { top: video.top, bottom: video.bottom, height: video.height, width: video.width,
+                   caption: caption ? caption.getBoundingClientRect().bottom : 0,
+                   scroll: document.documentElement.scrollTop, inner: window.innerHeight };
+        }"""
+    )
+    assert box["bottom"] <= box["inner"] and box["caption"] <= box["inner"], box  # the whole picture on screen
+    assert box["height"] >= 480, box  # and still big
+    assert under_test.unexpected_errors() == []
+
+
+async def test_a_pause_of_the_pages_name_is_shown_and_lifted_there_alone(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server, "/?name=stage")
+    page = under_test.page
+    async with server.http.patch(server.url("/api/outputs/stage/settings"), json={"paused": True}) as response:
+        assert response.status == 200
+    await page.wait_for_selector("#scoped-paused:not([hidden])", timeout=5_000)
+    assert await page.text_content("#scoped-paused") == "paused for stage"
+    assert await page.is_hidden("#paused"), "the global settings are not paused"
+    assert await page.text_content("#pause") == "Pause"
+    await page.click("#scoped-resume")
+    await page.wait_for_selector("#scoped-paused", state="hidden", timeout=5_000)
+    named = await get_json(server, "/api/outputs/stage/settings")
+    assert "paused" not in named["overrides"] and named["settings"]["paused"] is False
+    assert (await get_json(server, "/api/settings"))["paused"] is False, "nobody else was paused or resumed"
     assert under_test.unexpected_errors() == []

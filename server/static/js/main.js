@@ -7,6 +7,7 @@ import { EventFeed } from "./events.js";
 import { JobsPanel } from "./jobs.js";
 import { OutputLinks, streamName } from "./outputs.js";
 import { LiveConnection } from "./rtc.js";
+import { ScopedPause } from "./scoped_pause.js";
 import { ServerState } from "./server_state.js";
 import { StatsMeter } from "./stats.js";
 import { attachAutocomplete } from "./suggestions.js";
@@ -103,6 +104,12 @@ const connection = new LiveConnection({
     else stats.stop();
   },
 });
+const scopedPause = new ScopedPause({
+  name,
+  badge: $("scoped-paused"),
+  resume: $("scoped-resume"),
+  onError: showError,
+});
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
@@ -116,7 +123,10 @@ function onServerState({ state, text, reason }) {
     showError(new Error(`the model failed to load: ${reason}`));
   } else if (state === "unreachable") {
     connection.serverLost();
-  } else if (ui.error.textContent.startsWith("the model failed")) {
+  } else if (state === "ready") {
+    connection.retryNow(); // back: reconnect at once rather than at the next back-off step
+  }
+  if (state !== "failed" && state !== "unreachable" && ui.error.textContent.startsWith("the model failed")) {
     showError(null); // the server came back with a model that loads
   }
   ui.start.disabled = state === "failed" || connection.active;
@@ -144,6 +154,7 @@ async function start() {
     return;
   }
   ui.input.srcObject = localStream;
+  watchCamera(localStream);
   listCameras(ui.camera).catch(() => {}); // labels appear once permission is granted
   await connection.start(localStream);
 }
@@ -151,25 +162,67 @@ async function start() {
 async function changeCamera() {
   if (!connection.active || !localStream) return;
   try {
-    const next = await openCamera(ui.camera.value, ui.resolution.value);
-    const previous = localStream;
-    localStream = next;
-    ui.input.srcObject = next;
-    await connection.replaceVideoTrack(next);
-    previous.getTracks().forEach((t) => t.stop());
+    await swapCamera();
   } catch (error) {
     showError(new Error(`camera: ${error.message || error.name}`));
+  }
+}
+
+async function swapCamera() {
+  const next = await openCamera(ui.camera.value, ui.resolution.value);
+  const previous = localStream;
+  localStream = next;
+  ui.input.srcObject = next;
+  watchCamera(next);
+  await connection.replaceVideoTrack(next);
+  if (previous) previous.getTracks().forEach((t) => t.stop());
+}
+
+const CAMERA_RETRY_MS = 1000;
+const CAMERA_LOST = "camera lost: getting it back";
+
+// A camera unplugged, taken by another app or stopped by the system ends its track: say so, and open
+// it again (once a second) while the stream is still wanted, so the stream goes on with a live picture.
+function watchCamera(stream) {
+  const track = stream.getVideoTracks()[0];
+  if (!track) return;
+  track.addEventListener("ended", () => {
+    if (stream !== localStream || !connection.active) return; // swapped or stopped on purpose
+    showError(new Error(CAMERA_LOST));
+    reacquireCamera(stream);
+  });
+}
+
+async function reacquireCamera(lost) {
+  while (lost === localStream && connection.active) {
+    try {
+      await swapCamera();
+      if (ui.error.textContent === CAMERA_LOST) showError(null);
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, CAMERA_RETRY_MS));
+    }
   }
 }
 
 function setLayout(layout) {
   document.body.dataset.layout = layout;
   ui.layout.value = layout;
+  fitOutput();
   try {
     localStorage.setItem("stylize-layout", layout);
   } catch {
     // not remembered; fine
   }
+}
+
+// "Stylized only" sizes the picture to the height left under the header and controls (how tall they
+// are depends on the window's width), so the whole picture and its caption are on screen at once.
+function fitOutput() {
+  const above = ui.outputBox.getBoundingClientRect().top + window.scrollY;
+  const caption = ui.outputBox.querySelector("figcaption");
+  const below = (caption ? caption.getBoundingClientRect().height : 0) + 16; // the body's bottom padding
+  document.body.style.setProperty("--output-room", `${Math.max(240, window.innerHeight - above - below)}px`);
 }
 
 function toggleFullscreen() {
@@ -189,12 +242,14 @@ async function loadPresets() {
 async function loadSettings() {
   try {
     controls.render(await api("GET", "/api/settings"));
+    await scopedPause.refresh();
   } catch (error) {
     showError(error);
   }
 }
 
 function onEvent(event) {
+  scopedPause.onEvent(event);
   if (event.type === "settings" && event.scope === "global") controls.render(event.settings, event.source);
   else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
   else if (event.type === "preset" && event.action !== "applied") loadPresets();
@@ -209,6 +264,12 @@ ui.stop.addEventListener("click", () => {
 ui.camera.addEventListener("change", changeCamera);
 ui.resolution.addEventListener("change", changeCamera);
 ui.layout.addEventListener("change", () => setLayout(ui.layout.value));
+window.addEventListener("resize", fitOutput);
+// What is above the picture grows later too: preset chips arriving, an error shown, controls wrapping.
+const aboveOutput = new ResizeObserver(() => fitOutput());
+for (let element = ui.outputBox.closest("main").previousElementSibling; element; element = element.previousElementSibling) {
+  aboveOutput.observe(element);
+}
 ui.fullscreen.addEventListener("click", toggleFullscreen);
 ui.output.addEventListener("dblclick", toggleFullscreen);
 document.addEventListener("keydown", (event) => {
@@ -242,5 +303,5 @@ window.addEventListener("pagehide", () => {
   if (authorized) events.start();
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs, server, outputs };
+  window.stylize = { connection, controls, stats, events, jobs, server, outputs, scopedPause };
 })();

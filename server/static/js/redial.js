@@ -68,13 +68,25 @@ export class Redialer {
     this.failures += 1;
     this.retrying(error, delay);
     this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
       if (this.wanted) this.attempt();
     }, delay);
+  }
+
+  // The server is ready again: a wait for the next back-off step is cut short (a restarted server is
+  // back within a second, not after the 30 s step a long outage reached).
+  retryNow() {
+    if (!this.wanted || this.retryTimer === null) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.failures = 0;
+    this.attempt();
   }
 
   close() {
     this.generation += 1;
     clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     clearTimeout(this.graceTimer);
     if (this.pc) this.pc.close();
     this.pc = null;
