@@ -153,8 +153,9 @@ async def test_page_reconnects_by_itself_after_a_server_restart(
         assert await page.evaluate("window.stylize.connection.streamId") != first
         await page.click("#stop")
         # While the server was down the page's requests failed, and /readyz said 503 while it warmed up;
-        # nothing else may have gone wrong.
-        expected = ("ERR_CONNECTION_REFUSED", "/api/events", "/readyz")
+        # the old stream's settings, read when the events socket came back, were gone (404) before the
+        # page learnt the stream was; nothing else may have gone wrong.
+        expected = ("ERR_CONNECTION_REFUSED", "/api/events", "/readyz", f"/api/streams/{first}/settings")
         unexpected = [e for e in under_test.unexpected_errors() if not any(text in e for text in expected)]
         assert unexpected == []
     finally:
@@ -475,3 +476,78 @@ async def test_a_pause_of_the_pages_name_is_shown_and_lifted_there_alone(browser
     assert "paused" not in named["overrides"] and named["settings"]["paused"] is False
     assert (await get_json(server, "/api/settings"))["paused"] is False, "nobody else was paused or resumed"
     assert under_test.unexpected_errors() == []
+
+
+async def test_a_pause_of_the_pages_own_stream_is_shown_and_lifted_there_alone(
+    browser: Any, server: RunningServer
+) -> None:
+    under_test = await open_page(browser, server, "/?name=stage")
+    page = under_test.page
+    await page.select_option("#resolution", "320x240")
+    await page.click("#start")
+    await page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=20_000)
+    stream_id = await page.evaluate("window.stylize.connection.streamId")
+    path = f"/api/streams/{stream_id}/settings"
+    async with server.http.patch(server.url(path), json={"paused": True}) as response:
+        assert response.status == 200
+    await page.wait_for_selector("#stream-paused:not([hidden])", timeout=5_000)
+    assert await page.text_content("#stream-paused") == "paused for this stream"
+    assert await page.is_hidden("#paused") and await page.is_hidden("#scoped-paused")
+    await page.click("#stream-resume")
+    await page.wait_for_selector("#stream-paused", state="hidden", timeout=5_000)
+    own = await get_json(server, path)
+    assert "paused" not in own["overrides"] and own["settings"]["paused"] is False
+    assert (await get_json(server, "/api/settings"))["paused"] is False, "nobody else was paused or resumed"
+    await page.click("#stop")
+    await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+    assert under_test.unexpected_errors() == []
+
+
+async def test_the_names_overrides_are_shown_edited_and_cleared_on_its_page(
+    browser: Any, server: RunningServer
+) -> None:
+    async with server.http.patch(server.url("/api/outputs/stage/settings"), json={"prompt": "saved neon"}) as response:
+        assert response.status == 200
+    under_test = await open_page(browser, server, "/?name=stage")
+    page = under_test.page
+    # The saved prompt wins over the typed (global) one: the page says so and lists it.
+    await page.wait_for_selector("#name-prompt-note:not([hidden])", timeout=5_000)
+    assert "saved neon" in await page.text_content("#name-prompt-note")
+    row = page.locator('#override-list li[data-field="prompt"]')
+    assert await row.locator("input").input_value() == "saved neon"
+
+    await row.locator("input").fill("edited chalk")
+    await row.locator("button", has_text="Save").click()
+    await eventually(
+        lambda: _name_override(server, "prompt", "edited chalk"), 5, interval=0.1, what="the edited prompt saved"
+    )
+    await page.wait_for_function("document.getElementById('name-prompt-note').textContent.includes('edited chalk')")
+
+    # One more field for this name only, from the add row; a bad value is refused with the server's words.
+    await page.select_option("#override-field", "strength")
+    await page.fill("#override-value", "7")
+    await page.click("#override-add")
+    await page.wait_for_selector("#error:not([hidden])", timeout=5_000)
+    assert "strength" in await page.text_content("#error")
+    await page.fill("#override-value", "0.8")
+    await page.click("#override-add")
+    await eventually(lambda: _name_override(server, "strength", 0.8), 5, interval=0.1, what="the added strength")
+    await page.wait_for_selector('#override-list li[data-field="strength"]', timeout=5_000)
+    assert await page.is_hidden("#error")
+
+    # A change made elsewhere (OSC, a script) shows up here; Clear drops the override.
+    async with server.http.patch(server.url("/api/outputs/stage/settings"), json={"prompt": "from a script"}) as r:
+        assert r.status == 200
+    await page.wait_for_function(
+        """() => document.querySelector('#override-list li[data-field="prompt"] input').value === 'from a script'"""
+    )
+    await row.locator("button", has_text="Clear").click()
+    await page.wait_for_selector("#name-prompt-note", state="hidden", timeout=5_000)
+    named = await get_json(server, "/api/outputs/stage/settings")
+    assert named["overrides"] == {"strength": 0.8}
+    assert (await get_json(server, "/api/settings"))["strength"] != 0.8, "the global settings are untouched"
+    assert under_test.unexpected_errors(422) == []
+
+
+async def _name_override(server: RunningServer, field: str, value: Any) -> bool:
+    return (await get_json(server, "/api/outputs/stage/settings"))["overrides"].get(field) == value

@@ -6,6 +6,7 @@ import { StyleControls } from "./controls.js";
 import { EventFeed } from "./events.js";
 import { JobsPanel } from "./jobs.js";
 import { OutputLinks, streamName } from "./outputs.js";
+import { NameOverrides } from "./name_overrides.js";
 import { LiveConnection } from "./rtc.js";
 import { ScopedPause } from "./scoped_pause.js";
 import { ServerState } from "./server_state.js";
@@ -102,14 +103,43 @@ const connection = new LiveConnection({
   onStream: (streamId) => {
     if (streamId) stats.watch(connection.pc, streamId);
     else stats.stop();
+    streamPause.refresh().catch(showError);
   },
 });
-const scopedPause = new ScopedPause({
-  name,
+const namePause = new ScopedPause({
+  label: name,
+  settingsPath: () => `/api/outputs/${encodeURIComponent(name)}/settings`,
+  scope: () => `name:${name}`,
   badge: $("scoped-paused"),
   resume: $("scoped-resume"),
   onError: showError,
 });
+const streamPause = new ScopedPause({
+  label: "this stream",
+  settingsPath: () => (connection.streamId ? `/api/streams/${connection.streamId}/settings` : null),
+  scope: () => connection.streamId,
+  badge: $("stream-paused"),
+  resume: $("stream-resume"),
+  onError: showError,
+});
+// The name's own prompt beats the typed one (which is everyone's): say so beside the prompt.
+function notePromptOverride(named) {
+  const note = $("name-prompt-note");
+  const own = named.overrides.prompt;
+  note.hidden = own === undefined;
+  note.textContent = own === undefined ? "" : `${name} has its own prompt, which wins here: "${own}" (edit or clear it below)`;
+}
+const nameOverrides = new NameOverrides({
+  name,
+  section: $("name-overrides"),
+  list: $("override-list"),
+  field: $("override-field"),
+  value: $("override-value"),
+  add: $("override-add"),
+  onError: showError,
+  onChange: notePromptOverride,
+});
+const scoped = [namePause, streamPause, nameOverrides];
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
@@ -242,14 +272,14 @@ async function loadPresets() {
 async function loadSettings() {
   try {
     controls.render(await api("GET", "/api/settings"));
-    await scopedPause.refresh();
+    await Promise.all(scoped.map((part) => part.refresh()));
   } catch (error) {
     showError(error);
   }
 }
 
 function onEvent(event) {
-  scopedPause.onEvent(event);
+  for (const part of scoped) part.onEvent(event);
   if (event.type === "settings" && event.scope === "global") controls.render(event.settings, event.source);
   else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
   else if (event.type === "preset" && event.action !== "applied") loadPresets();
@@ -303,5 +333,5 @@ window.addEventListener("pagehide", () => {
   if (authorized) events.start();
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs, server, outputs, scopedPause };
+  window.stylize = { connection, controls, stats, events, jobs, server, outputs, namePause, streamPause, nameOverrides };
 })();

@@ -148,8 +148,9 @@ export class LiveConnection extends Redialer {
   }
 
   closed() {
-    if (this.streamId) this.onStream(null);
-    this.streamId = null;
+    const had = this.streamId;
+    this.streamId = null; // first: what onStream(null) sets off reads no stream
+    if (had) this.onStream(null);
     this.onOutput(null);
   }
 }

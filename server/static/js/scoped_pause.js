@@ -1,14 +1,18 @@
-// A pause set for this page's name alone (over OSC or HTTP) freezes the picture here while the global
-// settings, which the page's controls show, say playing. This badge says so, with a button that lifts
-// that pause only: the page's own Pause stays the global one, so undoing one name's pause never means
-// pausing (or resuming) everyone.
+// A pause set for this page's name or for its own stream alone (over OSC or HTTP) freezes the picture
+// here while the global settings, which the page's controls show, say playing. A badge says so, with
+// a button that lifts that pause only: the page's own Pause stays the global one, so undoing one
+// name's or one stream's pause never means pausing (or resuming) everyone.
 
 import { api } from "./api.js";
 
 export class ScopedPause {
-  // name: this page's stream name · badge, resume: the elements.
-  constructor({ name, badge, resume, onError }) {
-    this.name = name;
+  // label: what the badge names ("stage", "this stream") · settingsPath(): the scope's settings
+  // route, or null while there is none (no stream yet) · scope(): its scope in settings events ·
+  // badge, resume: the elements.
+  constructor({ label, settingsPath, scope, badge, resume, onError }) {
+    this.label = label;
+    this.settingsPath = settingsPath;
+    this.scope = scope;
     this.badge = badge;
     this.resume = resume;
     this.onError = onError;
@@ -16,20 +20,32 @@ export class ScopedPause {
     resume.addEventListener("click", () => this.#lift().catch(onError));
   }
 
-  // Read the name's overrides (on start, and when the events socket (re)opens).
+  // Read the scope's overrides (on start, when the events socket (re)opens, when the stream changes).
   async refresh() {
-    const named = await api("GET", `/api/outputs/${encodeURIComponent(this.name)}/settings`);
-    this.paused = named.overrides.paused === true;
-    this.badge.hidden = this.resume.hidden = !this.paused;
-    this.badge.textContent = `paused for ${this.name}`;
+    const path = this.settingsPath();
+    try {
+      this.#show(path ? (await api("GET", path)).overrides.paused === true : false);
+    } catch (error) {
+      if (error.status !== 404) throw error;
+      this.#show(false); // the stream has just gone: nothing of it is paused
+    }
   }
 
   onEvent(event) {
-    if (event.type === "settings" && event.scope === `name:${this.name}`) this.refresh().catch(this.onError);
+    if (event.type === "settings" && this.scope() !== null && event.scope === this.scope()) {
+      this.refresh().catch(this.onError);
+    }
+  }
+
+  #show(paused) {
+    this.paused = paused;
+    this.badge.hidden = this.resume.hidden = !paused;
+    this.badge.textContent = `paused for ${this.label}`;
   }
 
   async #lift() {
-    await api("PATCH", `/api/outputs/${encodeURIComponent(this.name)}/settings`, { paused: null });
+    const path = this.settingsPath();
+    if (path) await api("PATCH", path, { paused: null });
     await this.refresh();
   }
 }
