@@ -15,12 +15,14 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import TypeAdapter
 
 from server.cluster.registry import Registry
 from server.cluster.replicated_settings import ReplicatedSettings
 from server.config import Config
+from server.control.model_ask import asked_model, could_run, not_on_offer, runs
 from server.engine_service import EngineNotReady, State
-from server.fields import LATEST
+from server.fields import DEFAULT_NAME, LATEST, ModelAsk
 from server.http.errors import ApiError
 from server.http.inputs import read_body
 from server.http.relay import NodeUnreachable, Relay, unreachable
@@ -35,6 +37,8 @@ PROGRESS = {"stopped": 0, "failed": 1, "loading": 2, "warming": 3, "ready": 4}
 NO_WORKERS = "no worker has registered yet"
 # A fan-out asks every worker at once and waits this long at most for each.
 FAN_OUT_S = 3.0
+# An offer's `model`, checked as the worker will before the front places by it.
+_MODEL_ASK: TypeAdapter[ModelAsk | None] = TypeAdapter(ModelAsk | None)
 # A stream this front started counts for its worker until Redis has told every replica of it: a moment.
 ROUTED_GRACE_S = 2.0
 
@@ -135,10 +139,19 @@ class Front:
     # -- relaying ------------------------------------------------------------------------------
 
     async def new_stream(self, request: web.Request) -> web.StreamResponse:
-        """Offer (or WHIP) to the least-loaded ready worker; the next one when it is full or gone."""
+        """Offer (or WHIP) to the least-loaded ready worker running the model it asks for (any, when it
+        asks for none); the next one when it is full or gone; 409 naming the models on offer when no
+        worker runs it."""
         body = await self._body(request)
+        candidates = self.candidates()
+        asked = self._asked_model(request, body)
+        if asked is not None:
+            workers = self._registry.workers()
+            if workers and not any(could_run(node, asked) for node in workers):
+                raise not_on_offer(asked, workers)
+            candidates = [node for node in candidates if runs(node, asked)]
         tried: list[str] = []
-        for node in self.candidates():
+        for node in candidates:
             instance = node["instance"]
             self._inflight[instance] += 1
             try:
@@ -160,6 +173,20 @@ class Front:
         if tried:
             raise ApiError(503, "server full", f"every worker is full or unreachable: {', '.join(tried)}")
         raise ApiError(503, "model not ready", self._engines_state())
+
+    def _asked_model(self, request: web.Request, body: bytes | None) -> str | None:
+        """The model a new stream asks for: the offer's `model`, else its name's setting (WHIP sends
+        only SDP: its name's). An offer too malformed to read is the worker's to refuse (422)."""
+        name = request.match_info.get("name")
+        own: Any = None
+        if name is None:  # an offer: JSON
+            try:
+                offer = json.loads(body or b"")
+                name, own = offer.get("name", DEFAULT_NAME), offer.get("model")
+                _MODEL_ASK.validate_python(own)
+            except (ValueError, AttributeError):
+                return None
+        return asked_model(self._settings, name, own) if isinstance(name, str) else None
 
     def _engines_state(self) -> dict[str, Any]:
         workers = self._registry.workers()

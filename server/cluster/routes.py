@@ -18,7 +18,8 @@ class ClusterView(BaseModel):
     redis: dict[str, Any] = Field(description="the Redis URL (no password) and whether it answers now")
     read_at: float | None = Field(description="when the view was read from Redis (kept while it is away)")
     workers: list[dict[str, Any]] = Field(
-        description="id, host, url, device, state, streams, max_peers, fps, busy, last_seen, pid, instance"
+        description="id, host, url, device, model, family, state, streams, max_peers, fps, busy, last_seen, pid, "
+        "instance"
     )
     fronts: list[dict[str, Any]] = Field(description="id, host, url, last_seen")
 

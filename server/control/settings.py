@@ -16,10 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from pipeline.contract import FrameParams
-from server.fields import DEFAULT_NAME, LATEST, NAME_PATTERN, Blend, Guidance, PresetId, Prompt, Seed, Strength
+from server.fields import (
+    DEFAULT_NAME,
+    LATEST,
+    NAME_PATTERN,
+    Blend,
+    Guidance,
+    ModelAsk,
+    PresetId,
+    Prompt,
+    Seed,
+    Strength,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ class StyleSettings(BaseModel):
     guidance_scale: Guidance = 0.0
     preset: PresetId | None = None
     paused: bool = False
+    # Not a look: what a name's (or every) new stream asks to run on (`server.control.model_ask`).
+    model: ModelAsk | None = None
 
     def frame_params(self) -> FrameParams:
         return FrameParams(
@@ -83,10 +96,23 @@ class SettingsPatch(BaseModel):
     guidance_scale: Guidance | None = None
     preset: PresetId | None = None
     paused: bool | None = None
+    model: ModelAsk | None = None
 
     def values(self) -> dict[str, Any]:
         """The fields the caller sent, nulls included."""
         return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class StreamSettingsPatch(SettingsPatch):
+    """A running stream's own patch: everything but `model`, which only places streams yet to start."""
+
+    @field_validator("model")
+    @classmethod
+    def _placed_already(cls, value: str | None) -> str | None:
+        raise ValueError(
+            "places new streams, so a running stream has none: set it for the name "
+            "(PATCH /api/outputs/{name}/settings), globally, or send it with the offer"
+        )
 
 
 class UnknownStreamError(KeyError):

@@ -8,7 +8,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from server import keys
-from server.control.settings import NullGlobalError, SettingsPatch, Source, StyleSettings, UnknownStreamError
+from server.control.settings import (
+    NullGlobalError,
+    SettingsPatch,
+    Source,
+    StreamSettingsPatch,
+    StyleSettings,
+    UnknownStreamError,
+)
 from server.fields import Prompt, Strength, field_error, validation_detail
 from server.http.errors import ApiError
 from server.http.inputs import read_model, read_query
@@ -114,7 +121,7 @@ async def get_stream_settings(request: web.Request) -> web.Response:
 @operation(
     "Override settings for one stream",
     tag="streams",
-    body=SettingsPatch,
+    body=StreamSettingsPatch,
     query=SourceQuery,
     response=StreamSettings,
     errors=UNKNOWN_STREAM,
@@ -125,6 +132,6 @@ async def patch_stream_settings(request: web.Request) -> web.Response:
     stream_id = request.match_info["stream_id"]
     if not store.has_stream(stream_id):
         raise ApiError(404, "unknown stream", stream_id)
-    patch = await read_model(request, SettingsPatch)
+    patch = await read_model(request, StreamSettingsPatch)
     settings = store.update_stream(stream_id, patch, read_query(request, SourceQuery).source or "http")
     return web.json_response({"settings": settings.model_dump(), "overrides": store.overrides(stream_id)})

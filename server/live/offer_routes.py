@@ -9,8 +9,9 @@ from aiortc import RTCSessionDescription
 from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
-from server.control.settings import SettingsPatch
-from server.fields import DEFAULT_NAME, PublishName
+from server.control.model_ask import asked_model, refuse_unless_runs
+from server.control.settings import StreamSettingsPatch
+from server.fields import DEFAULT_NAME, ModelAsk, PublishName
 from server.http.errors import ApiError
 from server.http.inputs import read_model
 from server.http.openapi import operation
@@ -25,8 +26,13 @@ class OfferRequest(BaseModel):
 
     sdp: str = Field(min_length=1)
     type: Literal["offer"]
-    settings: SettingsPatch | None = None
+    settings: StreamSettingsPatch | None = None
     name: PublishName = DEFAULT_NAME  # outputs and per-name settings follow it across reconnects
+    model: ModelAsk | None = Field(
+        None,
+        description="the model (id or family) this stream needs; default: the name's `model` setting. "
+        "A cluster places it on a worker running it; 409 names the models on offer when none does",
+    )
 
 
 class Answer(BaseModel):
@@ -49,10 +55,16 @@ class HungUp(BaseModel):
     tag="streams",
     body=OfferRequest,
     response=Answer,
-    errors={400: "the offer is not SDP aiortc takes", 503: "server full, or the model not ready"},
+    errors={
+        400: "the offer is not SDP aiortc takes",
+        409: "no engine here runs the model asked for",
+        503: "server full, or the model not ready",
+    },
 )
 async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
+    asked = asked_model(request.app[keys.SETTINGS], body.name, body.model)
+    refuse_unless_runs(request.app[keys.ENGINE].describe(), asked)
     peers = request.app[live_keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from server.bounded_json import parse_json
 from server.config import ServerConfig, TransportConfig
 from server.control.events import EventHub, StreamEvent
-from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
+from server.control.settings import SettingsPatch, SettingsStore, StreamSettingsPatch, UnknownStreamError
 from server.engine_service import EngineStatus
 from server.fields import DEFAULT_NAME, validation_detail
 from server.live.admission import Attempt, make_room
@@ -236,7 +236,7 @@ class PeerManager:
         if not isinstance(data, dict):
             return {"type": "error", "error": "message must be a JSON object", "detail": type(data).__name__}
         try:
-            patch = SettingsPatch.model_validate(data)
+            patch = StreamSettingsPatch.model_validate(data)
             settings = self._settings.update_stream(stream_id, patch, "datachannel")
         except ValidationError as e:
             return {"type": "error", "error": "invalid fields", "detail": validation_detail(e)}

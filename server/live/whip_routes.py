@@ -19,6 +19,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server import keys
+from server.control.model_ask import asked_model, refuse_unless_runs
 from server.fields import field_error
 from server.http.errors import ApiError
 from server.http.inputs import read_body
@@ -47,14 +48,21 @@ routes = web.RouteTableDef()
 @operation(
     "WHIP (RFC 9725): publish a camera into a name, an SDP offer in and the answer out",
     tag="whip",
-    errors={400: "not an offer aiortc takes", 422: "not a name a stream can take", 503: "server full, or no model"},
-    description="201 with a Location to DELETE; the stylized video comes back when the offer receives video.",
+    errors={
+        400: "not an offer aiortc takes",
+        409: "no engine here runs the name's `model` setting",
+        422: "not a name a stream can take",
+        503: "server full, or no model",
+    },
+    description="201 with a Location to DELETE; the stylized video comes back when the offer receives video. "
+    "The name's `model` setting, when it has one, picks the model (a cluster's worker) it runs on.",
     **SDP_ANSWER,
 )
 async def publish(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     sdp = await read_sdp(request)
     config = request.app[keys.CONFIG]
+    refuse_unless_runs(request.app[keys.ENGINE].describe(), asked_model(request.app[keys.SETTINGS], name, None))
 
     def prepare(pc: RTCPeerConnection) -> None:
         open_to_other_software(pc, sdp, config.transport.codec)

@@ -215,6 +215,15 @@ async def offer_sdp(*, candidates: bool = True) -> str:
     return "".join(line + "\r\n" for line in sdp.splitlines() if not line.startswith("a=candidate"))
 
 
+class SdpRefused(RuntimeError):
+    """An offer was refused: WHIP or WHEP answered other than 201, /api/offer other than 200."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"offer refused: {status} {body}")
+        self.status = status
+        self.body = body
+
+
 async def connect(
     http: aiohttp.ClientSession,
     offer_url: str,
@@ -224,6 +233,7 @@ async def connect(
     settings: dict[str, Any] | None = None,
     negotiate_channel: bool = False,
     name: str | None = None,
+    model: str | None = None,
 ) -> RtcClient:
     """The page's way in: POST /api/offer with JSON."""
     pc, source, track_ready = _publisher(fps, receive=True, size=size)
@@ -234,24 +244,17 @@ async def connect(
         body["settings"] = settings
     if name is not None:
         body["name"] = name
+    if model is not None:
+        body["model"] = model
     async with http.post(offer_url, json=body) as response:
-        answer = await response.json()
         if response.status != 200:
             await pc.close()
-            raise RuntimeError(f"offer refused: {response.status} {answer}")
+            raise SdpRefused(response.status, await response.text())
+        answer = await response.json()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     client = RtcClient(pc=pc, source=source, stream_id=answer["stream_id"], answer=answer, channel=channel)
     client.read(await asyncio.wait_for(track_ready, 10))
     return client
-
-
-class SdpRefused(RuntimeError):
-    """A WHIP or WHEP endpoint answered something other than 201."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"offer refused: {status} {body}")
-        self.status = status
-        self.body = body
 
 
 async def _post_sdp(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, token: str | None) -> tuple[str, str]:

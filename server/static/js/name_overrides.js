@@ -88,7 +88,7 @@ export class NameOverrides {
     const kind = typeof this.named.settings[key];
     if (kind === "boolean") return input.checked;
     if (kind === "number") return Number(input.value);
-    return input.value === "" && key === "preset" ? null : input.value;
+    return input.value === "" && this.named.settings[key] === null ? null : input.value; // "" leaves a nullable field unset
   }
 
   async #save(key, value) {
