@@ -4,7 +4,7 @@ batch reports, and the two ways a frame's future can fail."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class BatchReport:
     stages: dict[str, float]
     busy_s: float = 0.0
     idle_s: float = 0.0
+    flicker: list[float] = field(default_factory=list)  # the figure of each stream measured in it
 
 
 class FrameReplaced(Exception):

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.colour import Yuv420pConverter
 from pipeline.contract import BatchReport, FrameParams
+from pipeline.flicker import FlickerSlots
 from pipeline.models import ModelBundle
 from pipeline.row_inputs import RowInput
 
@@ -29,6 +30,8 @@ from pipeline.row_inputs import RowInput
 GRAPH_WARMUP_RUNS = 2
 # Each part's per-row numbers start on this boundary in the staging buffer, so any dtype can view them.
 HEADER_ALIGN = 8
+# The staging buffer's headers for the flicker slots (not transform inputs: no part is named so).
+_SLOTS, _FRESH = "_flicker_slots", "_flicker_fresh"
 
 
 class Mark:
@@ -108,12 +111,21 @@ class DeviceFlight:
     """A batch on the device: where its rows land once copied back, and its marks."""
 
     shapes: list[tuple[int, ...]]  # each row's frame shape, in the order of the copy back
-    host: torch.Tensor  # every row's yuv420p, filled by the one copy back
+    host: torch.Tensor  # every row's yuv420p, filled by the one copy back (then each row's flicker pair)
+    measured_at: int | None = None  # where in `host` the rows' (d_in, d_out) float32 pairs start
     marks: list[Mark] = field(default_factory=list)  # start, conditioned, modelled, converted, landed
     idle_from: Mark | None = None  # where the device's previous batch ended
 
     def landed(self) -> bool:
         return self.marks[-1].reached()
+
+    def measures(self) -> np.ndarray | None:
+        """Each row's (d_in, d_out) (`pipeline.flicker`), (rows, 2); read it after `collect`."""
+        if self.measured_at is None:
+            return None
+        rows = len(self.shapes)
+        raw = self.host.numpy()[self.measured_at : self.measured_at + rows * 8]
+        return raw.view(np.float32).reshape(rows, 2)
 
     def report(self, size: int, skipped: int) -> BatchReport:
         start, conditioned, modelled, converted, landed = self.marks
@@ -152,6 +164,7 @@ class DeviceRunner:
         self._download_stream: torch.cuda.Stream | None = None
         self._uploaded: torch.cuda.Event | None = None  # the staging buffer's last copy up
         self._last_end: Mark | None = None
+        self.flicker = FlickerSlots(model.device)
 
     @contextmanager
     def streams(self) -> Iterator[None]:
@@ -166,11 +179,19 @@ class DeviceRunner:
         with torch.cuda.stream(torch.cuda.Stream(device)):
             yield
 
-    def launch(self, frames: Sequence[np.ndarray], params: Sequence[FrameParams], bucket_size: int) -> DeviceFlight:
+    def launch(
+        self,
+        frames: Sequence[np.ndarray],
+        params: Sequence[FrameParams],
+        bucket_size: int,
+        slots: Sequence[tuple[int, bool]] | None = None,
+    ) -> DeviceFlight:
         """Queue a batch's work on the device and return without waiting for it (on CPU it is done).
 
         Rows are grouped by frame size (normally one group), each group converted as one batch; the
         copy back holds the rows in `flight.shapes`' order, which is the order of `frames` sorted by shape.
+        With `slots` (each row's stream's flicker slot and whether it is fresh, distinct slots), each
+        row's flicker pair is measured and comes back with the frames (`flight.measures()`).
         """
         bucket = self._bucket(bucket_size)
         padded = [*params, *[params[-1]] * (bucket.size - len(params))]  # padding rows repeat the last
@@ -179,6 +200,9 @@ class DeviceRunner:
 
         # 1. Stage: the per-row numbers and every frame into the staging buffer, one copy to the device.
         headers = {p.name: p.header(padded) for p in running if p.header_dtype is not None}
+        if slots is not None:
+            headers[_SLOTS] = np.array([slot for slot, _ in slots], dtype=np.int64)
+            headers[_FRESH] = np.array([fresh for _, fresh in slots], dtype=np.bool_)
         uploaded, views, offset = self._upload(headers, frames)
         start = self._mark()
 
@@ -200,8 +224,21 @@ class DeviceRunner:
         stylized = self._transform(bucket, {p.name: bucket.inputs[p.name] for p in running})
         modelled = self._mark()
 
-        # 5. Colour out: each group converted and resized back to its frames' size into one buffer.
-        out = torch.empty(sum(frame.size for frame in frames), dtype=torch.uint8, device=self.model.device)
+        # 5. Colour out: each group converted and resized back to its frames' size into one buffer,
+        # and each row's flicker pair after them (8-aligned, so the host can view it as float32).
+        pixels = sum(frame.size for frame in frames)
+        measured_at = -(-pixels // HEADER_ALIGN) * HEADER_ALIGN if slots is not None else None
+        extra = measured_at - pixels + len(frames) * 8 if measured_at is not None else 0
+        out = torch.empty(pixels + extra, dtype=torch.uint8, device=self.model.device)
+        if slots is not None and measured_at is not None:
+            self.flicker.reserve(max(slot for slot, _ in slots) + 1)
+            pairs = self.flicker.measure(
+                views[_SLOTS].view(torch.int64),
+                views[_FRESH].view(torch.bool),
+                bucket.images[: len(frames)],
+                stylized[: len(frames)],
+            )
+            out[measured_at:].view(torch.float32).view(-1, 2).copy_(pairs)
         offset, row = 0, 0
         for (rows, width), count in groups:
             into = out[offset : offset + count * rows * width].view(count, rows, width)
@@ -211,7 +248,7 @@ class DeviceRunner:
 
         # 6. One copy back, into memory of this batch's own that no later batch reuses while a caller holds it.
         host = self._download(out, converted)
-        flight = DeviceFlight([frame.shape for frame in frames], host)
+        flight = DeviceFlight([frame.shape for frame in frames], host, measured_at)
         flight.marks = [start, conditioned, modelled, converted, self._mark(self._download_stream)]
         flight.idle_from, self._last_end = self._last_end, converted
         return flight

@@ -20,13 +20,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameReplaced, Priority
 from pipeline.device import DeviceFlight, DeviceRunner
+from pipeline.flicker import FlickerFigures
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img
 from pipeline.prompts import PromptEmbeddings
@@ -96,6 +97,7 @@ class Engine:
         self.buckets = buckets_for(max_batch)
         self.scheduler = Scheduler(max_batch, max_wait_ms / 1000.0)
         self.similarity = SimilarityFilter(similarity_threshold)
+        self.flicker = FlickerFigures()  # per stream: `flicker.of(key)`
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
         transform: Callable[..., torch.Tensor] = OneStepImg2Img(model)
         if compile_mode != "none":
@@ -193,6 +195,7 @@ class Engine:
         """A stream left: drop its waiting frame and its state (frames in flight finish harmlessly)."""
         request = self.scheduler.forget(key)
         self.similarity.forget(key)
+        self.flicker.forget(key)
         if request is not None:
             fail(request.future, EngineClosed(f"stream {key!r} closed"))
 
@@ -290,12 +293,25 @@ class Engine:
             return _Flight(batch, answers, skipped, rows, None)
         work = [batch[i] for i in rows]
         size = next(b for b in self.buckets if b >= len(work))
-        device = self.runner.launch([r.frame for r in work], [r.params for r in work], size)
+        slots = [self.flicker.slot(r.key) for r in work]
+        device = self.runner.launch([r.frame for r in work], [r.params for r in work], size, slots)
         return _Flight(batch, answers, skipped, rows, device)
 
     def _collect(self, flight: _Flight) -> list[np.ndarray]:
         landed = dict(zip(flight.rows, self.runner.collect(flight.device), strict=True)) if flight.device else {}
         return [landed[i] if answer is None else answer for i, answer in enumerate(flight.answers)]
+
+    def _measure(self, flight: _Flight) -> list[float]:
+        """Each model row's flicker pair into its stream's figure; the figures after them."""
+        pairs = flight.device.measures() if flight.device is not None else None
+        if pairs is None:
+            return []
+        figures = []
+        for index, (d_in, d_out) in zip(flight.rows, pairs.tolist(), strict=True):
+            figure = self.flicker.add(flight.requests[index].key, d_in, d_out)
+            if figure is not None:
+                figures.append(figure)
+        return figures
 
     def _complete(self, flight: _Flight) -> None:
         try:
@@ -350,12 +366,13 @@ class Engine:
             resolve(request.future, answer)
         for index in flight.rows:
             self.similarity.remember(flight.requests[index], answers[index], self.scheduler.known)
+        flicker = self._measure(flight)
         self.frames_done += len(answers)
         self.frames_skipped += flight.skipped
         self.batches += 1
         if self._on_batch is not None:
             try:
-                self._on_batch(flight.report())
+                self._on_batch(replace(flight.report(), flicker=flicker))
             except Exception:
                 logger.exception("on_batch callback failed")
 

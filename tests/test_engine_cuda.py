@@ -174,6 +174,32 @@ def test_a_batch_launches_without_waiting_for_the_device(model: ModelBundle) -> 
         runner.collect(flight)
 
 
+def test_flicker_pairs_come_back_with_the_batch_without_a_sync(model: ModelBundle) -> None:
+    # The slots and the measure ride the staging buffer and the one copy back: with the flicker
+    # measured, a launch still queues without a host sync, and the pairs match the CPU's reading.
+    frames, params = _batch(4, False, seed=9)
+    moved = [np.roll(frame, 3, axis=1) for frame in frames]
+    runner = _runner(model, graphs=True)
+    slots = [(slot, True) for slot in range(4)]
+    with torch.inference_mode(), runner.streams():
+        first = runner.launch(frames, params, 4, slots)
+        runner.collect(first)
+        first_pairs = first.measures()
+        assert first_pairs is not None and np.isnan(first_pairs).all()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            again = runner.launch(frames, params, 4, [(slot, False) for slot in range(4)])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        runner.collect(again)
+        same = again.measures()
+        assert same is not None and np.abs(same).max() < 1e-3  # the same frames: nothing changed
+        moving = runner.launch(moved, params, 4, [(slot, False) for slot in range(4)])
+        runner.collect(moving)
+        pairs = moving.measures()
+        assert pairs is not None and (pairs[:, 0] > 0).all() and (pairs[:, 1] > 0).all()
+
+
 # fp16 against fp32 on the same weights: the tiny model's pictures agree to within this (levels of 255).
 FP16_MEAN_LEVELS = 2.0
 FP16_P99_LEVELS = 12.0

@@ -62,6 +62,7 @@ def test_every_metric_of_the_design_is_exposed_with_its_labels() -> None:
         "stylize_streams_active",
         "stylize_osc_rejected_total",
         "stylize_gpu_memory_bytes",
+        "stylize_stream_flicker_count",
     ):
         assert name in names, name
     for reason in DROP_REASONS:
@@ -82,7 +83,7 @@ def test_every_metric_of_the_design_is_exposed_with_its_labels() -> None:
 
 def test_batches_reported_from_another_thread_are_counted() -> None:
     metrics = Metrics()
-    report = BatchReport(size=3, skipped=1, stages={"preprocess": 0.002, "model": 0.02})
+    report = BatchReport(size=3, skipped=1, stages={"preprocess": 0.002, "model": 0.02}, flicker=[1.2, 8.0])
     workers = [threading.Thread(target=metrics.observe_batch, args=(report,)) for _ in range(4)]
     for worker in workers:
         worker.start()
@@ -95,6 +96,8 @@ def test_batches_reported_from_another_thread_are_counted() -> None:
     assert value(samples, "stylize_stage_seconds_count", stage="model") == 4
     assert value(samples, "stylize_stage_seconds_count", stage="postprocess") == 0
     assert metrics.recent_batches.mean() == 3
+    assert value(samples, "stylize_stream_flicker_count") == 8  # two streams measured in each batch
+    assert value(samples, "stylize_stream_flicker_bucket", le="1.5") == 4
 
 
 def test_jobs_gauge_and_osc_counter_are_set_by_their_features() -> None:
@@ -181,6 +184,12 @@ async def test_counters_and_histograms_move_with_a_streaming_peer(warmed_server:
         await client.wait_frames(10)
         during = await scrape(server)
         assert value(during, "stylize_streams_active") == 1
+        # The stream's flicker figure, from its second model frame on: in its stats and the histogram.
+        status, listed = await server.call("GET", "/api/streams")
+        assert status == 200 and listed["streams"][0]["stats"]["flicker"] > 0
+        status, stats = await server.call("GET", "/api/stats")
+        assert status == 200 and stats["streams"][0]["stats"]["flicker"] > 0
+        assert value(during, "stylize_stream_flicker_count") > 0
         # Hang up on the server's side: once the call returns the stream's counting is over.
         async with server.http.delete(server.url(f"/api/streams/{client.stream_id}")) as response:
             assert response.status == 200

@@ -38,5 +38,9 @@ class Session:
             "name": self.name,
             "state": self.pc.connectionState,
             "created": self.created,
-            "stats": self.stats.as_dict(),
+            "stats": {**self.stats.as_dict(), "flicker": _rounded(self.track.flicker() if self.track else None)},
         }
+
+
+def _rounded(figure: float | None) -> float | None:
+    return round(figure, 3) if figure is not None else None

@@ -122,6 +122,10 @@ class StylizedTrack(MediaStreamTrack):
         finally:
             self._outputs.close()
 
+    def flicker(self) -> float | None:
+        """This stream's flicker figure (`pipeline.flicker`), None until two frames went through the model."""
+        return self._engine.flicker.of(self._stream_id)
+
     def _submit(self, frame: VideoFrame, settings: StyleSettings, arrived: float) -> Future[np.ndarray]:
         if frame.width % 2 or frame.height % 2:
             frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2, threads=1)

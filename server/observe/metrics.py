@@ -32,6 +32,8 @@ DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 # From 1 ms: a fast GPU stage takes a few ms, a CPU model call or a stalled stream seconds.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# The flicker figure (pipeline.flicker): ~1 follows the camera; a still scene that boils reads tens.
+FLICKER_BUCKETS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 # The device's idle time between batches: a pipelined engine keeps it under a couple of milliseconds.
 IDLE_GAP_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -80,6 +82,13 @@ class Metrics:
             "stylize_frame_latency_seconds",
             "Camera frame arrival to its stylized frame being handed to the sender",
             buckets=SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.stream_flicker = Histogram(
+            "stylize_stream_flicker",
+            "Each stream's flicker figure after each of its model frames: output change over input change "
+            "between consecutive frames, smoothed (1: the picture follows the camera; higher: it flickers)",
+            buckets=FLICKER_BUCKETS,
             registry=registry,
         )
         self.streams_active = Gauge("stylize_streams_active", "Connected WebRTC streams", registry=registry)
@@ -165,6 +174,8 @@ class Metrics:
         if report.skipped:
             self.frames_skipped.inc(report.skipped)
         self.recent_batches.add(report.size)
+        for figure in report.flicker:
+            self.stream_flicker.observe(figure)
 
     # -- control and jobs ----------------------------------------------------------------------
 

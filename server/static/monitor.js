@@ -200,6 +200,7 @@ function renderStreams(streams) {
       cell(fixed(s.fps_out)),
       cell(ms(s.latency_ms)),
       cell(ms(s.latency_p95_ms)),
+      cell(s.flicker === null || s.flicker === undefined ? "–" : s.flicker.toFixed(2)),
       cell(String(s.frames_dropped)),
       cell(duration(s.uptime_s)),
     );

@@ -107,6 +107,7 @@ async def test_start_plays_stylized_video_and_stop_hangs_up(
     # The readouts fill in from getStats and the server's stream stats.
     await page.wait_for_function("/^\\d+ ms$/.test(document.getElementById('latency').textContent)", timeout=10_000)
     await page.wait_for_function("/^\\d+\\.\\d$/.test(document.getElementById('fps').textContent)")
+    await page.wait_for_function("/^\\d+\\.\\d\\d$/.test(document.getElementById('flicker').textContent)")
     latency = await page.text_content("#latency")
     detail = await page.text_content("#latency-detail")
     fps = await page.text_content("#fps")

@@ -37,6 +37,7 @@ const ui = {
   status: $("status"),
   fps: $("fps"),
   latency: $("latency"),
+  flicker: $("flicker"),
   latencyDetail: $("latency-detail"),
   error: $("error"),
 };
@@ -57,12 +58,13 @@ function setStatus(state, text) {
   ui.stop.disabled = !streaming;
   if (!streaming) {
     stats.stop();
-    showReadout({ fps: null, latencyMs: null, parts: null, serverFps: null });
+    showReadout({ fps: null, latencyMs: null, parts: null, serverFps: null, flicker: null });
     stopCamera();
   }
 }
 
-function showReadout({ fps, latencyMs, parts, serverFps }) {
+function showReadout({ fps, latencyMs, parts, serverFps, flicker }) {
+  ui.flicker.textContent = flicker === null ? "–" : flicker.toFixed(2);
   ui.fps.textContent = fps === null ? "–" : fps.toFixed(1);
   ui.fps.title = serverFps === null ? "" : `server sends ${serverFps} fps on average`;
   ui.latency.textContent = latencyMs === null ? "–" : `${Math.round(latencyMs)} ms`;

@@ -12,7 +12,7 @@ const INTERVAL_MS = 1000;
 const MISSING_POLLS = 2; // the server must leave our stream out this many times running before we believe it
 
 export class StatsMeter {
-  // onReadout({ fps, latencyMs, parts, serverFps }) with nulls where a value is not known yet.
+  // onReadout({ fps, latencyMs, parts, serverFps, flicker }) with nulls where a value is not known yet.
   // onMissing(streamId): the server answers but no longer lists our stream (it restarted, or lost it).
   constructor(onReadout, onMissing) {
     this.onReadout = onReadout;
@@ -63,7 +63,7 @@ export class StatsMeter {
     }
     const serverMs = server ? server.stats.latency_ms : null;
     if (!before || !now.inbound) {
-      this.onReadout({ fps: null, latencyMs: null, parts: null, serverFps: server ? server.stats.fps_out : null });
+      this.onReadout({ fps: null, latencyMs: null, parts: null, ...fromServer(server) });
       return;
     }
     const seconds = (now.inbound.timestamp - before.inbound.timestamp) / 1000;
@@ -78,8 +78,16 @@ export class StatsMeter {
     };
     const known = Object.values(parts).filter((v) => v !== null);
     const latencyMs = parts.server !== null && known.length ? known.reduce((a, b) => a + b, 0) : null;
-    this.onReadout({ fps, latencyMs, parts, serverFps: server ? server.stats.fps_out : null });
+    this.onReadout({ fps, latencyMs, parts, ...fromServer(server) });
   }
+}
+
+// What the server says of this stream: its fps out and its flicker figure (null when unknown).
+function fromServer(server) {
+  return {
+    serverFps: server ? server.stats.fps_out : null,
+    flicker: server && server.stats.flicker !== undefined ? server.stats.flicker : null,
+  };
 }
 
 function readReport(report) {
