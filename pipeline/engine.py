@@ -85,6 +85,7 @@ class Engine:
         max_batch: int = 8,
         max_wait_ms: float = 4.0,
         similarity_threshold: float = 0.0,
+        similarity_max_skip: int = 10,
         prompt_cache_size: int = 64,
         compile_mode: str = "none",
         cuda_graphs: bool = True,
@@ -96,7 +97,7 @@ class Engine:
         self.model = model
         self.buckets = buckets_for(max_batch)
         self.scheduler = Scheduler(max_batch, max_wait_ms / 1000.0)
-        self.similarity = SimilarityFilter(similarity_threshold)
+        self.similarity = SimilarityFilter(similarity_threshold, similarity_max_skip)
         self.flicker = FlickerFigures()  # per stream: `flicker.of(key)`
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
         transform: Callable[..., torch.Tensor] = OneStepImg2Img(model)

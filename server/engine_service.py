@@ -145,6 +145,7 @@ class EngineService:
                 max_batch=config.engine.max_batch,
                 max_wait_ms=config.engine.max_wait_ms,
                 similarity_threshold=config.engine.similarity_threshold,
+                similarity_max_skip=config.engine.similarity_max_skip,
                 prompt_cache_size=config.engine.prompt_cache_size,
                 compile_mode=config.engine.compile,
                 cuda_graphs=config.engine.cuda_graphs,

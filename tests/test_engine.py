@@ -17,6 +17,8 @@ from pipeline import Engine, EngineClosed, FrameParams, FrameReplaced, Priority,
 from pipeline.contract import BatchReport
 from pipeline.engine import PIPELINE_DEPTH, buckets_for
 from pipeline.models import ModelBundle
+from pipeline.scheduler import Request, Scheduler
+from pipeline.similarity import SimilarityFilter
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +179,32 @@ def test_similarity_filter_reuses_the_last_output(model: ModelBundle) -> None:
         assert different is not first
     finally:
         engine.stop()
+
+
+def test_the_similarity_filter_skips_at_random_by_how_alike_and_never_more_than_max_skip() -> None:
+    params = FrameParams(prompt="x", strength=0.5)
+    scheduler = Scheduler(1, 0.0)
+    frame = _frame(1)
+    output = np.zeros_like(frame)
+
+    def request(changed_levels: int) -> Request:
+        return scheduler.request(
+            "s", (frame.astype(np.int16) + changed_levels).clip(0, 255).astype(np.uint8), params, Priority.LIVE
+        )
+
+    still = SimilarityFilter(0.05, max_skip=3)
+    still.remember(request(0), output, lambda key: True)
+    # The same frame: skipped for sure, three times in a row at most, then the model runs.
+    assert [still.reuse(request(0)) is output for _ in range(4)] == [True, True, True, False]
+    still.remember(request(0), output, lambda key: True)  # modelled: the count starts over
+    assert still.reuse(request(0)) is output
+
+    # A difference at the threshold or past it is never skipped; halfway, about half the time.
+    drawn = SimilarityFilter(0.04, max_skip=10_000, seed=1)
+    drawn.remember(request(0), output, lambda key: True)
+    assert drawn.reuse(request(11)) is None  # 11/255 > 0.04
+    halfway = [drawn.reuse(request(5)) is output for _ in range(400)]  # 5/255 ~ 0.0196: p ~ 0.51
+    assert 0.4 < sum(halfway) / len(halfway) < 0.62
 
 
 def test_buckets_are_powers_of_two_up_to_max_batch() -> None:
