@@ -94,3 +94,7 @@ async def test_a_model_ask_is_refused_where_it_cannot_place_anything(server: Run
         await connect(server.http, server.url("/api/offer"), size=(64, 64))
     assert by_global.value.status == 409
     assert set(await streams(server)) <= set(before)
+    status, settings = await server.call("PATCH", "/api/settings", {"model": None})  # null: any model again
+    assert status == 200 and settings["model"] is None
+    again = await connect(server.http, server.url("/api/offer"), size=(64, 64))
+    await again.close()

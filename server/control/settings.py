@@ -115,6 +115,10 @@ class StreamSettingsPatch(SettingsPatch):
         )
 
 
+# The global fields whose null is a value: no preset applied, no model asked for.
+GLOBAL_NULLABLE = frozenset({"preset", "model"})
+
+
 class UnknownStreamError(KeyError):
     """No stream with that id is registered."""
 
@@ -242,7 +246,7 @@ class SettingsStore:
         if source not in ("preset", "config") and patch.prompt is not None:
             self._typed["global"] = patch.prompt
         changed = patch.values()
-        nulls = [name for name, value in changed.items() if value is None and name != "preset"]
+        nulls = [name for name, value in changed.items() if value is None and name not in GLOBAL_NULLABLE]
         if nulls:
             raise NullGlobalError(sorted(nulls))
         settings = self._set_global(changed)
