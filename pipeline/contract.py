@@ -18,10 +18,26 @@ class FrameParams:
     prompt_b: str = ""
     blend: float = 0.0
     guidance_scale: float = 0.0
+    # Temporal memory (`pipeline.temporal`): the share of the stream's previous output in this frame's
+    # start, and the flicker figure to hold by moving it (None: fixed). When the engine takes the
+    # frame into a batch it sets its stream's memory slot and the feedback it runs with now.
+    feedback: float = 0.0
+    flicker_target: float | None = None
+    memory_slot: int = -1
+    feedback_now: float = 0.0
+
+    @property
+    def remembers(self) -> bool:
+        """Its stream keeps its output in memory (it feeds back, or will once the controller says so)."""
+        return self.feedback > 0.0 or self.flicker_target is not None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength!r}")
+        if not 0.0 <= self.feedback <= 1.0:
+            raise ValueError(f"feedback must be in [0, 1], got {self.feedback!r}")
+        if self.flicker_target is not None and not self.flicker_target > 0.0:
+            raise ValueError(f"flicker_target must be above 0, got {self.flicker_target!r}")
         if not 0.0 <= self.blend <= 1.0:
             raise ValueError(f"blend must be in [0, 1], got {self.blend!r}")
 

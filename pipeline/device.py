@@ -30,8 +30,8 @@ from pipeline.row_inputs import RowInput
 GRAPH_WARMUP_RUNS = 2
 # Each part's per-row numbers start on this boundary in the staging buffer, so any dtype can view them.
 HEADER_ALIGN = 8
-# The staging buffer's headers for the flicker slots (not transform inputs: no part is named so).
-_SLOTS, _FRESH = "_flicker_slots", "_flicker_fresh"
+# The staging buffer's header of the rows' slots for the flicker measure (not a transform input).
+_SLOTS = "_flicker_slots"
 
 
 class Mark:
@@ -151,6 +151,7 @@ class DeviceRunner:
         parts: Sequence[RowInput],
         *,
         cuda_graphs: bool,
+        memory_slots: int = 0,
     ) -> None:
         self.model = model
         self.transform = transform  # transform(images, **{part.name: tensor}) -> images in [-1, 1]
@@ -164,7 +165,7 @@ class DeviceRunner:
         self._download_stream: torch.cuda.Stream | None = None
         self._uploaded: torch.cuda.Event | None = None  # the staging buffer's last copy up
         self._last_end: Mark | None = None
-        self.flicker = FlickerSlots(model.device)
+        self.flicker = FlickerSlots(model.device, memory_slots + 1)  # the scratch slot too
 
     @contextmanager
     def streams(self) -> Iterator[None]:
@@ -184,14 +185,14 @@ class DeviceRunner:
         frames: Sequence[np.ndarray],
         params: Sequence[FrameParams],
         bucket_size: int,
-        slots: Sequence[tuple[int, bool]] | None = None,
+        measure: bool = False,
     ) -> DeviceFlight:
         """Queue a batch's work on the device and return without waiting for it (on CPU it is done).
 
         Rows are grouped by frame size (normally one group), each group converted as one batch; the
         copy back holds the rows in `flight.shapes`' order, which is the order of `frames` sorted by shape.
-        With `slots` (each row's stream's flicker slot and whether it is fresh, distinct slots), each
-        row's flicker pair is measured and comes back with the frames (`flight.measures()`).
+        With `measure`, each row's flicker pair (against its `memory_slot`'s last thumbnails) is
+        measured and comes back with the frames (`flight.measures()`).
         """
         bucket = self._bucket(bucket_size)
         padded = [*params, *[params[-1]] * (bucket.size - len(params))]  # padding rows repeat the last
@@ -200,9 +201,8 @@ class DeviceRunner:
 
         # 1. Stage: the per-row numbers and every frame into the staging buffer, one copy to the device.
         headers = {p.name: p.header(padded) for p in running if p.header_dtype is not None}
-        if slots is not None:
-            headers[_SLOTS] = np.array([slot for slot, _ in slots], dtype=np.int64)
-            headers[_FRESH] = np.array([fresh for _, fresh in slots], dtype=np.bool_)
+        if measure:
+            headers[_SLOTS] = np.array([p.memory_slot for p in params], dtype=np.int64)
         uploaded, views, offset = self._upload(headers, frames)
         start = self._mark()
 
@@ -227,16 +227,12 @@ class DeviceRunner:
         # 5. Colour out: each group converted and resized back to its frames' size into one buffer,
         # and each row's flicker pair after them (8-aligned, so the host can view it as float32).
         pixels = sum(frame.size for frame in frames)
-        measured_at = -(-pixels // HEADER_ALIGN) * HEADER_ALIGN if slots is not None else None
+        measured_at = -(-pixels // HEADER_ALIGN) * HEADER_ALIGN if measure else None
         extra = measured_at - pixels + len(frames) * 8 if measured_at is not None else 0
         out = torch.empty(pixels + extra, dtype=torch.uint8, device=self.model.device)
-        if slots is not None and measured_at is not None:
-            self.flicker.reserve(max(slot for slot, _ in slots) + 1)
+        if measured_at is not None:
             pairs = self.flicker.measure(
-                views[_SLOTS].view(torch.int64),
-                views[_FRESH].view(torch.bool),
-                bucket.images[: len(frames)],
-                stylized[: len(frames)],
+                views[_SLOTS].view(torch.int64), bucket.images[: len(frames)], stylized[: len(frames)]
             )
             out[measured_at:].view(torch.float32).view(-1, 2).copy_(pairs)
         offset, row = 0, 0

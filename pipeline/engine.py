@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,9 +31,11 @@ from pipeline.flicker import FlickerFigures
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img
 from pipeline.prompts import PromptEmbeddings
-from pipeline.row_inputs import one_step_inputs
+from pipeline.row_inputs import one_step_inputs, uses_memory
 from pipeline.scheduler import Request, Scheduler, fail, resolve
 from pipeline.similarity import SimilarityFilter
+from pipeline.stream_slots import StreamSlots
+from pipeline.temporal import LatentMemory, TemporalControl
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class _Flight:
     skipped: int
     rows: list[int]
     device: DeviceFlight | None
+    fresh: list[bool] = field(default_factory=list)  # per model row: its stream's first frame in its slot
 
     def landed(self) -> bool:
         return self.device is None or self.device.landed()
@@ -86,6 +89,7 @@ class Engine:
         max_wait_ms: float = 4.0,
         similarity_threshold: float = 0.0,
         similarity_max_skip: int = 10,
+        memory_slots: int = 32,
         prompt_cache_size: int = 64,
         compile_mode: str = "none",
         cuda_graphs: bool = True,
@@ -98,9 +102,11 @@ class Engine:
         self.buckets = buckets_for(max_batch)
         self.scheduler = Scheduler(max_batch, max_wait_ms / 1000.0)
         self.similarity = SimilarityFilter(similarity_threshold, similarity_max_skip)
+        self.slots = StreamSlots(memory_slots)
         self.flicker = FlickerFigures()  # per stream: `flicker.of(key)`
+        self.temporal = TemporalControl()  # per stream: `temporal.describe(key)`
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
-        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model)
+        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, LatentMemory(model, memory_slots + 1))
         if compile_mode != "none":
             # The transform is compiled, not the model's modules: those are shared (the text encoder
             # and the VAE with whoever else holds the bundle) and stay as loaded.
@@ -109,7 +115,9 @@ class Engine:
         graphs = cuda_graphs and cuda and compile_mode not in COMPILE_MODES_WITH_GRAPHS
         if cuda_graphs and cuda and not graphs:
             logger.info("torch.compile mode %r records its own CUDA graphs; the engine's stand aside", compile_mode)
-        self.runner = DeviceRunner(model, transform, one_step_inputs(model, self.prompts), cuda_graphs=graphs)
+        self.runner = DeviceRunner(
+            model, transform, one_step_inputs(model, self.prompts), cuda_graphs=graphs, memory_slots=memory_slots
+        )
         self._set_cpu_threads = cpu_threads
         self.cpu_threads = 0  # torch CPU threads the model runs with, known once the worker runs
         self._on_batch = on_batch
@@ -196,9 +204,14 @@ class Engine:
         """A stream left: drop its waiting frame and its state (frames in flight finish harmlessly)."""
         request = self.scheduler.forget(key)
         self.similarity.forget(key)
-        self.flicker.forget(key)
+        self._drop_state(key)
         if request is not None:
             fail(request.future, EngineClosed(f"stream {key!r} closed"))
+
+    def _drop_state(self, key: str) -> None:
+        self.slots.release(key)
+        self.flicker.forget(key)
+        self.temporal.forget(key)
 
     @property
     def pending(self) -> int:
@@ -294,9 +307,27 @@ class Engine:
             return _Flight(batch, answers, skipped, rows, None)
         work = [batch[i] for i in rows]
         size = next(b for b in self.buckets if b >= len(work))
-        slots = [self.flicker.slot(r.key) for r in work]
-        device = self.runner.launch([r.frame for r in work], [r.params for r in work], size, slots)
-        return _Flight(batch, answers, skipped, rows, device)
+        params, fresh = self._with_memory(work)
+        device = self.runner.launch([r.frame for r in work], params, size, measure=True)
+        self.temporal.wrote([r.key for r in work], good=uses_memory(params))
+        for request in work:
+            if not self.scheduler.known(request.key):  # left while taken: `forget` may have run first
+                self._drop_state(request.key)
+        return _Flight(batch, answers, skipped, rows, device, fresh)
+
+    def _with_memory(self, work: list[Request]) -> tuple[list[FrameParams], list[bool]]:
+        """Each row's params with its stream's memory slot and the feedback it runs with now."""
+        params, fresh = [], []
+        for request in work:
+            slot, first = self.slots.take(request.key)
+            feedback = 0.0
+            if slot != self.slots.scratch:
+                asked = request.params
+                flicker = self.flicker.of(request.key)
+                feedback = self.temporal.feedback(request.key, asked.feedback, asked.flicker_target, flicker, first)
+            params.append(replace(request.params, feedback_now=feedback, memory_slot=slot))
+            fresh.append(first)
+        return params, fresh
 
     def _collect(self, flight: _Flight) -> list[np.ndarray]:
         landed = dict(zip(flight.rows, self.runner.collect(flight.device), strict=True)) if flight.device else {}
@@ -308,10 +339,12 @@ class Engine:
         if pairs is None:
             return []
         figures = []
-        for index, (d_in, d_out) in zip(flight.rows, pairs.tolist(), strict=True):
-            figure = self.flicker.add(flight.requests[index].key, d_in, d_out)
-            if figure is not None:
-                figures.append(figure)
+        for index, first, (d_in, d_out) in zip(flight.rows, flight.fresh, pairs.tolist(), strict=True):
+            key = flight.requests[index].key
+            if not first and self.slots.holds(key):  # a first frame compares with its slot's last holder
+                figures.append(self.flicker.add(key, d_in, d_out))
+                if not self.slots.holds(key):  # left meanwhile: its figure goes with it
+                    self.flicker.forget(key)
         return figures
 
     def _complete(self, flight: _Flight) -> None:

@@ -39,34 +39,23 @@ def luma_thumbnails(images: torch.Tensor) -> torch.Tensor:
 
 
 class FlickerSlots:
-    """Each stream's last input and output thumbnails on the device, one slot per stream."""
+    """Each stream's last input and output thumbnails on the device, one slot per stream
+    (`pipeline.stream_slots`, the scratch slot included)."""
 
-    def __init__(self, device: torch.device, capacity: int = 16) -> None:
-        self.device = device
-        self._last = torch.zeros((capacity, 2, THUMBNAIL, THUMBNAIL), device=device)
+    def __init__(self, device: torch.device, slots: int) -> None:
+        self._last = torch.zeros((slots, 2, THUMBNAIL, THUMBNAIL), device=device)
 
-    def measure(
-        self, slots: torch.Tensor, fresh: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor
-    ) -> torch.Tensor:
-        """(d_in, d_out) per row, (B, 2) float32 on the device; NaN for a row whose slot is `fresh` (a
-        stream's first frame: nothing to compare with). Every row's thumbnails become its slot's last.
+    def measure(self, slots: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """(d_in, d_out) per row, (B, 2) float32 on the device, against each row's slot's last
+        thumbnails, which this row's then replace (a stream's first frame reads what its slot held
+        before: the host drops that pair).
 
-        slots: (B,) int64, distinct and `reserve`d; fresh: (B,) bool; inputs, outputs: (B, 3, H, W) in
-        [-1, 1].
+        slots: (B,) int64, distinct but for the scratch slot; inputs, outputs: (B, 3, H, W) in [-1, 1].
         """
         now = torch.stack((luma_thumbnails(inputs), luma_thumbnails(outputs)), dim=1)
-        before = self._last.index_select(0, slots)
-        change = (now - before).abs().mean(dim=(2, 3))
+        change = (now - self._last.index_select(0, slots)).abs().mean(dim=(2, 3))
         self._last.index_copy_(0, slots, now)
-        return torch.where(fresh.view(-1, 1), torch.nan, change)
-
-    def reserve(self, needed: int) -> None:
-        """Room for slots 0..needed-1, told from the host's slot numbers (reading the device's would sync)."""
-        capacity = self._last.shape[0]
-        if needed > capacity:
-            grown = torch.zeros((max(needed, capacity * 2), 2, THUMBNAIL, THUMBNAIL), device=self.device)
-            grown[:capacity] = self._last
-            self._last = grown
+        return change
 
 
 @dataclass
@@ -80,35 +69,15 @@ class _Figure:
 
 
 class FlickerFigures:
-    """Per stream on the host: the slots they hold on the device and their smoothed figures.
-
-    The engine's thread assigns slots and adds measurements; any thread reads the figures.
-    """
+    """Each stream's smoothed figure on the host: the engine's thread adds, any thread reads."""
 
     def __init__(self) -> None:
-        self._slots: dict[str, int] = {}
-        self._free: list[int] = []
-        self._fresh: set[str] = set()
         self._figures: dict[str, _Figure] = {}
         self._lock = threading.Lock()
 
-    def slot(self, key: str) -> tuple[int, bool]:
-        """`key`'s slot, and whether it is fresh (the stream's first frame measured there)."""
+    def add(self, key: str, d_in: float, d_out: float) -> float:
+        """One measurement for `key`; its figure after it."""
         with self._lock:
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._free.pop() if self._free else len(self._slots)
-                self._slots[key] = slot
-                self._fresh.add(key)
-            fresh = key in self._fresh
-            self._fresh.discard(key)
-            return slot, fresh
-
-    def add(self, key: str, d_in: float, d_out: float) -> float | None:
-        """One measurement for `key` (NaN: its first frame); its figure after it, None while it has none."""
-        with self._lock:
-            if key not in self._slots or d_in != d_in:  # a stream forgotten meanwhile; NaN: nothing yet
-                return None
             figure = self._figures.get(key)
             if figure is None:
                 figure = self._figures[key] = _Figure(d_in, d_out)
@@ -123,10 +92,5 @@ class FlickerFigures:
             return figure.flicker if figure is not None else None
 
     def forget(self, key: str) -> None:
-        """A stream left: its slot is free (its next holder starts fresh) and its figure is gone."""
         with self._lock:
-            slot = self._slots.pop(key, None)
-            if slot is not None:
-                self._free.append(slot)
-            self._fresh.discard(key)
             self._figures.pop(key, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.models import ModelBundle
+from pipeline.temporal import LatentMemory
 
 
 def strength_to_timestep(strength: float, num_train_timesteps: int = 1000) -> int:
@@ -18,7 +19,8 @@ def strength_to_timestep(strength: float, num_train_timesteps: int = 1000) -> in
 
 
 class OneStepImg2Img:
-    def __init__(self, model: ModelBundle) -> None:
+    def __init__(self, model: ModelBundle, memory: LatentMemory | None = None) -> None:
+        self.memory = memory  # each stream's last clean latent, for latent feedback
         self.unet = model.unet
         self.vae = model.vae
         self.device = model.device
@@ -38,19 +40,27 @@ class OneStepImg2Img:
         noise: torch.Tensor,
         negative_embeds: torch.Tensor | None = None,
         guidance_scale: torch.Tensor | None = None,
+        memory_slots: torch.Tensor | None = None,
+        feedback: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> stylized images (B, 3, H, W) float32 in [-1, 1].
 
         Pixels stay in the VAE's own range on both ends (the colour conversion folds the scaling in).
         timesteps: (B,) integer; noise: (B, C, H/f, W/f). With `negative_embeds` and `guidance_scale`
         (B,) the batch runs classifier-free guidance, and rows whose scale is <= 1 keep their
-        conditional prediction. The caller decides on the host, so nothing here waits for the device
-        and the whole call can be captured in a CUDA graph.
+        conditional prediction. With `memory_slots` and `feedback` (B,) each row starts from
+        `z + feedback * (previous - z)`, its stream's previous clean latent read from its slot, and
+        leaves its new one there (`pipeline.temporal`). The caller decides on the host, so nothing
+        here waits for the device and the whole call can be captured in a CUDA graph.
         """
         self.check_inputs(images, prompt_embeds, timesteps, noise, negative_embeds, guidance_scale)
 
         # 1. Encode to latents.
         latents = self._encode(images.to(self.device, self.dtype))
+        remembering = self.memory is not None and memory_slots is not None and feedback is not None
+        if remembering:
+            assert self.memory is not None and memory_slots is not None and feedback is not None
+            latents = self.memory.blend(latents.float(), memory_slots, feedback.to(self.device))
 
         # 2. Noise the latents to each row's timestep.
         t = timesteps.to(self.device)
@@ -85,6 +95,10 @@ class OneStepImg2Img:
             x0 = model_output
         else:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+        if remembering:
+            assert self.memory is not None and memory_slots is not None
+            self.memory.remember(x0, memory_slots)
 
         # 5. Decode back to pixels in [-1, 1].
         decoded = self.vae.decode(x0.to(self.dtype) / self.scaling_factor, return_dict=False)[0]

@@ -151,6 +151,59 @@ class NoiseInput(RowInput):
         return noise
 
 
+def uses_memory(rows: Sequence[FrameParams]) -> bool:
+    """The memory runs for a batch when one of its rows remembers (all its rows then keep their output)."""
+    return any(r.remembers for r in rows)
+
+
+class MemorySlotInput(RowInput):
+    """Each row's memory slot (only in batches where a row feeds back)."""
+
+    name = "memory_slots"
+    header_dtype = np.int64
+    optional = True
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return uses_memory(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([r.memory_slot for r in rows], dtype=np.int64)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, device=self._device, dtype=torch.int64)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.int64))
+
+
+class FeedbackInput(RowInput):
+    """Each row's feedback, the share of its previous output in its starting latent."""
+
+    name = "feedback"
+    header_dtype = np.float32
+    optional = True
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return uses_memory(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([r.feedback_now for r in rows], dtype=np.float32)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, device=self._device, dtype=torch.float32)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.float32))
+
+
 def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
     """What `OneStepImg2Img` takes beside the images, in the order of its arguments."""
     return [
@@ -159,4 +212,6 @@ def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowIn
         NoiseInput(model),
         NegativeInput(prompts, model),
         GuidanceInput(model),
+        MemorySlotInput(model.device),
+        FeedbackInput(model.device),
     ]

@@ -3,7 +3,6 @@ kept per stream in slots that never mix, smoothed per stream on the host, and re
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from pipeline import Engine, FrameParams, load_model
 from pipeline.contract import BatchReport
 from pipeline.flicker import ALPHA, FLOOR, FlickerFigures, FlickerSlots, luma_thumbnails
 from pipeline.models import ModelBundle
+from pipeline.stream_slots import StreamSlots
 
 
 def _images(*levels: float, size: int = 64) -> torch.Tensor:
@@ -32,33 +32,37 @@ def test_thumbnails_are_luma_in_0_1_averaged_over_areas() -> None:
     assert thumbs[0, :, 16:].allclose(torch.tensor(0.0), atol=1e-6)
 
 
-def test_each_slot_compares_with_its_own_last_frame_and_a_fresh_one_has_none() -> None:
-    slots = FlickerSlots(torch.device("cpu"), capacity=1)
-    rows = torch.tensor([0, 3])  # past the capacity: reserved from the host first
-    slots.reserve(4)
-    first = slots.measure(rows, torch.tensor([True, True]), _images(0.0, 0.0), _images(0.0, 0.0))
-    assert torch.isnan(first).all()
+def test_each_slot_compares_with_its_own_last_frame() -> None:
+    slots = FlickerSlots(torch.device("cpu"), 4)
+    rows = torch.tensor([0, 3])
+    slots.measure(rows, _images(0.0, 0.0), _images(0.0, 0.0))
     # Row 0 still; row 1's input still and its output 0.2 brighter in [-1, 1]: 0.1 of full scale.
-    second = slots.measure(rows, torch.tensor([False, False]), _images(0.0, 0.0), _images(0.0, 0.2))
+    second = slots.measure(rows, _images(0.0, 0.0), _images(0.0, 0.2))
     assert second[0].tolist() == [0.0, 0.0]
     assert second[1, 0].item() == 0.0 and second[1, 1].item() == pytest.approx(0.1, abs=1e-6)
     # The slots' order in a batch does not matter: each row reads and writes its own.
-    swapped = slots.measure(rows.flip(0), torch.tensor([False, False]), _images(0.0, 0.4), _images(0.2, 0.0))
+    swapped = slots.measure(rows.flip(0), _images(0.0, 0.4), _images(0.2, 0.0))
     assert swapped[0].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)  # slot 3: as it was
     assert swapped[1].tolist() == pytest.approx([0.2, 0.0], abs=1e-6)  # slot 0: input moved, output not
 
 
 def test_the_figure_is_a_ratio_of_smoothed_changes_with_a_floor_and_leaves_with_its_stream() -> None:
     figures = FlickerFigures()
-    assert figures.slot("a") == (0, True) and figures.slot("a") == (0, False)
-    assert figures.slot("b") == (1, True)
-    assert figures.add("a", math.nan, math.nan) is None and figures.of("a") is None
+    assert figures.of("a") is None
     assert figures.add("a", 0.04, 0.04) == pytest.approx(1.0)  # the output moves as the input does
     assert figures.add("a", 0.0, 0.04) == pytest.approx(0.04 / ((1 - ALPHA) * 0.04))
     assert figures.add("b", 0.0, 0.02) == pytest.approx(0.02 / FLOOR)  # a still scene whose picture boils
     figures.forget("a")
-    assert figures.of("a") is None and figures.add("a", 0.1, 0.1) is None
-    assert figures.slot("c") == (0, True), "a freed slot is taken again, fresh"
+    assert figures.of("a") is None and figures.of("b") is not None
+
+
+def test_slots_are_freed_with_their_stream_and_past_the_capacity_rows_share_the_scratch_slot() -> None:
+    slots = StreamSlots(2)
+    assert slots.take("a") == (0, True) and slots.take("a") == (0, False)
+    assert slots.take("b") == (1, True)
+    assert slots.take("c") == (slots.scratch, True) and slots.scratch == 2 and not slots.holds("c")
+    slots.release("a")
+    assert slots.take("c") == (0, True), "a freed slot is taken again, fresh"
 
 
 @pytest.fixture(scope="module")

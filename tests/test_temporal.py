@@ -1,0 +1,125 @@
+"""Temporal memory: latent feedback per row (off is exactly today's output; rows never mix), and the
+controller that holds a stream's flicker figure at a target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import Engine, FrameParams, load_model
+from pipeline.models import ModelBundle
+from pipeline.onestep import OneStepImg2Img, strength_to_timestep
+from pipeline.temporal import FEEDBACK_MAX, LatentMemory, TemporalControl
+
+
+@pytest.fixture(scope="module")
+def model(model_cache: Path) -> ModelBundle:
+    return load_model("tiny", data_dir=model_cache.parent, device=torch.device("cpu"))
+
+
+def _inputs(model: ModelBundle, rows: int, frame: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(100 + frame)
+    latent = model.width // model.vae_scale_factor
+    embeds = model.text_encoder(
+        model.tokenizer(
+            ["a fox", "ink", "neon", "a cat"][:rows], padding="max_length", max_length=77, return_tensors="pt"
+        ).input_ids
+    )[0]
+    return {
+        "images": torch.rand((rows, 3, model.height, model.width), generator=generator) * 2 - 1,
+        "prompt_embeds": embeds,
+        "timesteps": torch.tensor([strength_to_timestep(s) for s in (0.5, 0.7, 0.3, 0.9)][:rows]),
+        "noise": torch.randn((rows, model.latent_channels, latent, latent), generator=torch.Generator().manual_seed(3)),
+    }
+
+
+def test_feedback_off_is_exactly_todays_output(model: ModelBundle) -> None:
+    plain = OneStepImg2Img(model)
+    remembering = OneStepImg2Img(model, LatentMemory(model, 5))
+    for frame in range(2):
+        inputs = _inputs(model, 4, frame)
+        today = plain(**inputs)
+        with_zero = remembering(**inputs, memory_slots=torch.arange(4), feedback=torch.zeros(4))
+        assert torch.equal(today, with_zero)
+
+
+def test_four_rows_with_memory_equal_each_row_alone_with_its_own(model: ModelBundle) -> None:
+    feedback = torch.tensor([0.0, 0.3, 0.6, 0.9])
+    together = OneStepImg2Img(model, LatentMemory(model, 5))
+    alone = [OneStepImg2Img(model, LatentMemory(model, 5)) for _ in range(4)]
+    slots = torch.tensor([3, 0, 2, 1])  # any slot order: each row reads and writes its own
+    outputs = []
+    for frame in range(3):
+        inputs = _inputs(model, 4, frame)
+        batched = together(**inputs, memory_slots=slots, feedback=feedback)
+        singles = torch.cat(
+            [
+                alone[row](
+                    **{k: v[row : row + 1] for k, v in inputs.items()},
+                    memory_slots=slots[row : row + 1],
+                    feedback=feedback[row : row + 1],
+                )
+                for row in range(4)
+            ]
+        )
+        torch.testing.assert_close(batched, singles, atol=1e-4, rtol=1e-4)
+        outputs.append(batched)
+    # The memory changes the picture from the second frame on, the more the more feedback.
+    plain = OneStepImg2Img(model)(**_inputs(model, 4, 2))
+    change = (outputs[2] - plain).abs().flatten(1).mean(dim=1)
+    assert change[0] == 0.0 and change[1] > 0 and change[3] > change[1], change
+
+
+def test_the_controller_raises_feedback_while_a_stream_flickers_past_its_target_and_lowers_it_under() -> None:
+    control = TemporalControl()
+    assert control.feedback("s", 0.2, None, None, True) == 0.0  # a first frame: its memory is not good yet
+    control.wrote(["s"], good=True)
+    assert control.feedback("s", 0.2, None, 5.0, False) == 0.2  # no target: what it asked for
+    assert control.describe("s") == {"feedback": 0.2, "target": None, "state": "fixed"}
+    raised = [control.feedback("s", 0.2, 2.0, 6.0, False) for _ in range(10)]
+    assert raised == sorted(raised) and raised[-1] > 0.2
+    assert control.describe("s")["state"] == "raising"  # type: ignore[index]
+    for _ in range(1000):
+        control.feedback("s", 0.2, 2.0, 6.0, False)
+    assert control.describe("s") == {"feedback": FEEDBACK_MAX, "target": 2.0, "state": "at most feedback"}
+    lowered = [control.feedback("s", 0.2, 2.0, 1.0, False) for _ in range(20)]
+    assert lowered == sorted(lowered, reverse=True) and lowered[-1] < FEEDBACK_MAX
+    control.wrote(["s"], good=False)  # a batch without feedback left the slot stale: none this frame
+    assert control.feedback("s", 0.2, 2.0, 1.0, False) == 0.0
+    control.forget("s")
+    assert control.describe("s") is None
+
+
+def _still(noise: np.random.Generator) -> np.ndarray:
+    frame = np.full((96, 64), 128, dtype=np.uint8)
+    frame[:64] = np.clip(120 + noise.integers(-6, 7, (64, 64)), 0, 255)
+    return frame
+
+
+def test_feedback_lowers_the_flicker_of_a_still_scene_in_the_engine(model: ModelBundle) -> None:
+    # Each stream alone in the engine (one row a batch): the same noisy still scene, a different seed
+    # per frame (what makes a one-step picture boil), with and without feedback.
+    figures = {}
+    for feedback in (0.0, 0.8):
+        engine = Engine(model, max_batch=1)
+        engine.start()
+        noise = np.random.default_rng(0)
+        try:
+            for seed in range(24):
+                params = FrameParams(prompt="x", strength=0.6, seed=seed, feedback=feedback)
+                engine.submit("s", _still(noise), params).result(timeout=30)
+            figures[feedback] = engine.flicker.of("s")
+            described = engine.temporal.describe("s")
+            assert described is not None and described["feedback"] == feedback
+            engine.forget("s")
+            assert engine.temporal.describe("s") is None and engine.flicker.of("s") is None
+        finally:
+            engine.stop()
+    assert figures[0.8] is not None and figures[0.0] is not None
+    print(
+        f"\nflicker of a noisy still scene, tiny model: feedback 0 {figures[0.0]:.2f}, feedback 0.8 {figures[0.8]:.2f}"
+    )
+    assert figures[0.8] < figures[0.0] * 0.8, figures
