@@ -26,6 +26,8 @@ FEEDBACK_MAX = 0.9
 # Feedback moved per model frame per unit of relative error: from 0 to 0.5 in ~2.5 s at 20 fps when
 # the figure is twice its target, slow enough for the smoothed figure (~10 frames) to keep up.
 GAIN = 0.01
+# Within this share of its target a stream's figure is said to be held.
+HOLDING = 0.1
 
 
 class LatentMemory:
@@ -102,6 +104,8 @@ class TemporalControl:
 
 
 def _state(feedback: float, flicker: float, target: float) -> str:
+    if abs(flicker - target) <= HOLDING * target:
+        return "holding"
     if feedback >= FEEDBACK_MAX and flicker > target:
         return "at most feedback"
     if feedback <= 0.0 and flicker < target:

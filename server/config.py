@@ -170,6 +170,7 @@ class EngineConfig(_Section):
     max_wait_ms: float = Field(4.0, ge=0.0, le=1000.0)
     similarity_threshold: float = Field(0.0, ge=0.0, le=1.0)
     similarity_max_skip: int = Field(10, ge=0, le=1000)
+    memory_slots: int = Field(32, ge=1, le=4096)
     prompt_cache_size: int = Field(64, ge=1)
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     cuda_graphs: bool = True

@@ -146,6 +146,7 @@ class EngineService:
                 max_wait_ms=config.engine.max_wait_ms,
                 similarity_threshold=config.engine.similarity_threshold,
                 similarity_max_skip=config.engine.similarity_max_skip,
+                memory_slots=config.engine.memory_slots,
                 prompt_cache_size=config.engine.prompt_cache_size,
                 compile_mode=config.engine.compile,
                 cuda_graphs=config.engine.cuda_graphs,

@@ -36,6 +36,10 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 # 0 (or 1) runs without guidance, as turbo models want; above 1 doubles the UNet work.
 Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)]
 PresetId = Annotated[str, Field(max_length=64)]
+# Temporal memory: the share of a stream's previous output in each frame's start (0 = off), and the
+# flicker figure the server holds by moving it (see the README's flicker figure).
+Feedback = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+FlickerTarget = Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]
 # A model a new stream asks for: a model id as `[model] id` names it (hub id, folder, `tiny`...) or a
 # family (`sd-turbo`, `sd15`, `sdxl`); a cluster's front places the stream on a worker running it.
 ModelAsk = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(one_line)]

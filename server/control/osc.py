@@ -6,7 +6,8 @@ Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/n
 `/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|0|1`,
 `/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev` (also `/stylize/preset_next`
 and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
-0 on release: only a press steps). Ints pass where floats are expected; 0/1 floats
+0 on release: only a press steps), `/stylize/temporal/feedback f`, `/stylize/temporal/target f` (each
+sets one field of `temporal`, keeping the other; a target of 0 is none). Ints pass where floats are expected; 0/1 floats
 and ints pass where an on/off is expected (buttons and toggles send floats). Anything malformed,
 out of range, unknown or from a source not on the allow-list is dropped, logged once per address
 and counted by reason; nothing raises into the loop. Datagrams are taken apart by
@@ -27,7 +28,7 @@ from pythonosc.osc_message import OscMessage
 
 from server.config import OscConfig, address_in, networks
 from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
-from server.control.osc_namespace import LEAVES, PREFIX, STEPS
+from server.control.osc_namespace import LEAVES, PREFIX, STEPS, Leaf
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 # OSC name -> settings field, for the addresses that set one field from one argument: the namespace's
 # leaves (one table for what is parsed here, fed back and listed by OSCQuery), the preset aside.
 FIELDS = {osc: leaf.field for osc, leaf in LEAVES.items() if osc != "preset"}
-FLOAT_FIELDS = {leaf.field for leaf in LEAVES.values() if leaf.osc_type == "f"}
+FLOAT_FIELDS = {leaf.field for leaf in LEAVES.values() if leaf.osc_type == "f" and leaf.part is None}
 # Drops are logged once per address; a sender spraying random addresses must not grow this forever.
 LOGGED_ADDRESSES = 256
 
@@ -156,7 +157,8 @@ class OscListener(asyncio.DatagramProtocol):
             raise OscRejected(f"expected one argument, got {len(args)}")
         if args[0] is None:
             raise OscRejected(f"{name} takes a value, got nil")
-        patch = self._patch(field, args[0])
+        leaf = LEAVES[name]
+        patch = self._patch(field, args[0]) if leaf.part is None else self._patch_part(leaf, args[0], stream_id)
         try:
             if stream_id is None:
                 self._settings.update_global(patch, "osc")
@@ -182,6 +184,21 @@ class OscListener(asyncio.DatagramProtocol):
         except ValidationError as e:
             problem = e.errors(include_url=False)[0]["msg"]
             raise OscRejected(f"{field}={value!r}: {problem}") from e
+
+    def _patch_part(self, leaf: Leaf, value: Any, stream_id: str | None) -> SettingsPatch:
+        """One field of an object setting: the scope's object now, with that field changed."""
+        assert leaf.part is not None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise OscRejected(f"{leaf.field}/{leaf.part} takes a number, got {value!r}")
+        number = round(float(value), 6)  # OSC floats are 32-bit
+        settings = self._settings.global_settings if stream_id is None else self._settings.effective(stream_id)
+        whole = getattr(settings, leaf.field).model_dump()
+        whole[leaf.part] = None if leaf.part == "target" and number == 0.0 else number
+        try:
+            return SettingsPatch.model_validate({leaf.field: whole})
+        except ValidationError as e:
+            problem = e.errors(include_url=False)[0]["msg"]
+            raise OscRejected(f"{leaf.field}/{leaf.part}={value!r}: {problem}") from e
 
     def _preset(self, name: str, args: list[Any], stream_id: str | None) -> None:
         presets = self._presets

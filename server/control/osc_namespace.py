@@ -31,10 +31,13 @@ class Leaf:
     description: str
     minimum: float | None = None
     maximum: float | None = None
+    part: str | None = None  # a field of a setting that is an object (`temporal`), set alone over OSC
 
     def value(self, settings: StyleSettings) -> Any:
-        """The setting as an OSC argument: pause as 0/1, no preset as ""."""
+        """The setting as an OSC argument: pause as 0/1, no preset as "", no target as 0."""
         value = getattr(settings, self.field)
+        if self.part is not None:
+            return getattr(value, self.part) or 0.0
         if self.field == "paused":
             return int(value)
         if self.field == "preset":
@@ -55,6 +58,12 @@ LEAVES: dict[str, Leaf] = {
     "seed": Leaf("seed", "i", "noise seed; fixed noise keeps video from flickering", 0, MAX_SEED),
     "pause": Leaf("paused", "i", "1 freezes the last stylized frame (T and F are taken too)", 0, 1),
     "preset": Leaf("preset", "s", "apply a style preset by id"),
+    "temporal/feedback": Leaf(
+        "temporal", "f", "share of the previous output in each frame's start; 0 = off", 0.0, 1.0, "feedback"
+    ),
+    "temporal/target": Leaf(
+        "temporal", "f", "a flicker figure to hold by moving feedback; 0 = none", 0.0, 100.0, "target"
+    ),
 }
 
 
@@ -95,12 +104,13 @@ def encode(address: str, value: Any) -> bytes:
 def value_at(store: SettingsStore, path: str) -> Any:
     """The argument a leaf address holds now, or None for an address that holds no value."""
     parts = path.split("/")
-    if parts[:2] != ["", PREFIX[1:]] or len(parts) not in (3, 5):
+    if parts[:2] != ["", PREFIX[1:]] or len(parts) < 3:
         return None
-    leaf = LEAVES.get(parts[-1])
+    scoped = parts[2] in ("name", "stream") and len(parts) >= 5
+    leaf = LEAVES.get("/".join(parts[4:] if scoped else parts[2:]))
     if leaf is None:
         return None
-    if len(parts) == 3:
+    if not scoped:
         return leaf.value(store.global_settings)
     scope = {"name": name_scope(parts[3]), "stream": parts[3]}.get(parts[2])
     if scope is None or not store.has_stream(scope):
@@ -154,7 +164,15 @@ def _container(path: str, description: str, contents: dict[str, Any]) -> dict[st
 
 
 def _scope_node(path: str, settings: StyleSettings, preset_ids: list[str], description: str) -> dict[str, Any]:
-    contents = {osc: _leaf_node(f"{path}/{osc}", leaf, settings, preset_ids) for osc, leaf in LEAVES.items()}
+    contents: dict[str, Any] = {}
+    for osc, leaf in LEAVES.items():
+        node = _leaf_node(f"{path}/{osc}", leaf, settings, preset_ids)
+        if "/" not in osc:
+            contents[osc] = node
+            continue
+        group, part = osc.split("/", 1)  # a setting that is an object: a container of its fields
+        holder = contents.setdefault(group, _container(f"{path}/{group}", f"{group} settings", {}))
+        holder["CONTENTS"][part] = node
     for osc, (step, direction) in STEPS.items():
         contents[osc] = _button_node(f"{path}/{osc}", f"apply the {direction} preset ({PREFIX}/preset/{step} too)")
     return _container(path, description, contents)

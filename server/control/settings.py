@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.contract import FrameParams
 from server.fields import (
@@ -24,6 +24,8 @@ from server.fields import (
     LATEST,
     NAME_PATTERN,
     Blend,
+    Feedback,
+    FlickerTarget,
     Guidance,
     ModelAsk,
     PresetId,
@@ -52,6 +54,17 @@ def scope_name(scope: str) -> str | None:
     return name if re.fullmatch(NAME_PATTERN, name) else None
 
 
+class Temporal(BaseModel):
+    """Temporal memory for a stream (`pipeline.temporal`); set as a whole (a field left out is its default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feedback: Feedback = Field(0.0, description="share of the previous output in each frame's start; 0 = off")
+    target: FlickerTarget | None = Field(
+        None, description="a flicker figure to hold by moving feedback within [0, 0.9]; null = feedback as set"
+    )
+
+
 class StyleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +77,7 @@ class StyleSettings(BaseModel):
     guidance_scale: Guidance = 0.0
     preset: PresetId | None = None
     paused: bool = False
+    temporal: Temporal = Temporal()
     # Not a look: what a name's (or every) new stream asks to run on (`server.control.model_ask`).
     model: ModelAsk | None = None
 
@@ -76,6 +90,8 @@ class StyleSettings(BaseModel):
             prompt_b=self.prompt_b,
             blend=self.blend,
             guidance_scale=self.guidance_scale,
+            feedback=self.temporal.feedback,
+            flicker_target=self.temporal.target,
         )
 
 
@@ -96,11 +112,13 @@ class SettingsPatch(BaseModel):
     guidance_scale: Guidance | None = None
     preset: PresetId | None = None
     paused: bool | None = None
+    temporal: Temporal | None = None
     model: ModelAsk | None = None
 
     def values(self) -> dict[str, Any]:
-        """The fields the caller sent, nulls included."""
-        return {name: getattr(self, name) for name in self.model_fields_set}
+        """The fields the caller sent, nulls included, as JSON values (an object setting as a dict):
+        what overrides hold, events carry and the database and Redis keep."""
+        return self.model_dump(include=self.model_fields_set)
 
 
 class StreamSettingsPatch(SettingsPatch):
@@ -208,7 +226,7 @@ class SettingsStore:
         own = self._overrides.get(stream_id)
         if not by_name and not own:
             return self._global
-        return self._global.model_copy(update={**(by_name or {}), **(own or {})})
+        return StyleSettings.model_validate({**self._global.model_dump(), **(by_name or {}), **(own or {})})
 
     def restore(self, settings: StyleSettings) -> None:
         """Start from `settings` (saved by an earlier run); not a change, so nobody is told."""

@@ -38,7 +38,11 @@ class Session:
             "name": self.name,
             "state": self.pc.connectionState,
             "created": self.created,
-            "stats": {**self.stats.as_dict(), "flicker": _rounded(self.track.flicker() if self.track else None)},
+            "stats": {
+                **self.stats.as_dict(),
+                "flicker": _rounded(self.track.flicker() if self.track else None),
+                "temporal": self.track.temporal() if self.track else None,
+            },
         }
 
 

@@ -126,6 +126,10 @@ class StylizedTrack(MediaStreamTrack):
         """This stream's flicker figure (`pipeline.flicker`), None until two frames went through the model."""
         return self._engine.flicker.of(self._stream_id)
 
+    def temporal(self) -> dict[str, object] | None:
+        """What this stream's temporal memory runs with now: feedback, target and the controller's state."""
+        return self._engine.temporal.describe(self._stream_id)
+
     def _submit(self, frame: VideoFrame, settings: StyleSettings, arrived: float) -> Future[np.ndarray]:
         if frame.width % 2 or frame.height % 2:
             frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2, threads=1)
