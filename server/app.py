@@ -43,6 +43,8 @@ from server.topology import Topology
 
 # Each feature that keeps rows in the database adds its CREATE TABLE IF NOT EXISTS script here.
 SCHEMAS: list[str] = [presets.SCHEMA, job_store.SCHEMA, saved_settings.SCHEMA]
+# ... and the columns it added to its tables since they first shipped.
+ADDED_COLUMNS = [*presets.ADDED_COLUMNS]
 
 
 def database_path(config: Config) -> Path:
@@ -57,7 +59,7 @@ def create_app(config: Config) -> web.Application:
     topology = Topology.of(config)
     app[keys.CONFIG], app[keys.TOPOLOGY] = config, topology
     app[keys.METRICS] = Metrics()
-    database = Database(database_path(config), schemas=SCHEMAS)
+    database = Database(database_path(config), schemas=SCHEMAS, added_columns=ADDED_COLUMNS)
     app[keys.DB] = database
     initial = StyleSettings(**config.defaults.model_dump())
     cluster = _join_cluster(app, config, initial) if topology.shares_state else None

@@ -61,10 +61,16 @@ class DatabaseBroken(RuntimeError):
     """The database file exists but cannot be trusted; serving it as empty would delete what it knew."""
 
 
+# A column a feature added after its table first shipped: (table, column, declaration). A database
+# made before it gets it on open (ALTER TABLE ... ADD COLUMN), holding NULL in the older rows.
+AddedColumn = tuple[str, str, str]
+
+
 class Database:
-    def __init__(self, path: Path, schemas: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path, schemas: Iterable[str] = (), added_columns: Iterable[AddedColumn] = ()) -> None:
         self.path = path
         self._schemas = list(schemas)
+        self._added = list(added_columns)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize-db")
         self._connection: sqlite3.Connection | None = None
 
@@ -90,6 +96,10 @@ class Database:
         connection.execute("PRAGMA synchronous=NORMAL")
         for schema in self._schemas:
             connection.executescript(schema)
+        for table, column, declaration in self._added:
+            present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._connection = connection
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +17,7 @@ from server import keys
 from server.config import Config
 from server.control import keys as control_keys
 from server.control.presets import UnknownPresetError, load_builtin_presets
-from server.control.settings import UnknownStreamError
+from server.control.settings import UnknownStreamError, name_scope
 from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -41,6 +43,7 @@ def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
         "strength": 0.45,
         "guidance_scale": 0.0,
         "seed": 5,
+        "temporal": {"feedback": 0.25, "target": None},  # a look may bring its temporal memory
         **changes,
     }
 
@@ -143,6 +146,7 @@ async def test_builtins_are_read_only_and_their_ids_taken(server: RunningServer)
         ({"strength": 1.5}, "strength"),
         ({"strength": "0.5"}, "strength"),
         ({"seed": -1}, "seed"),
+        ({"temporal": {"feedback": 2}}, "temporal.feedback"),
         ({"surprise": True}, "surprise"),
     ],
 )
@@ -250,6 +254,44 @@ async def test_every_change_is_an_event(server: RunningServer) -> None:
     ]
     assert events[1]["preset"]["name"] == "B"
     assert events[2]["scope"] == "global" and events[2]["prompt"] == "a neon ink sketch of a dancer, glowing lines"
+
+
+async def test_a_preset_brings_its_temporal_memory_to_a_name_and_one_without_leaves_it(server: RunningServer) -> None:
+    assert (await call(server, "POST", "/api/presets", custom()))[0] == 201
+    status, named = await call(server, "PATCH", "/api/outputs/stage/settings", {"temporal": {"feedback": 0.7}})
+    assert status == 200
+    library = server.app[control_keys.PRESETS]
+    await library.apply("anime", stream_id=name_scope("stage"))
+    status, named = await call(server, "GET", "/api/outputs/stage/settings")
+    assert named["settings"]["temporal"] == {"feedback": 0.7, "target": None}, "a built-in preset brings none"
+    await library.apply("my-look", stream_id=name_scope("stage"))
+    status, named = await call(server, "GET", "/api/outputs/stage/settings")
+    assert named["settings"]["temporal"] == {"feedback": 0.25, "target": None}
+    assert named["settings"]["preset"] == "my-look"
+
+
+async def test_presets_saved_before_temporal_memory_still_load(make_config: Callable[..., Config]) -> None:
+    config = make_config(engine={"warmup": False})
+    path = Path(config.server.data_dir) / "stylize.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as old:  # the table as it shipped before the temporal column
+        old.executescript(
+            "CREATE TABLE presets (id TEXT PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL, template TEXT "
+            "NOT NULL, negative_prompt TEXT NOT NULL, strength REAL NOT NULL, guidance_scale REAL NOT NULL, seed "
+            "INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);"
+            "INSERT INTO presets VALUES ('old-look', 'Old', 'custom', 'old {prompt}', '', 0.5, 0.0, 1, 0, 0);"
+        )
+    old.close()
+    running = await start_server(config)
+    try:
+        status, read = await call(running, "GET", "/api/presets/old-look")
+        assert status == 200 and read["temporal"] is None and read["template"] == "old {prompt}"
+        replaced = {k: v for k, v in custom(name="Old").items() if k != "id"}
+        assert (await call(running, "PUT", "/api/presets/old-look", replaced))[0] == 200
+        status, read = await call(running, "GET", "/api/presets/old-look")
+        assert read["temporal"] == {"feedback": 0.25, "target": None}
+    finally:
+        await stop_server(running)
 
 
 async def test_custom_preset_and_usage_survive_a_restart(make_config: Callable[..., Config]) -> None:

@@ -8,6 +8,7 @@ stable order (built-ins in file order, then custom presets by id). Every apply i
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -20,8 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from server.config import CONFIGS
 from server.control.events import EventHub, PresetEvent
-from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, UnknownStreamError
-from server.db import Database
+from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, Temporal, UnknownStreamError
+from server.db import AddedColumn, Database
 from server.fields import Guidance, Prompt, Seed, Strength, one_line
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ CREATE TABLE IF NOT EXISTS preset_usage (
     last_applied REAL NOT NULL
 );
 """
-_COLUMNS = "id, name, category, template, negative_prompt, strength, guidance_scale, seed"
+# temporal: the preset's `Temporal` as JSON, NULL for none (and in presets saved before it came).
+ADDED_COLUMNS: list[AddedColumn] = [("presets", "temporal", "TEXT")]
+_COLUMNS = "id, name, category, template, negative_prompt, strength, guidance_scale, seed, temporal"
 
 
 class UnknownPresetError(LookupError):
@@ -113,6 +116,7 @@ class PresetFields(BaseModel):
     strength: Strength = 0.5
     guidance_scale: Guidance = 0.0
     seed: Seed = 42
+    temporal: Temporal | None = Field(None, description="temporal memory the look brings; null: leaves it as it is")
     prompt_template: str | None = Field(None, exclude=True, description="the seed systems' name for template")
     parameters: PresetParameters | None = Field(None, exclude=True, description="the seed systems' parameters")
 
@@ -161,14 +165,17 @@ class Preset(NewPreset):
 
 
 def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
-    return SettingsPatch(
-        prompt=preset.fill(subject),
-        negative_prompt=preset.negative_prompt,
-        strength=preset.strength,
-        guidance_scale=preset.guidance_scale,
-        seed=preset.seed,
-        preset=preset.id,
-    )
+    look = {
+        "prompt": preset.fill(subject),
+        "negative_prompt": preset.negative_prompt,
+        "strength": preset.strength,
+        "guidance_scale": preset.guidance_scale,
+        "seed": preset.seed,
+        "preset": preset.id,
+    }
+    if preset.temporal is not None:  # a preset without one leaves the scope's temporal memory alone
+        look["temporal"] = preset.temporal.model_dump()
+    return SettingsPatch.model_validate(look)
 
 
 @dataclass(frozen=True)
@@ -238,17 +245,17 @@ class SqlitePresets:
         row = await self._db.run(
             lambda conn: conn.execute(f"SELECT {_COLUMNS} FROM presets WHERE id = ?", (preset_id,)).fetchone()
         )
-        return None if row is None else Preset.model_validate(dict(row))
+        return None if row is None else _from_row(row)
 
     async def insert(self, preset: Preset) -> bool:
         def insert(conn: sqlite3.Connection) -> bool:
             now = time.time()
-            values = preset.model_dump(exclude={"builtin"})
+            values = _to_row(preset)
             try:
                 conn.execute(
                     f"INSERT INTO presets ({_COLUMNS}, created, updated) "
                     "VALUES (:id, :name, :category, :template, :negative_prompt, :strength, :guidance_scale, :seed, "
-                    ":created, :updated)",
+                    ":temporal, :created, :updated)",
                     {**values, "created": now, "updated": now},
                 )
             except sqlite3.IntegrityError:
@@ -258,13 +265,13 @@ class SqlitePresets:
         return await self._db.run(insert)
 
     async def replace(self, preset: Preset) -> bool:
-        values = {**preset.model_dump(exclude={"builtin"}), "updated": time.time()}
+        values = {**_to_row(preset), "updated": time.time()}
         changed = await self._db.run(
             lambda conn: (
                 conn.execute(
                     "UPDATE presets SET name = :name, category = :category, template = :template, "
                     "negative_prompt = :negative_prompt, strength = :strength, guidance_scale = :guidance_scale, "
-                    "seed = :seed, updated = :updated WHERE id = :id",
+                    "seed = :seed, temporal = :temporal, updated = :updated WHERE id = :id",
                     values,
                 ).rowcount
             )
@@ -438,7 +445,19 @@ class PresetLibrary:
 
 def _read_customs(conn: sqlite3.Connection) -> list[Preset]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM presets ORDER BY id").fetchall()
-    return [Preset.model_validate(dict(row)) for row in rows]
+    return [_from_row(row) for row in rows]
+
+
+def _to_row(preset: Preset) -> dict[str, Any]:
+    values = preset.model_dump(exclude={"builtin"})
+    values["temporal"] = json.dumps(values["temporal"]) if values["temporal"] is not None else None
+    return values
+
+
+def _from_row(row: sqlite3.Row) -> Preset:
+    values = dict(row)
+    values["temporal"] = json.loads(values["temporal"]) if values["temporal"] is not None else None
+    return Preset.model_validate(values)
 
 
 def _count_apply(conn: sqlite3.Connection, preset_id: str) -> None:

@@ -552,3 +552,41 @@ async def test_the_names_overrides_are_shown_edited_and_cleared_on_its_page(
 
 async def _name_override(server: RunningServer, field: str, value: Any) -> bool:
     return (await get_json(server, "/api/outputs/stage/settings"))["overrides"].get(field) == value
+
+
+async def test_the_temporal_controls_set_feedback_and_a_flicker_target_and_show_the_controller(
+    browser: Any, server: RunningServer
+) -> None:
+    under_test = await open_page(browser, server, "/?name=stage")
+    page = under_test.page
+    await page.wait_for_function("document.getElementById('feedback').value === '0'")
+    await page.focus("#feedback")
+    for _ in range(3):
+        await page.keyboard.press("ArrowRight")
+    await page.fill("#flicker-target", "1.5")
+    await page.press("#flicker-target", "Enter")
+
+    async def sent() -> bool:
+        return (await get_json(server, "/api/settings"))["temporal"] == {"feedback": 0.03, "target": 1.5}
+
+    await eventually(sent, 10, interval=0.1, what="feedback 0.03 and target 1.5 in /api/settings")
+    # Streaming, the header says what the controller is doing; a change over HTTP moves the controls.
+    await page.select_option("#resolution", "320x240")
+    await page.click("#start")
+    await page.wait_for_function(
+        "/^(holding|raising|lowering|below target|at most feedback), feedback \\d\\.\\d\\d$/"
+        ".test(document.getElementById('flicker-state').textContent)",
+        timeout=20_000,
+    )
+    await page.click("h1")
+    async with server.http.patch(server.url("/api/settings"), json={"temporal": {"feedback": 0.4}}) as response:
+        assert response.status == 200
+    await page.wait_for_function(
+        """() => document.getElementById('feedback').value === '0.4'
+                 && document.getElementById('feedback-value').textContent === '0.40'
+                 && document.getElementById('flicker-target').value === ''""",
+        timeout=5_000,
+    )
+    await page.click("#stop")
+    await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
+    assert under_test.unexpected_errors() == []

@@ -1,4 +1,4 @@
-// The style controls (prompt, presets, strength, seed, pause). Changes go to PATCH /api/settings
+// The style controls (prompt, presets, strength, temporal memory, seed, pause). Changes go to PATCH /api/settings
 // (global); changes made elsewhere (OSC, HTTP, other pages) arrive as settings and move them here.
 //
 // The prompt goes live on Enter (or when the field loses focus), never per keystroke: an audience
@@ -64,6 +64,12 @@ export class StyleControls {
     if (!this.#held("strength")) ui.strength.value = String(settings.strength);
     if (!this.#held("seed") && document.activeElement !== ui.seed) ui.seed.value = String(settings.seed);
     ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
+    const temporal = settings.temporal;
+    if (!this.#held("temporal")) {
+      ui.feedback.value = String(temporal.feedback);
+      if (document.activeElement !== ui.flickerTarget) ui.flickerTarget.value = temporal.target === null ? "" : String(temporal.target);
+    }
+    ui.feedbackValue.textContent = Number(ui.feedback.value).toFixed(2);
     this.#showPreset(settings.preset);
     this.#showPaused(settings.paused, settings.paused !== wasPaused ? source : this.pausedBy);
   }
@@ -121,6 +127,12 @@ export class StyleControls {
       ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
       this.patcher.send({ strength: Number(ui.strength.value) });
     });
+    // `temporal` is set as a whole: both of its fields go with every change of either.
+    ui.feedback.addEventListener("input", () => {
+      ui.feedbackValue.textContent = Number(ui.feedback.value).toFixed(2);
+      this.#sendTemporal();
+    });
+    ui.flickerTarget.addEventListener("change", () => this.#sendTemporal());
     ui.seed.addEventListener("change", () => {
       const seed = Number(ui.seed.value);
       if (!Number.isInteger(seed) || seed < 0 || seed > MAX_SEED) {
@@ -137,6 +149,13 @@ export class StyleControls {
       this.patcher.send({ seed });
     });
     ui.preset.addEventListener("change", () => this.applyPreset(ui.preset.value));
+  }
+
+  #sendTemporal() {
+    const ui = this.ui;
+    const target = ui.flickerTarget.value === "" ? null : Number(ui.flickerTarget.value);
+    this.#touch("temporal");
+    this.patcher.send({ temporal: { feedback: Number(ui.feedback.value), target } });
   }
 
   #sendPrompt() {

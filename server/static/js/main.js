@@ -30,6 +30,9 @@ const ui = {
   presetChips: $("preset-chips"),
   strength: $("strength"),
   strengthValue: $("strength-value"),
+  feedback: $("feedback"),
+  feedbackValue: $("feedback-value"),
+  flickerTarget: $("flicker-target"),
   seed: $("seed"),
   dice: $("dice"),
   pause: $("pause"),
@@ -38,6 +41,7 @@ const ui = {
   fps: $("fps"),
   latency: $("latency"),
   flicker: $("flicker"),
+  flickerState: $("flicker-state"),
   latencyDetail: $("latency-detail"),
   error: $("error"),
 };
@@ -58,13 +62,16 @@ function setStatus(state, text) {
   ui.stop.disabled = !streaming;
   if (!streaming) {
     stats.stop();
-    showReadout({ fps: null, latencyMs: null, parts: null, serverFps: null, flicker: null });
+    showReadout({ fps: null, latencyMs: null, parts: null, serverFps: null, flicker: null, temporal: null });
     stopCamera();
   }
 }
 
-function showReadout({ fps, latencyMs, parts, serverFps, flicker }) {
+function showReadout({ fps, latencyMs, parts, serverFps, flicker, temporal }) {
   ui.flicker.textContent = flicker === null ? "–" : flicker.toFixed(2);
+  // What the temporal memory runs with now: the controller's feedback and what it is doing.
+  ui.flickerState.textContent =
+    temporal && temporal.state !== "off" ? `${temporal.state}, feedback ${temporal.feedback.toFixed(2)}` : "";
   ui.fps.textContent = fps === null ? "–" : fps.toFixed(1);
   ui.fps.title = serverFps === null ? "" : `server sends ${serverFps} fps on average`;
   ui.latency.textContent = latencyMs === null ? "–" : `${Math.round(latencyMs)} ms`;

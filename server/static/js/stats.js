@@ -12,7 +12,7 @@ const INTERVAL_MS = 1000;
 const MISSING_POLLS = 2; // the server must leave our stream out this many times running before we believe it
 
 export class StatsMeter {
-  // onReadout({ fps, latencyMs, parts, serverFps, flicker }) with nulls where a value is not known yet.
+  // onReadout({ fps, latencyMs, parts, serverFps, flicker, temporal }) with nulls where a value is not known yet.
   // onMissing(streamId): the server answers but no longer lists our stream (it restarted, or lost it).
   constructor(onReadout, onMissing) {
     this.onReadout = onReadout;
@@ -87,6 +87,7 @@ function fromServer(server) {
   return {
     serverFps: server ? server.stats.fps_out : null,
     flicker: server && server.stats.flicker !== undefined ? server.stats.flicker : null,
+    temporal: server ? server.stats.temporal || null : null,
   };
 }
 
