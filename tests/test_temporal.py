@@ -3,6 +3,7 @@ controller that holds a stream's flicker figure at a target."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,33 @@ def test_feedback_lowers_the_flicker_of_a_still_scene_in_the_engine(model: Model
         f"\nflicker of a noisy still scene, tiny model: feedback 0 {figures[0.0]:.2f}, feedback 0.8 {figures[0.8]:.2f}"
     )
     assert figures[0.8] < figures[0.0] * 0.8, figures
+
+
+def test_memory_of_departed_streams_is_freed_over_many_joins_and_leaves(model: ModelBundle) -> None:
+    engine = Engine(model, max_batch=4, memory_slots=8)
+    engine.start()
+    noise = np.random.default_rng(1)
+    remembered = engine.runner.transform.memory  # type: ignore[attr-defined]
+    shapes = (tuple(remembered.latents.shape), tuple(engine.runner.flicker._last.shape))
+    try:
+        tracemalloc.start()
+        for round_ in range(100):
+            if round_ == 25:
+                before = tracemalloc.take_snapshot()
+            keys = [f"s{round_}-{i}" for i in range(2)]  # 200 joins in all: two people join, send frames, leave
+            params = FrameParams(prompt="x", strength=0.5, feedback=0.5, flicker_target=2.0)
+            for _ in range(2):
+                for future in [engine.submit(key, _still(noise), params) for key in keys]:
+                    future.result(timeout=30)
+            for key in keys:
+                engine.forget(key)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        assert grown < 256 * 1024, f"host memory grew {grown} bytes over 150 joins and leaves"
+        # Nothing of anyone who left is kept; the device tensors never grew (no graph sees them move).
+        assert engine.slots._slots == {} and sorted(engine.slots._free) == list(range(8))
+        assert engine.flicker._figures == {} and engine.temporal._held == {} and engine.similarity._last == {}
+        assert (tuple(remembered.latents.shape), tuple(engine.runner.flicker._last.shape)) == shapes
+    finally:
+        engine.stop()
