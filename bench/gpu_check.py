@@ -1,5 +1,6 @@
 """One call proves the engine on a GPU and measures it: the CUDA tests, the engine benchmark of every
-`arch:` model against diffusers, and the live benchmark with client processes, into one JSON.
+`arch:` model against diffusers, the live benchmark with client processes and the temporal
+techniques' cost, into one JSON.
 
     python -m bench.gpu_check                  # on a CUDA machine: about 8 minutes
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
@@ -40,6 +41,9 @@ class Plan:
     engine_models: list[str]
     engine_args: list[str]
     live_args: list[str]
+    # The temporal techniques' cost (frames/s each against off; random weights make the figures
+    # themselves meaningless there: those come from the CPU run with the tiny model).
+    flicker_args: list[str]
     limits: dict[str, float]
 
 
@@ -53,7 +57,8 @@ def plan_for(device: str) -> Plan:
                 *("--model", "arch:sd-turbo", "--size", "512", "--peers", "1,4,8,12,16", "--seconds", "10"),
                 *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
             ],
-            limits={"tests": 120, "engine": 200, "live": 240},
+            flicker_args=["--model", "arch:sd-turbo", "--size", "512", "--frames", "60", "--streams", "8"],
+            limits={"tests": 120, "engine": 200, "live": 240, "flicker": 120},
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
@@ -63,7 +68,8 @@ def plan_for(device: str) -> Plan:
         live_args=[
             *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
         ],
-        limits={"tests": 120, "engine": 120, "live": 120},
+        flicker_args=["--model", "tiny", "--size", "64", "--frames", "6", "--streams", "2"],
+        limits={"tests": 120, "engine": 120, "live": 120, "flicker": 120},
     )
 
 
@@ -215,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "bench.live", *plan.live_args, "--data-dir", str(data), "--out", str(live_out)]
         steps.append(run_step("live", command, plan.limits["live"], env))
         live = newest(live_out, "live-")
+        flicker_out = work / "flicker"
+        command = [sys.executable, "-m", "bench.flicker", *plan.flicker_args, "--data-dir", str(data)]
+        steps.append(run_step("flicker", [*command, "--out", str(flicker_out)], plan.limits["flicker"], env))
+        flicker = newest(flicker_out, "flicker-")
     facts = device_facts(args.device)
     report = {
         "command": " ".join(["python -m bench.gpu_check", *(sys.argv[1:] if argv is None else argv)]),
@@ -222,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "engine": engine,
         "live": live,
+        "flicker": flicker,
         "targets": judged(figures(engine, live)) if args.device == "cuda" else {},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

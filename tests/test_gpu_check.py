@@ -22,12 +22,14 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     [path] = tmp_path.glob("gpu-check-*.json")
     report = json.loads(path.read_text())
     assert report["device"] == "cpu" and report["torch"] and report["name"]
-    assert [step["name"] for step in report["steps"]] == ["tests", "engine tiny", "live"]
+    assert [step["name"] for step in report["steps"]] == ["tests", "engine tiny", "live", "flicker"]
     assert all(step["rc"] == 0 for step in report["steps"]), report["steps"]
     assert report["steps"][0]["counts"]["tests"] > 0  # the CUDA tests were collected (and skipped here)
     rows = report["engine"]["tiny"]["engine"]
     assert {row["batch"] for row in rows} == {1, 2} and all(row["frames_per_s"] > 0 for row in rows)
     assert {(run["peers"], run["strength"]) for run in report["live"]["runs"]} == {(1, 0.0), (1, 0.5)}
+    techniques = report["flicker"]["techniques"]
+    assert techniques[0]["technique"] == "off" and all(row["frames_per_s"] > 0 for row in techniques)
 
 
 def test_targets_are_read_from_the_figures_and_judged() -> None:
