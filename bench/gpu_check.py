@@ -83,6 +83,7 @@ TARGETS = {
         "live, 12 peers: round trip p50 above the strength-0 floor (ms, at most)",
         40.0,
     ),
+    "feedback_speed_vs_off": ("latent feedback 0.6, 8 streams of 512²: frames/s against off", 0.95),
 }
 
 
@@ -149,7 +150,9 @@ def _driver() -> str | None:
     return done.stdout.strip() or None
 
 
-def figures(engine: dict[str, dict[str, Any]], live: dict[str, Any] | None) -> dict[str, float | None]:
+def figures(
+    engine: dict[str, dict[str, Any]], live: dict[str, Any] | None, flicker: dict[str, Any] | None = None
+) -> dict[str, float | None]:
     """The targets' figures from the benchmarks' JSON (None where a step did not give one)."""
     sd = engine.get("arch:sd-turbo")
 
@@ -174,6 +177,14 @@ def figures(engine: dict[str, dict[str, Any]], live: dict[str, Any] | None) -> d
         "sd_turbo_vs_diffusers": round(batch8 / baseline, 2) if batch8 and baseline else None,
         "live_12_peers_fps_each": fps_each,
         "live_12_peers_p50_over_floor_ms": over_floor,
+        "feedback_speed_vs_off": next(
+            (
+                row["speed_vs_off"]
+                for row in (flicker or {}).get("techniques", [])
+                if row["technique"] == "feedback 0.6"
+            ),
+            None,
+        ),
     }
 
 
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine,
         "live": live,
         "flicker": flicker,
-        "targets": judged(figures(engine, live)) if args.device == "cuda" else {},
+        "targets": judged(figures(engine, live, flicker)) if args.device == "cuda" else {},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.mkdir(parents=True, exist_ok=True)

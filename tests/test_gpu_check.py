@@ -48,7 +48,10 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
             {"peers": 12, "strength": 0.5, "latency_ms_p50": 95.0, "fps_out_per_peer": [29.0] * 11 + [27.5]},
         ]
     }
-    verdict = judged(figures(engine, live))
+    flicker = {
+        "techniques": [{"technique": "off", "speed_vs_off": 1.0}, {"technique": "feedback 0.6", "speed_vs_off": 0.97}]
+    }
+    verdict = judged(figures(engine, live, flicker))
     assert verdict.keys() == TARGETS.keys()
     assert verdict["sd_turbo_batch1_fps"] == {**verdict["sd_turbo_batch1_fps"], "value": 130.0, "met": True}
     assert (verdict["sd_turbo_batch8_fps"]["value"], verdict["sd_turbo_batch8_fps"]["met"]) == (300.0, False)
@@ -56,4 +59,5 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
     assert (verdict["live_12_peers_fps_each"]["value"], verdict["live_12_peers_fps_each"]["met"]) == (27.5, False)
     assert verdict["live_12_peers_p50_over_floor_ms"]["value"] == 35.0
     assert verdict["live_12_peers_p50_over_floor_ms"]["met"] is True
+    assert (verdict["feedback_speed_vs_off"]["value"], verdict["feedback_speed_vs_off"]["met"]) == (0.97, True)
     assert all(entry["met"] is None for entry in judged(figures({}, None)).values())
