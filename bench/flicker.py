@@ -47,6 +47,7 @@ class Technique:
     feedback: float = 0.0
     target: float | None = None
     similarity: float = 0.0  # the engine's similarity threshold (stochastic skips)
+    frames: int = 0  # cached attention: past frames each row's self-attention also sees
 
 
 TECHNIQUES = [
@@ -54,6 +55,9 @@ TECHNIQUES = [
     Technique("feedback 0.3", feedback=0.3),
     Technique("feedback 0.6", feedback=0.6),
     Technique("feedback 0.9", feedback=0.9),
+    Technique("cached attention 2 frames", frames=2),
+    Technique("cached attention 4 frames", frames=4),
+    Technique("feedback 0.3 + cached attention 2 frames", feedback=0.3, frames=2),
     Technique("similarity filter 0.02", similarity=0.02),
     Technique("feedback 0.6 + similarity filter 0.02", feedback=0.6, similarity=0.02),
     Technique("target: half of off's figure", target=-0.5),  # resolved against "off" when run
@@ -116,6 +120,7 @@ def run(model: ModelBundle, technique: Technique, clip: list[np.ndarray], stream
                 seed=7,
                 feedback=technique.feedback,
                 flicker_target=technique.target,
+                frames=technique.frames,
             )
             futures = [
                 engine.submit(key, clip[(index + offset) % len(clip)], params)
@@ -143,6 +148,7 @@ def run(model: ModelBundle, technique: Technique, clip: list[np.ndarray], stream
         "feedback": technique.feedback,
         "target": technique.target,
         "similarity_threshold": technique.similarity,
+        "frames": technique.frames,
         "flicker_median": round(statistics.median(per_stream), 3),
         "flicker_per_stream": [round(value, 3) for value in per_stream],
         "viewer_flicker_median": round(statistics.median(viewer), 3),

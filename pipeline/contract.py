@@ -25,11 +25,16 @@ class FrameParams:
     flicker_target: float | None = None
     memory_slot: int = -1
     feedback_now: float = 0.0
+    # Cached attention: how many of its own last frames each self-attention layer also attends to
+    # (asked), and, set by the engine, how many it sees now and where this frame goes in its ring.
+    frames: int = 0
+    past: int = 0
+    ring_at: int = 0
 
     @property
     def remembers(self) -> bool:
         """Its stream keeps its output in memory (it feeds back, or will once the controller says so)."""
-        return self.feedback > 0.0 or self.flicker_target is not None
+        return self.feedback > 0.0 or self.flicker_target is not None or self.frames > 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
@@ -38,6 +43,8 @@ class FrameParams:
             raise ValueError(f"feedback must be in [0, 1], got {self.feedback!r}")
         if self.flicker_target is not None and not self.flicker_target > 0.0:
             raise ValueError(f"flicker_target must be above 0, got {self.flicker_target!r}")
+        if not 0 <= self.frames <= 4:
+            raise ValueError(f"frames must be in [0, 4], got {self.frames!r}")
         if not 0.0 <= self.blend <= 1.0:
             raise ValueError(f"blend must be in [0, 1], got {self.blend!r}")
 

@@ -295,7 +295,7 @@ class DeviceRunner:
         array = staged.numpy()
         for name, values in headers.items():
             start, size = spans[name]
-            array[start : start + size] = values.view(np.uint8)
+            array[start : start + size] = values.reshape(-1).view(np.uint8)
         np.concatenate([frame.reshape(-1) for frame in frames], out=array[offset:])
         uploaded = staged
         if self._upload_stream is not None and self._uploaded is not None:

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from pipeline.cached_attention import AttentionBank
 from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameReplaced, Priority
 from pipeline.device import DeviceFlight, DeviceRunner
 from pipeline.flicker import FlickerFigures
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img
 from pipeline.prompts import PromptEmbeddings
-from pipeline.row_inputs import one_step_inputs, uses_memory
+from pipeline.row_inputs import attends, one_step_inputs, uses_memory
 from pipeline.scheduler import Request, Scheduler, fail, resolve
 from pipeline.similarity import SimilarityFilter
 from pipeline.stream_slots import StreamSlots
@@ -106,7 +107,8 @@ class Engine:
         self.flicker = FlickerFigures()  # per stream: `flicker.of(key)`
         self.temporal = TemporalControl()  # per stream: `temporal.describe(key)`
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
-        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, LatentMemory(model, memory_slots + 1))
+        attention = AttentionBank.of(model.unet, memory_slots + 1)
+        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, LatentMemory(model, memory_slots + 1), attention)
         if compile_mode != "none":
             # The transform is compiled, not the model's modules: those are shared (the text encoder
             # and the VAE with whoever else holds the bundle) and stay as loaded.
@@ -309,7 +311,7 @@ class Engine:
         size = next(b for b in self.buckets if b >= len(work))
         params, fresh = self._with_memory(work)
         device = self.runner.launch([r.frame for r in work], params, size, measure=True)
-        self.temporal.wrote([r.key for r in work], good=uses_memory(params))
+        self.temporal.wrote([r.key for r in work], good=uses_memory(params), cached=attends(params))
         for request in work:
             if not self.scheduler.known(request.key):  # left while taken: `forget` may have run first
                 self._drop_state(request.key)
@@ -320,12 +322,13 @@ class Engine:
         params, fresh = [], []
         for request in work:
             slot, first = self.slots.take(request.key)
-            feedback = 0.0
+            feedback, past, ring_at = 0.0, 0, 0
             if slot != self.slots.scratch:
                 asked = request.params
                 flicker = self.flicker.of(request.key)
                 feedback = self.temporal.feedback(request.key, asked.feedback, asked.flicker_target, flicker, first)
-            params.append(replace(request.params, feedback_now=feedback, memory_slot=slot))
+                past, ring_at = self.temporal.ring(request.key, asked.frames)
+            params.append(replace(request.params, feedback_now=feedback, memory_slot=slot, past=past, ring_at=ring_at))
             fresh.append(first)
         return params, fresh
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.cached_attention import AttentionBank, AttentionRows
 from pipeline.models import ModelBundle
 from pipeline.temporal import LatentMemory
 
@@ -19,8 +20,11 @@ def strength_to_timestep(strength: float, num_train_timesteps: int = 1000) -> in
 
 
 class OneStepImg2Img:
-    def __init__(self, model: ModelBundle, memory: LatentMemory | None = None) -> None:
+    def __init__(
+        self, model: ModelBundle, memory: LatentMemory | None = None, attention: AttentionBank | None = None
+    ) -> None:
         self.memory = memory  # each stream's last clean latent, for latent feedback
+        self.attention = attention  # each stream's last frames' keys and values (installed in the UNet)
         self.unet = model.unet
         self.vae = model.vae
         self.device = model.device
@@ -42,6 +46,8 @@ class OneStepImg2Img:
         guidance_scale: torch.Tensor | None = None,
         memory_slots: torch.Tensor | None = None,
         feedback: torch.Tensor | None = None,
+        attention_visible: torch.Tensor | None = None,
+        attention_write: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> stylized images (B, 3, H, W) float32 in [-1, 1].
 
@@ -50,8 +56,10 @@ class OneStepImg2Img:
         (B,) the batch runs classifier-free guidance, and rows whose scale is <= 1 keep their
         conditional prediction. With `memory_slots` and `feedback` (B,) each row starts from
         `z + feedback * (previous - z)`, its stream's previous clean latent read from its slot, and
-        leaves its new one there (`pipeline.temporal`). The caller decides on the host, so nothing
-        here waits for the device and the whole call can be captured in a CUDA graph.
+        leaves its new one there (`pipeline.temporal`). With `attention_visible` (B, 4) and
+        `attention_write` (B,) too, each row's self-attention also sees its own past frames
+        (`pipeline.cached_attention`). The caller decides on the host, so nothing here waits for the
+        device and the whole call can be captured in a CUDA graph.
         """
         self.check_inputs(images, prompt_embeds, timesteps, noise, negative_embeds, guidance_scale)
 
@@ -71,20 +79,14 @@ class OneStepImg2Img:
 
         # 3. One UNet call; with guidance every row gets an unconditional twin in the same batch.
         model_input = x_t.to(self.dtype)
-        if negative_embeds is not None and guidance_scale is not None:
-            both = self.unet(
-                torch.cat((model_input, model_input)),
-                torch.cat((t, t)),
-                encoder_hidden_states=torch.cat((prompt_embeds, negative_embeds)).to(self.dtype),
-                return_dict=False,
-            )[0].float()
-            cond, uncond = both.chunk(2)
-            scale = torch.where(guidance_scale > 1.0, guidance_scale, 1.0).to(self.device).view(-1, 1, 1, 1)
-            model_output = uncond + scale * (cond - uncond)
-        else:
-            model_output = self.unet(
-                model_input, t, encoder_hidden_states=prompt_embeds.to(self.dtype), return_dict=False
-            )[0].float()
+        if self.attention is not None and attention_visible is not None and attention_write is not None:
+            assert memory_slots is not None
+            self.attention.rows = AttentionRows(memory_slots.to(self.device), attention_visible, attention_write)
+        try:
+            model_output = self._predict(model_input, t, prompt_embeds, negative_embeds, guidance_scale)
+        finally:
+            if self.attention is not None:
+                self.attention.rows = None
 
         # 4. The clean latents x0 from the model's prediction.
         if self.prediction_type == "epsilon":
@@ -103,6 +105,28 @@ class OneStepImg2Img:
         # 5. Decode back to pixels in [-1, 1].
         decoded = self.vae.decode(x0.to(self.dtype) / self.scaling_factor, return_dict=False)[0]
         return decoded.float().clamp(-1.0, 1.0)
+
+    def _predict(
+        self,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        guidance_scale: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if negative_embeds is not None and guidance_scale is not None:
+            both = self.unet(
+                torch.cat((model_input, model_input)),
+                torch.cat((t, t)),
+                encoder_hidden_states=torch.cat((prompt_embeds, negative_embeds)).to(self.dtype),
+                return_dict=False,
+            )[0].float()
+            cond, uncond = both.chunk(2)
+            scale = torch.where(guidance_scale > 1.0, guidance_scale, 1.0).to(self.device).view(-1, 1, 1, 1)
+            return uncond + scale * (cond - uncond)
+        return self.unet(model_input, t, encoder_hidden_states=prompt_embeds.to(self.dtype), return_dict=False)[
+            0
+        ].float()
 
     @staticmethod
     def check_inputs(

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pipeline.cached_attention import MAX_FRAMES
 from pipeline.contract import FrameParams
 from pipeline.models import ModelBundle
 from pipeline.onestep import strength_to_timestep
@@ -204,6 +205,63 @@ class FeedbackInput(RowInput):
         into.copy_(header.view(torch.float32))
 
 
+def attends(rows: Sequence[FrameParams]) -> bool:
+    """Cached attention runs for a batch when one of its rows asks for past frames."""
+    return any(r.frames > 0 for r in rows)
+
+
+class AttentionVisibleInput(RowInput):
+    """Which entries of its ring each row sees: its `past` most recent, counted back from `ring_at`."""
+
+    name = "attention_visible"
+    header_dtype = np.bool_
+    optional = True
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return attends(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        visible = np.zeros((len(rows), MAX_FRAMES), dtype=np.bool_)
+        for index, row in enumerate(rows):
+            for back in range(row.past):
+                visible[index, (row.ring_at - 1 - back) % MAX_FRAMES] = True
+        return visible
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, MAX_FRAMES), device=self._device, dtype=torch.bool)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.bool).view(-1, MAX_FRAMES))
+
+
+class AttentionWriteInput(RowInput):
+    """Where in its ring each row's keys and values of this frame go."""
+
+    name = "attention_write"
+    header_dtype = np.int64
+    optional = True
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return attends(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([r.ring_at for r in rows], dtype=np.int64)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, device=self._device, dtype=torch.int64)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.int64))
+
+
 def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
     """What `OneStepImg2Img` takes beside the images, in the order of its arguments."""
     return [
@@ -214,4 +272,6 @@ def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowIn
         GuidanceInput(model),
         MemorySlotInput(model.device),
         FeedbackInput(model.device),
+        AttentionVisibleInput(model.device),
+        AttentionWriteInput(model.device),
     ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.cached_attention import MAX_FRAMES
 from pipeline.models import ModelBundle
 
 # The controller's bounds: above 0.9 the picture smears and stops following the camera.
@@ -53,6 +54,7 @@ class _Held:
     target: float | None
     good: bool = False  # the slot holds this stream's previous output
     state: str = "off"
+    cached: int = 0  # frames in a row whose keys and values went into the slot's rings
 
 
 class TemporalControl:
@@ -73,8 +75,8 @@ class TemporalControl:
         with self._lock:
             held = self._held.get(key)
             if held is None or fresh or held.asked != asked or held.target != target:
-                good = held.good if held is not None and not fresh else False
-                held = self._held[key] = _Held(asked, asked, target, good)
+                good, cached = (held.good, held.cached) if held is not None and not fresh else (False, 0)
+                held = self._held[key] = _Held(asked, asked, target, good, cached=cached)
             if target is None:
                 held.feedback, held.state = asked, "fixed" if asked > 0 else "off"
             elif flicker is not None:
@@ -83,13 +85,22 @@ class TemporalControl:
                 held.state = _state(held.feedback, flicker, target)
             return held.feedback if held.good else 0.0
 
-    def wrote(self, keys: Sequence[str], good: bool) -> None:
-        """A batch with these rows ran: their slots now hold their outputs (`good`) or are stale."""
+    def wrote(self, keys: Sequence[str], good: bool, cached: bool) -> None:
+        """A batch with these rows ran: their slots now hold their outputs (`good`) or are stale, and
+        their rings have one more frame (`cached`) or are stale."""
         with self._lock:
             for key in keys:
                 held = self._held.get(key)
                 if held is not None:
                     held.good = good
+                    held.cached = held.cached + 1 if cached else 0
+
+    def ring(self, key: str, frames: int) -> tuple[int, int]:
+        """How many past frames `key`'s next frame sees (at most `frames`), and where it goes in its ring."""
+        with self._lock:
+            held = self._held.get(key)
+            cached = held.cached if held is not None else 0
+            return min(frames, cached, MAX_FRAMES), cached % MAX_FRAMES
 
     def describe(self, key: str) -> dict[str, object] | None:
         with self._lock:

@@ -40,6 +40,8 @@ PresetId = Annotated[str, Field(max_length=64)]
 # flicker figure the server holds by moving it (see the README's flicker figure).
 Feedback = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 FlickerTarget = Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]
+# Cached attention: how many of a stream's own last frames its self-attention also sees (0 = off).
+PastFrames = Annotated[int, Field(ge=0, le=4)]
 # A model a new stream asks for: a model id as `[model] id` names it (hub id, folder, `tiny`...) or a
 # family (`sd-turbo`, `sd15`, `sdxl`); a cluster's front places the stream on a worker running it.
 ModelAsk = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(one_line)]

@@ -43,7 +43,7 @@ def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
         "strength": 0.45,
         "guidance_scale": 0.0,
         "seed": 5,
-        "temporal": {"feedback": 0.25, "target": None},  # a look may bring its temporal memory
+        "temporal": {"feedback": 0.25, "frames": 0, "target": None},  # a look may bring its temporal memory
         **changes,
     }
 
@@ -263,10 +263,10 @@ async def test_a_preset_brings_its_temporal_memory_to_a_name_and_one_without_lea
     library = server.app[control_keys.PRESETS]
     await library.apply("anime", stream_id=name_scope("stage"))
     status, named = await call(server, "GET", "/api/outputs/stage/settings")
-    assert named["settings"]["temporal"] == {"feedback": 0.7, "target": None}, "a built-in preset brings none"
+    assert named["settings"]["temporal"] == {"feedback": 0.7, "frames": 0, "target": None}, "a built-in brings none"
     await library.apply("my-look", stream_id=name_scope("stage"))
     status, named = await call(server, "GET", "/api/outputs/stage/settings")
-    assert named["settings"]["temporal"] == {"feedback": 0.25, "target": None}
+    assert named["settings"]["temporal"] == {"feedback": 0.25, "frames": 0, "target": None}
     assert named["settings"]["preset"] == "my-look"
 
 
@@ -289,7 +289,7 @@ async def test_presets_saved_before_temporal_memory_still_load(make_config: Call
         replaced = {k: v for k, v in custom(name="Old").items() if k != "id"}
         assert (await call(running, "PUT", "/api/presets/old-look", replaced))[0] == 200
         status, read = await call(running, "GET", "/api/presets/old-look")
-        assert read["temporal"] == {"feedback": 0.25, "target": None}
+        assert read["temporal"] == {"feedback": 0.25, "frames": 0, "target": None}
     finally:
         await stop_server(running)
 

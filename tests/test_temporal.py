@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from pipeline import Engine, FrameParams, load_model
+from pipeline.cached_attention import AttentionBank
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img, strength_to_timestep
+from pipeline.row_inputs import AttentionVisibleInput
 from pipeline.temporal import FEEDBACK_MAX, LatentMemory, TemporalControl
 
 
@@ -77,7 +79,7 @@ def test_four_rows_with_memory_equal_each_row_alone_with_its_own(model: ModelBun
 def test_the_controller_raises_feedback_while_a_stream_flickers_past_its_target_and_lowers_it_under() -> None:
     control = TemporalControl()
     assert control.feedback("s", 0.2, None, None, True) == 0.0  # a first frame: its memory is not good yet
-    control.wrote(["s"], good=True)
+    control.wrote(["s"], good=True, cached=False)
     assert control.feedback("s", 0.2, None, 5.0, False) == 0.2  # no target: what it asked for
     assert control.describe("s") == {"feedback": 0.2, "target": None, "state": "fixed"}
     raised = [control.feedback("s", 0.2, 2.0, 6.0, False) for _ in range(10)]
@@ -88,7 +90,7 @@ def test_the_controller_raises_feedback_while_a_stream_flickers_past_its_target_
     assert control.describe("s") == {"feedback": FEEDBACK_MAX, "target": 2.0, "state": "at most feedback"}
     lowered = [control.feedback("s", 0.2, 2.0, 1.0, False) for _ in range(20)]
     assert lowered == sorted(lowered, reverse=True) and lowered[-1] < FEEDBACK_MAX
-    control.wrote(["s"], good=False)  # a batch without feedback left the slot stale: none this frame
+    control.wrote(["s"], good=False, cached=False)  # a batch without feedback left the slot stale: none this frame
     assert control.feedback("s", 0.2, 2.0, 1.0, False) == 0.0
     control.forget("s")
     assert control.describe("s") is None
@@ -154,3 +156,73 @@ def test_memory_of_departed_streams_is_freed_over_many_joins_and_leaves(model: M
         assert (tuple(remembered.latents.shape), tuple(engine.runner.flicker._last.shape)) == shapes
     finally:
         engine.stop()
+
+
+# -- cached attention ---------------------------------------------------------------------------
+
+
+def _attention_inputs(rows: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Per row (past, ring_at): which ring entries it sees and where this frame goes."""
+    params = [FrameParams(prompt="x", strength=0.5, frames=4, past=past, ring_at=at) for past, at in rows]
+    header = AttentionVisibleInput(torch.device("cpu")).header(params)
+    return {
+        "attention_visible": torch.from_numpy(header),
+        "attention_write": torch.tensor([at for _, at in rows]),
+    }
+
+
+def test_cached_attention_off_is_exactly_todays_output(model: ModelBundle) -> None:
+    plain = OneStepImg2Img(model)(**_inputs(model, 4, 0))
+    bank = AttentionBank.of(model.unet, 5)
+    cached = OneStepImg2Img(model, attention=bank)(**_inputs(model, 4, 0))
+    assert torch.equal(plain, cached)
+
+
+def test_four_rows_with_cached_attention_equal_each_row_alone_with_its_own(model: ModelBundle) -> None:
+    frames = [0, 1, 2, 4]  # how many past frames each row asks for
+    slots = torch.tensor([2, 0, 3, 1])
+    bank = AttentionBank.of(model.unet, 5)
+    transform = OneStepImg2Img(model, attention=bank)
+    batched = []
+    for frame in range(4):
+        rows = [(min(asked, frame), frame % 4) for asked in frames]
+        batched.append(transform(**_inputs(model, 4, frame), memory_slots=slots, **_attention_inputs(rows)))
+    AttentionBank.of(model.unet, 5)  # empty rings: each row now runs alone, in its own slot
+    for row in range(4):
+        for frame in range(4):
+            inputs = {name: value[row : row + 1] for name, value in _inputs(model, 4, frame).items()}
+            alone = transform(
+                **inputs,
+                memory_slots=slots[row : row + 1],
+                **_attention_inputs([(min(frames[row], frame), frame % 4)]),
+            )
+            torch.testing.assert_close(alone[0], batched[frame][row], atol=1e-4, rtol=1e-4)
+    # Seeing past frames changes the picture; a row that asks for none is as if no one cached.
+    plain = OneStepImg2Img(model)(**_inputs(model, 4, 3))
+    change = (batched[3] - plain).abs().flatten(1).mean(dim=1)
+    assert change[0] < 1e-5 and (change[1:] > 1e-3).all(), change
+
+
+def test_in_the_engine_a_row_that_caches_attention_leaves_its_neighbour_as_if_alone(model: ModelBundle) -> None:
+    noise = np.random.default_rng(2)
+    clip = [_still(noise) for _ in range(5)]
+    asks = {"caches": FrameParams(prompt="x", strength=0.6, frames=2), "plain": FrameParams(prompt="x", strength=0.6)}
+
+    def run(keys: list[str], max_batch: int) -> dict[str, list[np.ndarray]]:
+        engine = Engine(model, max_batch=max_batch, max_wait_ms=1000.0)
+        engine.start()
+        try:
+            out: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+            for frame in clip:
+                futures = {key: engine.submit(key, frame, asks[key]) for key in keys}
+                for key, future in futures.items():
+                    out[key].append(future.result(timeout=30))
+            return out
+        finally:
+            engine.stop()
+
+    together = run(["caches", "plain"], max_batch=2)
+    for key in ("caches", "plain"):
+        alone = run([key], max_batch=1)[key]
+        for a, b in zip(alone, together[key], strict=True):
+            assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1, key

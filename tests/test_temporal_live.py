@@ -28,32 +28,37 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
 
 async def test_temporal_is_a_setting_over_http_and_osc_with_bad_values_refused(server: RunningServer) -> None:
     status, settings = await server.call("PATCH", "/api/settings", {"temporal": {"feedback": 0.4, "target": 2.5}})
-    assert status == 200 and settings["temporal"] == {"feedback": 0.4, "target": 2.5}
+    assert status == 200 and settings["temporal"] == {"feedback": 0.4, "frames": 0, "target": 2.5}
     for bad, field in (
         ({"feedback": 1.5}, "temporal.feedback"),
         ({"target": 0}, "temporal.target"),
-        ({"frames": 2}, "temporal.frames"),
+        ({"frames": 5}, "temporal.frames"),
+        ({"frames": 1.5}, "temporal.frames"),
+        ({"layers": 2}, "temporal.layers"),
         ("on", "temporal"),
     ):
         status, body = await server.call("PATCH", "/api/settings", {"temporal": bad})
         assert status == 422 and body["detail"][0]["field"] == field, (bad, body)
     status, named = await server.call("PATCH", "/api/outputs/stage/settings", {"temporal": {"feedback": 0.2}})
-    assert status == 200 and named["settings"]["temporal"] == {"feedback": 0.2, "target": None}
+    assert status == 200 and named["settings"]["temporal"] == {"feedback": 0.2, "frames": 0, "target": None}
 
     osc = server.app[control_keys.OSC]
     client = SimpleUDPClient("127.0.0.1", osc.port)
     client.send_message("/stylize/temporal/feedback", 0.6)  # one field: the target is kept
-    await eventually(lambda: _temporal(server) == {"feedback": 0.6, "target": 2.5}, 5, what="OSC feedback")
+    await eventually(lambda: _temporal(server) == {"feedback": 0.6, "frames": 0, "target": 2.5}, 5, what="OSC feedback")
+    client.send_message("/stylize/temporal/frames", 2)
+    await eventually(lambda: _temporal(server)["frames"] == 2, 5, what="OSC frames")
     client.send_message("/stylize/temporal/target", 0.0)  # 0: no target
-    await eventually(lambda: _temporal(server) == {"feedback": 0.6, "target": None}, 5, what="OSC target")
+    await eventually(lambda: _temporal(server) == {"feedback": 0.6, "frames": 2, "target": None}, 5, what="OSC target")
     client.send_message("/stylize/name/stage/temporal/target", 3)
     dropped = osc.rejected
     client.send_message("/stylize/temporal/feedback", 1.5)
     client.send_message("/stylize/temporal/target", "high")
-    await eventually(lambda: osc.rejected >= dropped + 2, 5, what="two counted drops")
-    assert _temporal(server) == {"feedback": 0.6, "target": None}
+    client.send_message("/stylize/temporal/frames", 7)
+    await eventually(lambda: osc.rejected >= dropped + 3, 5, what="three counted drops")
+    assert _temporal(server) == {"feedback": 0.6, "frames": 2, "target": None}
     status, named = await server.call("GET", "/api/outputs/stage/settings")
-    assert named["settings"]["temporal"] == {"feedback": 0.2, "target": 3.0}
+    assert named["settings"]["temporal"] == {"feedback": 0.2, "frames": 0, "target": 3.0}
 
 
 def _temporal(server: RunningServer) -> dict[str, Any]:

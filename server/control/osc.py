@@ -6,8 +6,9 @@ Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/n
 `/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|0|1`,
 `/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev` (also `/stylize/preset_next`
 and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
-0 on release: only a press steps), `/stylize/temporal/feedback f`, `/stylize/temporal/target f` (each
-sets one field of `temporal`, keeping the other; a target of 0 is none). Ints pass where floats are expected; 0/1 floats
+0 on release: only a press steps), `/stylize/temporal/feedback f`, `/stylize/temporal/frames i`,
+`/stylize/temporal/target f` (each sets one field of `temporal`, keeping the others; a target of 0
+is none). Ints pass where floats are expected; 0/1 floats
 and ints pass where an on/off is expected (buttons and toggles send floats). Anything malformed,
 out of range, unknown or from a source not on the allow-list is dropped, logged once per address
 and counted by reason; nothing raises into the loop. Datagrams are taken apart by
@@ -190,7 +191,9 @@ class OscListener(asyncio.DatagramProtocol):
         assert leaf.part is not None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise OscRejected(f"{leaf.field}/{leaf.part} takes a number, got {value!r}")
-        number = round(float(value), 6)  # OSC floats are 32-bit
+        number: float | int = round(float(value), 6)  # OSC floats are 32-bit
+        if leaf.osc_type == "i" and float(number).is_integer():
+            number = int(number)
         settings = self._settings.global_settings if stream_id is None else self._settings.effective(stream_id)
         whole = getattr(settings, leaf.field).model_dump()
         whole[leaf.part] = None if leaf.part == "target" and number == 0.0 else number

@@ -37,7 +37,8 @@ class Leaf:
         """The setting as an OSC argument: pause as 0/1, no preset as "", no target as 0."""
         value = getattr(settings, self.field)
         if self.part is not None:
-            return getattr(value, self.part) or 0.0
+            held = getattr(value, self.part)
+            return held if held is not None else (0.0 if self.osc_type == "f" else 0)
         if self.field == "paused":
             return int(value)
         if self.field == "preset":
@@ -61,6 +62,7 @@ LEAVES: dict[str, Leaf] = {
     "temporal/feedback": Leaf(
         "temporal", "f", "share of the previous output in each frame's start; 0 = off", 0.0, 1.0, "feedback"
     ),
+    "temporal/frames": Leaf("temporal", "i", "past frames self-attention also sees; 0 = off", 0, 4, "frames"),
     "temporal/target": Leaf(
         "temporal", "f", "a flicker figure to hold by moving feedback; 0 = none", 0.0, 100.0, "target"
     ),

@@ -28,6 +28,7 @@ from server.fields import (
     FlickerTarget,
     Guidance,
     ModelAsk,
+    PastFrames,
     PresetId,
     Prompt,
     Seed,
@@ -60,6 +61,7 @@ class Temporal(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     feedback: Feedback = Field(0.0, description="share of the previous output in each frame's start; 0 = off")
+    frames: PastFrames = Field(0, description="past frames each self-attention layer also sees (0..4; 0 = off)")
     target: FlickerTarget | None = Field(
         None, description="a flicker figure to hold by moving feedback within [0, 0.9]; null = feedback as set"
     )
@@ -92,6 +94,7 @@ class StyleSettings(BaseModel):
             guidance_scale=self.guidance_scale,
             feedback=self.temporal.feedback,
             flicker_target=self.temporal.target,
+            frames=self.temporal.frames,
         )
 
 

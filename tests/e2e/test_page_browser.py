@@ -565,11 +565,13 @@ async def test_the_temporal_controls_set_feedback_and_a_flicker_target_and_show_
         await page.keyboard.press("ArrowRight")
     await page.fill("#flicker-target", "1.5")
     await page.press("#flicker-target", "Enter")
+    await page.select_option("#past-frames", "2")
 
     async def sent() -> bool:
-        return (await get_json(server, "/api/settings"))["temporal"] == {"feedback": 0.03, "target": 1.5}
+        temporal = (await get_json(server, "/api/settings"))["temporal"]
+        return bool(temporal == {"feedback": 0.03, "frames": 2, "target": 1.5})
 
-    await eventually(sent, 10, interval=0.1, what="feedback 0.03 and target 1.5 in /api/settings")
+    await eventually(sent, 10, interval=0.1, what="feedback 0.03, 2 past frames and target 1.5 in /api/settings")
     # Streaming, the header says what the controller is doing; a change over HTTP moves the controls.
     await page.select_option("#resolution", "320x240")
     await page.click("#start")
@@ -584,6 +586,7 @@ async def test_the_temporal_controls_set_feedback_and_a_flicker_target_and_show_
     await page.wait_for_function(
         """() => document.getElementById('feedback').value === '0.4'
                  && document.getElementById('feedback-value').textContent === '0.40'
+                 && document.getElementById('past-frames').value === '0'
                  && document.getElementById('flicker-target').value === ''""",
         timeout=5_000,
     )

@@ -67,6 +67,7 @@ export class StyleControls {
     const temporal = settings.temporal;
     if (!this.#held("temporal")) {
       ui.feedback.value = String(temporal.feedback);
+      ui.pastFrames.value = String(temporal.frames);
       if (document.activeElement !== ui.flickerTarget) ui.flickerTarget.value = temporal.target === null ? "" : String(temporal.target);
     }
     ui.feedbackValue.textContent = Number(ui.feedback.value).toFixed(2);
@@ -133,6 +134,7 @@ export class StyleControls {
       this.#sendTemporal();
     });
     ui.flickerTarget.addEventListener("change", () => this.#sendTemporal());
+    ui.pastFrames.addEventListener("change", () => this.#sendTemporal());
     ui.seed.addEventListener("change", () => {
       const seed = Number(ui.seed.value);
       if (!Number.isInteger(seed) || seed < 0 || seed > MAX_SEED) {
@@ -155,7 +157,8 @@ export class StyleControls {
     const ui = this.ui;
     const target = ui.flickerTarget.value === "" ? null : Number(ui.flickerTarget.value);
     this.#touch("temporal");
-    this.patcher.send({ temporal: { feedback: Number(ui.feedback.value), target } });
+    const frames = Number(ui.pastFrames.value);
+    this.patcher.send({ temporal: { feedback: Number(ui.feedback.value), frames, target } });
   }
 
   #sendPrompt() {

@@ -33,6 +33,7 @@ const ui = {
   feedback: $("feedback"),
   feedbackValue: $("feedback-value"),
   flickerTarget: $("flicker-target"),
+  pastFrames: $("past-frames"),
   seed: $("seed"),
   dice: $("dice"),
   pause: $("pause"),
