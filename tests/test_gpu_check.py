@@ -49,7 +49,11 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
         ]
     }
     flicker = {
-        "techniques": [{"technique": "off", "speed_vs_off": 1.0}, {"technique": "feedback 0.6", "speed_vs_off": 0.97}]
+        "techniques": [
+            {"technique": "off", "speed_vs_off": 1.0},
+            {"technique": "feedback 0.6", "speed_vs_off": 0.97},
+            {"technique": "cached attention 2 frames", "speed_vs_off": 0.8},
+        ]
     }
     verdict = judged(figures(engine, live, flicker))
     assert verdict.keys() == TARGETS.keys()
@@ -60,4 +64,5 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
     assert verdict["live_12_peers_p50_over_floor_ms"]["value"] == 35.0
     assert verdict["live_12_peers_p50_over_floor_ms"]["met"] is True
     assert (verdict["feedback_speed_vs_off"]["value"], verdict["feedback_speed_vs_off"]["met"]) == (0.97, True)
+    assert verdict["cached_attention_speed_vs_off"]["met"] is False
     assert all(entry["met"] is None for entry in judged(figures({}, None)).values())
