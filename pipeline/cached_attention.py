@@ -18,8 +18,11 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-# The most past frames a row may attend to (the setting's bound; the rings' length).
+# The most past frames a row may attend to (the setting's bound).
 MAX_FRAMES = 4
+# A ring's entries: one more than a row may see, so the entry this frame writes is never one it
+# reads (with several UNet calls a frame, the first call's write would otherwise be read by the next).
+RING = MAX_FRAMES + 1
 # Where a UNet keeps the bank its processors read.
 _INSTALLED = "_stylize_attention_bank"
 
@@ -27,7 +30,7 @@ _INSTALLED = "_stylize_attention_bank"
 @dataclass
 class AttentionRows:
     """What the layers read while a batch caches attention: per row its slot (B,) int64, which of
-    its ring's entries it sees (B, MAX_FRAMES) bool, and where this frame goes (B,) int64."""
+    its ring's entries it sees (B, RING) bool, and where this frame goes (B,) int64."""
 
     slots: torch.Tensor
     visible: torch.Tensor
@@ -69,7 +72,7 @@ class AttentionBank:
     def ring(self, layer: int, tokens: int, width: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         found = self.rings.get(layer)
         if found is None:
-            shape = (self.slots, MAX_FRAMES, tokens, width)
+            shape = (self.slots, RING, tokens, width)
             found = self.rings[layer] = (
                 torch.zeros(shape, device=like.device, dtype=like.dtype),
                 torch.zeros(shape, device=like.device, dtype=like.dtype),

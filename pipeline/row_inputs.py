@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.cached_attention import MAX_FRAMES
+from pipeline.cached_attention import RING
 from pipeline.contract import FrameParams
 from pipeline.models import ModelBundle
 from pipeline.onestep import strength_to_timestep
@@ -224,18 +224,18 @@ class AttentionVisibleInput(RowInput):
         return attends(rows)
 
     def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
-        visible = np.zeros((len(rows), MAX_FRAMES), dtype=np.bool_)
+        visible = np.zeros((len(rows), RING), dtype=np.bool_)
         for index, row in enumerate(rows):
             for back in range(row.past):
-                visible[index, (row.ring_at - 1 - back) % MAX_FRAMES] = True
+                visible[index, (row.ring_at - 1 - back) % RING] = True
         return visible
 
     def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros((size, MAX_FRAMES), device=self._device, dtype=torch.bool)
+        return torch.zeros((size, RING), device=self._device, dtype=torch.bool)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
         assert header is not None
-        into.copy_(header.view(torch.bool).view(-1, MAX_FRAMES))
+        into.copy_(header.view(torch.bool).view(-1, RING))
 
 
 class AttentionWriteInput(RowInput):

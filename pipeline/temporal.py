@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.cached_attention import MAX_FRAMES
+from pipeline.cached_attention import MAX_FRAMES, RING
 from pipeline.models import ModelBundle
 
 # The controller's bounds: above 0.9 the picture smears and stops following the camera.
@@ -100,7 +100,7 @@ class TemporalControl:
         with self._lock:
             held = self._held.get(key)
             cached = held.cached if held is not None else 0
-            return min(frames, cached, MAX_FRAMES), cached % MAX_FRAMES
+            return min(frames, cached, MAX_FRAMES), cached % RING
 
     def describe(self, key: str) -> dict[str, object] | None:
         with self._lock:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline import Engine, FrameParams, load_model
-from pipeline.cached_attention import AttentionBank
+from pipeline.cached_attention import RING, AttentionBank
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img, strength_to_timestep
 from pipeline.row_inputs import AttentionVisibleInput
@@ -184,22 +184,22 @@ def test_four_rows_with_cached_attention_equal_each_row_alone_with_its_own(model
     bank = AttentionBank.of(model.unet, 5)
     transform = OneStepImg2Img(model, attention=bank)
     batched = []
-    for frame in range(4):
-        rows = [(min(asked, frame), frame % 4) for asked in frames]
+    for frame in range(6):  # past the ring's length: its entries are reused
+        rows = [(min(asked, frame), frame % RING) for asked in frames]
         batched.append(transform(**_inputs(model, 4, frame), memory_slots=slots, **_attention_inputs(rows)))
     AttentionBank.of(model.unet, 5)  # empty rings: each row now runs alone, in its own slot
     for row in range(4):
-        for frame in range(4):
+        for frame in range(6):
             inputs = {name: value[row : row + 1] for name, value in _inputs(model, 4, frame).items()}
             alone = transform(
                 **inputs,
                 memory_slots=slots[row : row + 1],
-                **_attention_inputs([(min(frames[row], frame), frame % 4)]),
+                **_attention_inputs([(min(frames[row], frame), frame % RING)]),
             )
             torch.testing.assert_close(alone[0], batched[frame][row], atol=1e-4, rtol=1e-4)
     # Seeing past frames changes the picture; a row that asks for none is as if no one cached.
-    plain = OneStepImg2Img(model)(**_inputs(model, 4, 3))
-    change = (batched[3] - plain).abs().flatten(1).mean(dim=1)
+    plain = OneStepImg2Img(model)(**_inputs(model, 4, 5))
+    change = (batched[5] - plain).abs().flatten(1).mean(dim=1)
     assert change[0] < 1e-5 and (change[1:] > 1e-3).all(), change
 
 
