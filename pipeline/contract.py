@@ -22,7 +22,9 @@ class FrameParams:
 
     def __post_init__(self) -> None:
         if not 0 <= self.num_inference_steps <= 4:
-            raise ValueError(f"num_inference_steps must be in [1, 4] (or 0: the default), got {self.num_inference_steps!r}")
+            raise ValueError(
+                f"num_inference_steps must be in [1, 4] (or 0: the default), got {self.num_inference_steps!r}"
+            )
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength!r}")
         if not 0.0 <= self.blend <= 1.0:

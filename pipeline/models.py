@@ -150,7 +150,9 @@ def load_model(
         if spec.startswith(ARCH_PREFIX):
             parts = _build_arch(spec[len(ARCH_PREFIX) :], dtype, family)
         else:
-            files = fetch_model(spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, family=family, progress=progress)
+            files = fetch_model(
+                spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, family=family, progress=progress
+            )
             parts = _load_files(files, dtype)
     except FamilyError as e:
         raise ModelUnavailableError(str(e)) from e
@@ -298,7 +300,9 @@ def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
     )
     tokenizer = _load(part("tokenizer"), lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype)
     # Whatever scheduler the model ships, its config (betas, prediction type) builds the LCM scheduler.
-    scheduler = _load(part("scheduler"), lambda f, s, v: _lcm_scheduler(LCMScheduler.load_config(f, subfolder=s)), dtype)
+    scheduler = _load(
+        part("scheduler"), lambda f, s, v: _lcm_scheduler(LCMScheduler.load_config(f, subfolder=s)), dtype
+    )
     vae = _load(
         files.vae,
         lambda f, s, v: _vae_class(f, s).from_pretrained(
@@ -356,7 +360,9 @@ def _build_arch(name: str, dtype: torch.dtype, family: str) -> _Parts:
         raise ModelUnavailableError(f"unknown architecture {name!r}; known: {known}")
     unet_config = _read_json(folder / "unet.json")
     scheduler_config = _read_json(folder / "scheduler.json")
-    told = detect_family(f"{ARCH_PREFIX}{name}", unet_config, scheduler_config) if family == AUTO else family_named(family)
+    told = (
+        detect_family(f"{ARCH_PREFIX}{name}", unet_config, scheduler_config) if family == AUTO else family_named(family)
+    )
     with _seeded():
         unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderTiny.from_config(_read_json(folder / "vae.json"))
