@@ -136,6 +136,7 @@ class EngineService:
                 device=device,
                 dtype=default_dtype(device, config.model.dtype),
                 vae=config.model.vae,
+                family=config.model.family,
                 resolution=config.model.resolution or None,
                 progress=self._downloaded,
             )
@@ -224,6 +225,7 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
     Returns where the files are. Raises `ModelNotFetched`.
     """
     from pipeline import ModelUnavailableError
+    from pipeline.families import FamilyError
     from pipeline.models import ARCH_PREFIX, fetch_model
 
     quiet_libraries()
@@ -233,10 +235,17 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
     try:
         for fp16 in (True, False) if full_precision else (True,):
             files = fetch_model(
-                spec, config.model.vae, data_dir=Path(config.server.data_dir), fp16=fp16, progress=progress
+                spec,
+                config.model.vae,
+                data_dir=Path(config.server.data_dir),
+                fp16=fp16,
+                family=config.model.family,
+                progress=progress,
             )
     except ModelUnavailableError as e:
         raise ModelNotFetched(e.problem) from e
+    except FamilyError as e:
+        raise ModelNotFetched(str(e)) from e
     return f"ready offline: model in {files.model.folder}, vae in {files.vae.folder}"
 
 

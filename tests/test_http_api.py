@@ -92,6 +92,9 @@ async def test_more_peers_than_max_is_503(make_config: Callable[..., Config]) ->
         ({"prompt": 42}, "prompt"),
         ({"seed": -1}, "seed"),
         ({"blend": 2}, "blend"),
+        ({"num_inference_steps": 5}, "num_inference_steps"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps"),
         ({"colour": "red"}, "colour"),
     ],
 )
@@ -131,6 +134,13 @@ async def test_settings_round_trip_and_shorthands(server: RunningServer) -> None
     async with server.http.get(server.url("/api/settings")) as r:
         body = await r.json()
     assert (body["prompt"], body["strength"]) == ("oil", 0.25)
+
+
+async def test_steps_are_set_globally_and_null_returns_to_the_family_default(server: RunningServer) -> None:
+    async with server.http.patch(server.url("/api/settings"), json={"num_inference_steps": 3}) as r:
+        assert (r.status, (await r.json())["num_inference_steps"]) == (200, 3)
+    async with server.http.patch(server.url("/api/settings"), json={"num_inference_steps": None}) as r:
+        assert (r.status, (await r.json())["num_inference_steps"]) == (200, None)
 
 
 async def test_unknown_stream_is_404(server: RunningServer) -> None:

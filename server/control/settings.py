@@ -19,7 +19,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.contract import FrameParams
-from server.fields import DEFAULT_NAME, LATEST, NAME_PATTERN, Blend, Guidance, PresetId, Prompt, Seed, Strength
+from server.fields import (
+    DEFAULT_NAME,
+    LATEST,
+    NAME_PATTERN,
+    Blend,
+    Guidance,
+    PresetId,
+    Prompt,
+    Seed,
+    Steps,
+    Strength,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ class StyleSettings(BaseModel):
     strength: Strength = 0.5
     seed: Seed = 42
     guidance_scale: Guidance = 0.0
+    num_inference_steps: Steps | None = None  # None: the model family's default
     preset: PresetId | None = None
     paused: bool = False
 
@@ -63,13 +75,15 @@ class StyleSettings(BaseModel):
             prompt_b=self.prompt_b,
             blend=self.blend,
             guidance_scale=self.guidance_scale,
+            num_inference_steps=self.num_inference_steps or 0,
         )
 
 
 class SettingsPatch(BaseModel):
     """Some fields of `StyleSettings`; strict types (ints pass for floats), unknown fields refused.
 
-    For a stream, a field sent as null drops that override so the stream follows global again.
+    For a stream, a field sent as null drops that override so the stream follows global again; globally
+    only `preset` (none) and `num_inference_steps` (the model family's default) may be null.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -81,12 +95,17 @@ class SettingsPatch(BaseModel):
     strength: Strength | None = None
     seed: Seed | None = None
     guidance_scale: Guidance | None = None
+    num_inference_steps: Steps | None = None
     preset: PresetId | None = None
     paused: bool | None = None
 
     def values(self) -> dict[str, Any]:
         """The fields the caller sent, nulls included."""
         return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+# Global fields whose null means something (no preset; the model family's default steps) rather than "follow global".
+GLOBAL_NULLABLE = frozenset({"preset", "num_inference_steps"})
 
 
 class UnknownStreamError(KeyError):
@@ -216,7 +235,7 @@ class SettingsStore:
         if source not in ("preset", "config") and patch.prompt is not None:
             self._typed["global"] = patch.prompt
         changed = patch.values()
-        nulls = [name for name, value in changed.items() if value is None and name != "preset"]
+        nulls = [name for name, value in changed.items() if value is None and name not in GLOBAL_NULLABLE]
         if nulls:
             raise NullGlobalError(sorted(nulls))
         settings = self._set_global(changed)
