@@ -95,6 +95,9 @@ class EngineService:
             "state": self.state,
             "reason": self.reason,
             "model": self._config.model.id,
+            # Told from the model's config once loaded; until then what [model] family says ("auto").
+            "family": engine.model.family.name if engine else self._config.model.family,
+            "default_steps": engine.model.family.default_steps if engine else None,
             "device": str(engine.model.device) if engine else None,
             "dtype": str(engine.model.dtype).removeprefix("torch.") if engine else None,
             "resolution": engine.model.width if engine else None,

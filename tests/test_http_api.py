@@ -24,6 +24,10 @@ async def test_health_and_readiness(server: RunningServer) -> None:
         body = await response.json()
         assert response.status == 200
         assert body["state"] == "ready" and body["model"] == "tiny"
+        assert (body["family"], body["default_steps"]) == ("sd-turbo", 1)
+    async with server.http.get(server.url("/api/stats")) as response:
+        engine = (await response.json())["engine"]
+        assert (engine["model"], engine["family"]) == ("tiny", "sd-turbo")
 
 
 @pytest.mark.parametrize(

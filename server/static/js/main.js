@@ -24,12 +24,14 @@ const ui = {
   output: $("output"),
   outputBox: $("output-box"),
   serverState: $("server-state"),
+  modelName: $("model-name"),
   prompt: $("prompt"),
   preset: $("preset"),
   presetChips: $("preset-chips"),
   strength: $("strength"),
   strengthValue: $("strength-value"),
   seed: $("seed"),
+  steps: $("steps"),
   dice: $("dice"),
   pause: $("pause"),
   pausedBadge: $("paused"),
@@ -113,7 +115,8 @@ const scopedPause = new ScopedPause({
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
-function onServerState({ state, text, reason }) {
+function onServerState({ state, text, reason, model }) {
+  ui.modelName.textContent = model;
   ui.serverState.textContent = text;
   ui.serverState.dataset.state = state;
   ui.serverState.title = reason;
