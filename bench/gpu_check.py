@@ -1,7 +1,8 @@
 """One call proves the engine on a GPU and measures it: the CUDA tests, the engine benchmark of every
-`arch:` model against diffusers, and the live benchmark with client processes, into one JSON.
+`arch:` model against diffusers (`arch:sdxl-turbo` and `arch:sd15` at 1, 2 and 4 steps), and the live
+benchmark with client processes, into one JSON.
 
-    python -m bench.gpu_check                  # on a CUDA machine: about 8 minutes
+    python -m bench.gpu_check                  # on a CUDA machine: about 14 minutes
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
 
 Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 # The architectures with random weights that a GPU run measures (configs under pipeline's archs).
 ARCH_MODELS = ["arch:sd-turbo"]
+# The other families, each at 1, 2 and 4 steps (README, Benchmarks).
+FAMILY_MODELS = ["arch:sdxl-turbo", "arch:sd15"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Plan:
     tests: list[str]
     engine_models: list[str]
     engine_args: list[str]
+    family_models: list[str]  # measured per step count, with `family_args`
+    family_args: list[str]
     live_args: list[str]
     limits: dict[str, float]
 
@@ -49,21 +54,26 @@ def plan_for(device: str) -> Plan:
             tests=["tests/test_engine_cuda.py", "-m", "cuda"],
             engine_models=ARCH_MODELS,
             engine_args=["--batch-sizes", "1,2,4,8,16", "--seconds", "6"],
+            family_models=FAMILY_MODELS,
+            family_args=["--steps", "1,2,4", "--batch-sizes", "1,4", "--seconds", "3"],
             live_args=[
                 *("--model", "arch:sd-turbo", "--size", "512", "--peers", "1,4,8,12,16", "--seconds", "10"),
                 *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
             ],
-            limits={"tests": 120, "engine": 200, "live": 240},
+            # families: building SDXL's 2.6 B random weights on the CPU alone takes about a minute
+            limits={"tests": 120, "engine": 200, "families": 420, "live": 240},
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
         tests=["tests/test_engine_cuda.py"],
         engine_models=["tiny"],
         engine_args=["--batch-sizes", "1,2", "--seconds", "0.2"],
+        family_models=["tiny-sdxl", "tiny-sd15"],
+        family_args=["--steps", "1,2", "--batch-sizes", "1", "--seconds", "0.2"],
         live_args=[
             *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
         ],
-        limits={"tests": 120, "engine": 120, "live": 120},
+        limits={"tests": 120, "engine": 120, "families": 120, "live": 120},
     )
 
 
@@ -153,7 +163,7 @@ def figures(engine: dict[str, dict[str, Any]], live: dict[str, Any] | None) -> d
         return rows[0]["frames_per_s"] if rows else None
 
     batch8 = streaming(8)
-    baseline = (sd or {}).get("diffusers_baseline", {}).get("frames_per_s")
+    baseline = (sd or {}).get("diffusers_baseline", {}).get("1", {}).get("frames_per_s")  # by step count
     fps_each = over_floor = None
     if live is not None:
         by = {(run["peers"], run["strength"] > 0): run for run in live.get("runs", [])}
@@ -200,14 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(run_step("tests", tests, plan.limits["tests"], env))
         steps[-1]["counts"] = junit_counts(junit)
         engine: dict[str, dict[str, Any]] = {}
-        for model in plan.engine_models:
+        runs = [(model, plan.engine_args, plan.limits["engine"]) for model in plan.engine_models]
+        runs += [(model, plan.family_args, plan.limits["families"]) for model in plan.family_models]
+        for model, model_args, limit in runs:
             out = work / f"engine-{model.replace(':', '-')}"
             command = [sys.executable, "-m", "bench.engine", "--model", model, "--data-dir", str(data)]
-            steps.append(
-                run_step(
-                    f"engine {model}", [*command, *plan.engine_args, "--out", str(out)], plan.limits["engine"], env
-                )
-            )
+            steps.append(run_step(f"engine {model}", [*command, *model_args, "--out", str(out)], limit, env))
             result = newest(out, "engine-")
             if result is not None:
                 engine[model] = result
