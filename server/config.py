@@ -174,6 +174,7 @@ class EngineConfig(_Section):
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     cuda_graphs: bool = True
     warmup: bool = True
+    warmup_steps: list[Steps] = []
     cpu_threads: int = Field(0, ge=0, le=256)
 
 

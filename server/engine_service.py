@@ -153,6 +153,7 @@ class EngineService:
                 compile_mode=config.engine.compile,
                 cuda_graphs=config.engine.cuda_graphs,
                 cpu_threads=config.engine.cpu_threads,
+                warmup_steps=config.engine.warmup_steps,
                 on_batch=self._on_batch,
             )
             with self._lock:
