@@ -57,7 +57,7 @@ def create_app(config: Config) -> web.Application:
     topology = Topology.of(config)
     app[keys.CONFIG], app[keys.TOPOLOGY] = config, topology
     app[keys.METRICS] = Metrics()
-    database = Database(database_path(config), schemas=SCHEMAS)
+    database = Database(database_path(config), schemas=SCHEMAS, upgrades=[presets.upgrade])
     app[keys.DB] = database
     initial = StyleSettings(**config.defaults.model_dump())
     cluster = _join_cluster(app, config, initial) if topology.shares_state else None

@@ -1,7 +1,9 @@
 """The SQLite database under the data dir, used off the event loop through one thread of its own.
 
 sqlite3 connections belong to the thread that made them, so every statement runs on a single
-worker thread; features register their schema with `Database(path, schemas=[...])`.
+worker thread; features register their schema with `Database(path, schemas=[...])`, and what turns a
+database made by an earlier version into the schema's shape with `upgrades=[...]` (each runs at every
+open, after the schemas, and does nothing where there is nothing to do).
 """
 
 from __future__ import annotations
@@ -62,9 +64,15 @@ class DatabaseBroken(RuntimeError):
 
 
 class Database:
-    def __init__(self, path: Path, schemas: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schemas: Iterable[str] = (),
+        upgrades: Iterable[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
         self.path = path
         self._schemas = list(schemas)
+        self._upgrades = list(upgrades)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylize-db")
         self._connection: sqlite3.Connection | None = None
 
@@ -90,6 +98,8 @@ class Database:
         connection.execute("PRAGMA synchronous=NORMAL")
         for schema in self._schemas:
             connection.executescript(schema)
+        for upgrade in self._upgrades:
+            upgrade(connection)
         self._connection = connection
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,8 +16,9 @@ from pipeline import FrameParams, Priority
 from server import keys
 from server.config import Config
 from server.control import keys as control_keys
-from server.control.presets import UnknownPresetError, load_builtin_presets
+from server.control.presets import SCHEMA, SqlitePresets, UnknownPresetError, load_builtin_presets, upgrade
 from server.control.settings import UnknownStreamError
+from server.db import Database
 from server.testing.rtc_client import connect
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -41,6 +44,7 @@ def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
         "strength": 0.45,
         "guidance_scale": 0.0,
         "seed": 5,
+        "num_inference_steps": 2,
         **changes,
     }
 
@@ -143,6 +147,7 @@ async def test_builtins_are_read_only_and_their_ids_taken(server: RunningServer)
         ({"strength": 1.5}, "strength"),
         ({"strength": "0.5"}, "strength"),
         ({"seed": -1}, "seed"),
+        ({"num_inference_steps": 5}, "num_inference_steps"),
         ({"surprise": True}, "surprise"),
     ],
 )
@@ -250,6 +255,40 @@ async def test_every_change_is_an_event(server: RunningServer) -> None:
     ]
     assert events[1]["preset"]["name"] == "B"
     assert events[2]["scope"] == "global" and events[2]["prompt"] == "a neon ink sketch of a dancer, glowing lines"
+
+
+async def test_a_preset_sets_steps_and_one_without_steps_leaves_them(server: RunningServer) -> None:
+    assert (await call(server, "POST", "/api/presets", custom()))[0] == 201
+    status, applied = await call(server, "POST", "/api/presets/my-look/apply")
+    assert (status, applied["settings"]["num_inference_steps"]) == (200, 2)
+    status, applied = await call(server, "POST", "/api/presets/watercolor/apply")  # a built-in: no steps
+    assert (status, applied["settings"]["num_inference_steps"]) == (200, 2)
+
+
+async def test_a_presets_table_from_before_steps_is_upgraded(data_dir: Path) -> None:
+    # A database made by a version whose presets had no steps column opens and keeps its presets.
+    path = data_dir / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(PRESETS_BEFORE_STEPS)
+        conn.execute(
+            "INSERT INTO presets VALUES ('old', 'Old', 'custom', 'ink {prompt}', '', 0.5, 0.0, 1, 0, 0)",
+        )
+    database = Database(path, schemas=[SCHEMA], upgrades=[upgrade])
+    await database.open()
+    try:
+        [preset] = await SqlitePresets(database).customs()
+        assert (preset.id, preset.num_inference_steps) == ("old", None)
+    finally:
+        await database.close()
+
+
+PRESETS_BEFORE_STEPS = """
+CREATE TABLE presets (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL, template TEXT NOT NULL,
+    negative_prompt TEXT NOT NULL, strength REAL NOT NULL, guidance_scale REAL NOT NULL, seed INTEGER NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+"""
 
 
 async def test_custom_preset_and_usage_survive_a_restart(make_config: Callable[..., Config]) -> None:

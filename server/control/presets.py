@@ -22,7 +22,7 @@ from server.config import CONFIGS
 from server.control.events import EventHub, PresetEvent
 from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, UnknownStreamError
 from server.db import Database
-from server.fields import Guidance, Prompt, Seed, Strength, one_line
+from server.fields import Guidance, Prompt, Seed, Steps, Strength, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS presets (
     strength REAL NOT NULL,
     guidance_scale REAL NOT NULL,
     seed INTEGER NOT NULL,
+    num_inference_steps INTEGER,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -54,7 +55,14 @@ CREATE TABLE IF NOT EXISTS preset_usage (
     last_applied REAL NOT NULL
 );
 """
-_COLUMNS = "id, name, category, template, negative_prompt, strength, guidance_scale, seed"
+_COLUMNS = "id, name, category, template, negative_prompt, strength, guidance_scale, seed, num_inference_steps"
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """A presets table made before presets carried steps gets the (nullable) column."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(presets)")}
+    if "num_inference_steps" not in columns:
+        conn.execute("ALTER TABLE presets ADD COLUMN num_inference_steps INTEGER")
 
 
 class UnknownPresetError(LookupError):
@@ -90,6 +98,7 @@ class PresetParameters(BaseModel):
     strength: Strength | None = None
     seed: Seed | None = None
     negative_prompt: Prompt | None = None
+    num_inference_steps: Steps | None = None
 
 
 class PresetFields(BaseModel):
@@ -113,6 +122,7 @@ class PresetFields(BaseModel):
     strength: Strength = 0.5
     guidance_scale: Guidance = 0.0
     seed: Seed = 42
+    num_inference_steps: Steps | None = Field(None, description="steps it sets; null leaves the steps as they are")
     prompt_template: str | None = Field(None, exclude=True, description="the seed systems' name for template")
     parameters: PresetParameters | None = Field(None, exclude=True, description="the seed systems' parameters")
 
@@ -161,14 +171,17 @@ class Preset(NewPreset):
 
 
 def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
-    return SettingsPatch(
-        prompt=preset.fill(subject),
-        negative_prompt=preset.negative_prompt,
-        strength=preset.strength,
-        guidance_scale=preset.guidance_scale,
-        seed=preset.seed,
-        preset=preset.id,
-    )
+    values: dict[str, Any] = {
+        "prompt": preset.fill(subject),
+        "negative_prompt": preset.negative_prompt,
+        "strength": preset.strength,
+        "guidance_scale": preset.guidance_scale,
+        "seed": preset.seed,
+        "preset": preset.id,
+    }
+    if preset.num_inference_steps is not None:  # a preset without steps leaves them as they are
+        values["num_inference_steps"] = preset.num_inference_steps
+    return SettingsPatch(**values)
 
 
 @dataclass(frozen=True)
@@ -248,7 +261,7 @@ class SqlitePresets:
                 conn.execute(
                     f"INSERT INTO presets ({_COLUMNS}, created, updated) "
                     "VALUES (:id, :name, :category, :template, :negative_prompt, :strength, :guidance_scale, :seed, "
-                    ":created, :updated)",
+                    ":num_inference_steps, :created, :updated)",
                     {**values, "created": now, "updated": now},
                 )
             except sqlite3.IntegrityError:
@@ -264,7 +277,7 @@ class SqlitePresets:
                 conn.execute(
                     "UPDATE presets SET name = :name, category = :category, template = :template, "
                     "negative_prompt = :negative_prompt, strength = :strength, guidance_scale = :guidance_scale, "
-                    "seed = :seed, updated = :updated WHERE id = :id",
+                    "seed = :seed, num_inference_steps = :num_inference_steps, updated = :updated WHERE id = :id",
                     values,
                 ).rowcount
             )
