@@ -11,7 +11,7 @@ scheduler and the runner's copies do not change for it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +61,13 @@ class RowInput:
         raise NotImplementedError
 
 
+def negative(model: ModelBundle, embed: Callable[[str], torch.Tensor], prompt: str) -> torch.Tensor:
+    """A negative prompt's embedding; for SDXL no negative prompt is zeros, as diffusers' SDXL pipelines
+    do (`force_zeros_for_empty_prompt`), where SD 1.x/2.x embed the empty prompt."""
+    embedding = embed(prompt)
+    return torch.zeros_like(embedding) if model.family.pooled and not prompt else embedding
+
+
 class PromptInput(RowInput):
     name = "prompt_embeds"
 
@@ -86,7 +93,7 @@ class NegativeInput(PromptInput):
         return guided(rows)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        torch.stack([self._prompts.get(r.negative_prompt) for r in rows], 0, out=into)
+        torch.stack([negative(self._model, self._prompts.get, r.negative_prompt) for r in rows], 0, out=into)
 
 
 class PooledInput(PromptInput):
@@ -110,7 +117,7 @@ class NegativePooledInput(PooledInput):
         return guided(rows)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        torch.stack([self._prompts.pooled(r.negative_prompt) for r in rows], 0, out=into)
+        torch.stack([negative(self._model, self._prompts.pooled, r.negative_prompt) for r in rows], 0, out=into)
 
 
 class GuidanceInput(RowInput):
