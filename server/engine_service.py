@@ -222,6 +222,12 @@ class EngineService:
             self._loop.call_soon_threadsafe(apply)
 
 
+def runs_model(described: dict[str, object], wanted: str) -> bool:
+    """Whether an engine (as `EngineService.describe` or a cluster worker's entry says) runs the model a
+    stream asks for: its spec as configured, or its family's name (any SDXL model for "sdxl")."""
+    return wanted in (described.get("model"), described.get("family"))
+
+
 def download_model(config: Config, *, full_precision: bool, progress: Callable[[int, int], None]) -> str:
     """Fetch every file `[model]` needs into the hub cache (or build `tiny`), ahead of an offline show.
 

@@ -61,6 +61,19 @@ async def test_type_other_than_offer_is_400_or_422_naming_type(server: RunningSe
     assert body["detail"][0]["field"] == "type"
 
 
+async def test_an_offer_for_a_model_this_server_does_not_run_is_409_naming_its_model(server: RunningServer) -> None:
+    offer = {"sdp": await offer_sdp(), "type": "offer", "model": "tiny-sdxl"}
+    async with server.http.post(server.url("/api/offer"), json=offer) as response:
+        assert response.status == 409
+        body = await response.json()
+    assert body == {"error": "model not on offer", "detail": {"model": "tiny-sdxl", "on_offer": ["tiny"]}}
+    assert server.app[live_keys.PEERS].sessions == {}
+    # Its spec or its family is taken.
+    for model in ("tiny", "sd-turbo"):
+        client = await connect(server.http, server.url("/api/offer"), model=model)
+        await client.close()
+
+
 async def test_oversized_offer_is_413(server: RunningServer) -> None:
     huge = {"sdp": "v=0\r\n" + "a=x\r\n" * 20000, "type": "offer"}
     async with server.http.post(server.url("/api/offer"), json=huge) as response:

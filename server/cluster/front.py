@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from server.bounded_json import parse_json
 from server.cluster.registry import Registry
 from server.cluster.replicated_settings import ReplicatedSettings
 from server.config import Config
-from server.engine_service import EngineNotReady, State
+from server.engine_service import EngineNotReady, State, runs_model
 from server.fields import LATEST
 from server.http.errors import ApiError
 from server.http.inputs import read_body
@@ -137,8 +138,15 @@ class Front:
     async def new_stream(self, request: web.Request) -> web.StreamResponse:
         """Offer (or WHIP) to the least-loaded ready worker; the next one when it is full or gone."""
         body = await self._body(request)
+        wanted = _model_asked(request, body)
+        candidates = self.candidates()
+        if wanted is not None:
+            candidates = [node for node in candidates if runs_model(node, wanted)]
+            if not candidates:
+                on_offer = sorted({str(node.get("model")) for node in self._registry.workers()})
+                raise ApiError(409, "model not on offer", {"model": wanted, "on_offer": on_offer})
         tried: list[str] = []
-        for node in self.candidates():
+        for node in candidates:
             instance = node["instance"]
             self._inflight[instance] += 1
             try:
@@ -269,6 +277,18 @@ class Front:
             if newest:
                 output["stream_id"] = newest[-1]
         return [merged[name] for name in sorted(merged, key=lambda n: (n != LATEST, n))]
+
+
+def _model_asked(request: web.Request, body: bytes | None) -> str | None:
+    """The model an offer's JSON body asks for (the worker checks the rest of the body and answers for it)."""
+    if request.path != "/api/offer" or not body:
+        return None
+    try:
+        parsed = parse_json(body)
+    except ValueError:
+        return None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def _error(response: web.StreamResponse) -> str | None:

@@ -89,6 +89,8 @@ def _worker_load(app: web.Application) -> Callable[[], dict[str, Any]]:
             "state": described["state"],
             "reason": described["reason"],
             "device": described.get("device") or config.model.device,
+            "model": described.get("model") or config.model.id,
+            "family": described.get("family"),
             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "engine": described,
             "streams": app[cluster_keys.LIVE_STREAMS](),

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
 from server.control.settings import SettingsPatch
+from server.engine_service import runs_model
 from server.fields import DEFAULT_NAME, PublishName
 from server.http.errors import ApiError
 from server.http.inputs import read_model
@@ -27,6 +28,11 @@ class OfferRequest(BaseModel):
     type: Literal["offer"]
     settings: SettingsPatch | None = None
     name: PublishName = DEFAULT_NAME  # outputs and per-name settings follow it across reconnects
+    model: str | None = Field(
+        None,
+        max_length=300,
+        description="the model (spec, or family: sd-turbo, sd15, sdxl) the stream asks for; 409 where none runs it",
+    )
 
 
 class Answer(BaseModel):
@@ -49,10 +55,17 @@ class HungUp(BaseModel):
     tag="streams",
     body=OfferRequest,
     response=Answer,
-    errors={400: "the offer is not SDP aiortc takes", 503: "server full, or the model not ready"},
+    errors={
+        400: "the offer is not SDP aiortc takes",
+        409: "the model asked for is not the one this server runs (detail: the models on offer)",
+        503: "server full, or the model not ready",
+    },
 )
 async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
+    described = request.app[keys.ENGINE].describe()
+    if body.model is not None and not runs_model(described, body.model):
+        raise ApiError(409, "model not on offer", {"model": body.model, "on_offer": [described["model"]]})
     peers = request.app[live_keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)

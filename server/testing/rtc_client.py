@@ -224,8 +224,9 @@ async def connect(
     settings: dict[str, Any] | None = None,
     negotiate_channel: bool = False,
     name: str | None = None,
+    model: str | None = None,
 ) -> RtcClient:
-    """The page's way in: POST /api/offer with JSON."""
+    """The page's way in: POST /api/offer with JSON (asking for a model where `model` is given)."""
     pc, source, track_ready = _publisher(fps, receive=True, size=size)
     channel = pc.createDataChannel("control") if negotiate_channel else None
     await pc.setLocalDescription(await pc.createOffer())
@@ -234,6 +235,8 @@ async def connect(
         body["settings"] = settings
     if name is not None:
         body["name"] = name
+    if model is not None:
+        body["model"] = model
     async with http.post(offer_url, json=body) as response:
         answer = await response.json()
         if response.status != 200:
