@@ -94,14 +94,16 @@ bench-gpu: $(STAMP)
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,8 --seconds 10 --compile reduce-overhead
 
-# One call proves the engine on a GPU and measures it (about 8 minutes), one JSON under bench/results/.
+# Proves the engine on a GPU and measures it, one JSON under bench/results/ per call; a device call is
+# at most 10 minutes, so it runs as two: `make gpu-check ONLY=tests,engine,live`, then ONLY=families,flicker.
 # On a box without a venv (the lent GPU machine): the interpreter there, with the wheelhouse on its path.
 # `make gpu-check DEVICE=cpu` is the same script in seconds on tiny models (make test runs it).
 DEVICE ?= cuda
+ONLY ?= tests,engine,families,live,flicker
 GPU_OUT ?= bench/results
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	PYTHONPATH=$(CURDIR):$(CURDIR)/$(WHEELS)/site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m bench.gpu_check --device $(DEVICE) --out $(GPU_OUT)
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(WHEELS)/site$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m bench.gpu_check --device $(DEVICE) --only $(ONLY) --out $(GPU_OUT)
 
 wheelhouse:
 	rm -rf $(WHEELS)/site

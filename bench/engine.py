@@ -1,7 +1,10 @@
-"""Engine throughput and latency per batch size, against diffusers' own img2img pipeline per frame.
+"""Engine throughput and latency per model, step count and batch size, against diffusers' own img2img
+pipeline (the model's family's, with the LCM scheduler and the same timesteps) per frame.
 
     python -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
+    python -m bench.engine --model tiny,tiny-sd15,tiny-sdxl --steps 1,2,4 --seconds 3      # every family, CPU
     python -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10   # on a GPU
+    python -m bench.engine --model arch:sdxl-turbo,arch:sd15 --steps 1,2,4 --batch-sizes 1,4 --seconds 10
 
 Runs from the source tree with any Python that has torch, diffusers and transformers (no venv, no
 network): it imports nothing else but numpy and `pipeline/`. Each batch size is measured twice:
@@ -28,11 +31,12 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from diffusers import AutoPipelineForImage2Image, StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
 from pipeline.contract import BatchReport, FrameParams
 from pipeline.engine import Engine
 from pipeline.models import ModelBundle, default_device, default_dtype, load_model
+from pipeline.onestep import row_timesteps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,11 +44,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class _Streams:
     """`streams` keys sending one frame each per round; records latency from submit to result."""
 
-    def __init__(self, engine: Engine, streams: int, frame: np.ndarray) -> None:
+    def __init__(self, engine: Engine, streams: int, frame: np.ndarray, steps: int) -> None:
         self._engine = engine
         self._frame = frame
         self.count = streams
-        self._params = [FrameParams(prompt="a watercolor painting", strength=0.5, seed=i) for i in range(streams)]
+        self._params = [
+            FrameParams(prompt="a watercolor painting", strength=0.5, seed=i, num_inference_steps=steps)
+            for i in range(streams)
+        ]
         self._lock = threading.Lock()
         self.latencies: list[float] = []
         self.futures: list[Future[np.ndarray]] = []
@@ -78,7 +85,7 @@ class _Feeder:
 
 
 def bench_engine(
-    model: ModelBundle, batch: int, seconds: float, frame: np.ndarray, *, graphs: bool, compile_mode: str
+    model: ModelBundle, batch: int, steps: int, seconds: float, frame: np.ndarray, *, graphs: bool, compile_mode: str
 ) -> list[dict[str, Any]]:
     feeder = _Feeder()
     engine = Engine(
@@ -96,7 +103,7 @@ def bench_engine(
     rows = []
     try:
         # Lockstep: one round at a time.
-        streams = _Streams(engine, batch, frame)
+        streams = _Streams(engine, batch, frame, steps)
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or not streams.latencies:
             for future in streams.send_round():
@@ -105,7 +112,7 @@ def bench_engine(
 
         # Streaming: every batch that comes back sends the next round; two rounds go in at the start
         # so one is always waiting behind the one in flight.
-        streams = _Streams(engine, batch, frame)
+        streams = _Streams(engine, batch, frame, steps)
         feeder.reports = []
         start = time.perf_counter()
         feeder.streams = streams
@@ -121,7 +128,7 @@ def bench_engine(
     finally:
         engine.stop()
     for row in rows:
-        row.update(graphs=engine.cuda_graphs, warmup_s=round(warmup_s, 3), cpu_threads=engine.cpu_threads)
+        row.update(steps=steps, graphs=engine.cuda_graphs, warmup_s=round(warmup_s, 3), cpu_threads=engine.cpu_threads)
     return rows
 
 
@@ -146,19 +153,23 @@ def _row(mode: str, streams: _Streams, reports: list[BatchReport], elapsed: floa
     }
 
 
-def bench_diffusers(model: ModelBundle, seconds: float) -> dict[str, Any]:
-    """The baseline: diffusers' AutoPipelineForImage2Image called once per frame, one step."""
-    text2img = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=model.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe = AutoPipelineForImage2Image.from_pipe(text2img)
+def bench_diffusers(model: ModelBundle, steps: int, seconds: float) -> dict[str, Any]:
+    """The baseline: the family's diffusers img2img pipeline called once per frame, the same timesteps."""
+    parts: dict[str, Any] = {
+        "vae": model.vae,
+        "text_encoder": model.text_encoder,
+        "tokenizer": model.tokenizer,
+        "unet": model.unet,
+        "scheduler": model.scheduler,
+    }
+    pipe: StableDiffusionImg2ImgPipeline | StableDiffusionXLImg2ImgPipeline
+    if model.family.pooled:
+        parts |= {"text_encoder_2": model.text_encoder_2, "tokenizer_2": model.tokenizer_2}
+        pipe = StableDiffusionXLImg2ImgPipeline(**parts, add_watermarker=False)
+    else:
+        pipe = StableDiffusionImg2ImgPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand((1, 3, model.height, model.width), device=model.device, dtype=model.dtype)
     generator = torch.Generator(model.device).manual_seed(0)
@@ -167,8 +178,8 @@ def bench_diffusers(model: ModelBundle, seconds: float) -> dict[str, Any]:
         pipe(
             prompt="a watercolor painting",
             image=image,
-            num_inference_steps=2,
-            strength=0.5,
+            timesteps=row_timesteps(0.5, steps),
+            strength=1.0,  # keeps the whole custom schedule: strength 0.5 is in its first timestep
             guidance_scale=0.0,
             generator=generator,
             output_type="pt",
@@ -193,7 +204,10 @@ def bench_diffusers(model: ModelBundle, seconds: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny", help="a spec, or several separated by commas (one JSON each)")
+    parser.add_argument(
+        "--steps", default="", help="num_inference_steps values, e.g. 1,2,4; empty = the family's default"
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--resolution", type=int, default=0, help="0 = the model's native size")
     parser.add_argument(
@@ -215,9 +229,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
+    for spec in args.model.split(","):
+        _bench_model(spec, args, sys.argv[1:] if argv is None else argv)
+
+
+def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
     device = default_device()
     model = load_model(
-        args.model,
+        spec,
         data_dir=args.data_dir,
         device=device,
         dtype=default_dtype(device, args.dtype),
@@ -226,19 +245,22 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     height, width = (args.frame_size, args.frame_size) if args.frame_size else (model.height, model.width)
     frame = rng.integers(16, 236, (height * 3 // 2, width), dtype=np.uint8)
-    baseline = bench_diffusers(model, args.seconds)
     graph_modes = [True, False] if device.type == "cuda" and not args.no_graphs else [False]
+    step_counts = [int(n) for n in args.steps.split(",")] if args.steps else [model.family.default_steps]
+    baselines = {steps: bench_diffusers(model, steps, args.seconds) for steps in step_counts}
     engine = [
         row
+        for steps in step_counts
         for graphs in graph_modes
         for size in args.batch_sizes.split(",")
-        for row in bench_engine(model, int(size), args.seconds, frame, graphs=graphs, compile_mode=args.compile)
+        for row in bench_engine(model, int(size), steps, args.seconds, frame, graphs=graphs, compile_mode=args.compile)
     ]
     for row in engine:
-        row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baseline["frames_per_s"], 2)
+        row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baselines[row["steps"]]["frames_per_s"], 2)
     result = {
-        "command": " ".join(["python -m bench.engine", *(sys.argv[1:] if argv is None else argv)]),
-        "model": args.model,
+        "command": " ".join(["python -m bench.engine", *argv]),
+        "model": spec,
+        "family": model.family.name,
         "resolution": model.width,
         "frame": [width, height],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -250,12 +272,12 @@ def main(argv: list[str] | None = None) -> None:
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
         },
-        "diffusers_baseline": baseline,
+        "diffusers_baseline": {str(steps): row for steps, row in baselines.items()},
         "engine": engine,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = args.model.replace(":", "-").replace("/", "-")
+    slug = spec.replace(":", "-").replace("/", "-")
     name = f"engine-{slug}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """One call proves the engine on a GPU and measures it: the CUDA tests, the engine benchmark of every
-`arch:` model against diffusers, the live benchmark with client processes and the temporal
-techniques' cost, into one JSON.
+`arch:` model against diffusers (`arch:sdxl-turbo` and `arch:sd15` at 1, 2 and 4 steps), the live
+benchmark with client processes and the temporal techniques' cost, into one JSON.
 
-    python -m bench.gpu_check                  # on a CUDA machine: about 8 minutes
+    python -m bench.gpu_check --only tests,engine,live    # on a CUDA machine: about 8 minutes
+    python -m bench.gpu_check --only families,flicker     # then about 8 more (a device call is 10 at most)
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
 
 Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 # The architectures with random weights that a GPU run measures (configs under pipeline's archs).
 ARCH_MODELS = ["arch:sd-turbo"]
+# The other families, each at 1, 2 and 4 steps (README, Benchmarks).
+FAMILY_MODELS = ["arch:sdxl-turbo", "arch:sd15"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Plan:
     tests: list[str]
     engine_models: list[str]
     engine_args: list[str]
+    family_models: list[str]  # measured per step count, with `family_args`
+    family_args: list[str]
     live_args: list[str]
     # The temporal techniques' cost (frames/s each against off; random weights make the figures
     # themselves meaningless there: those come from the CPU run with the tiny model).
@@ -53,25 +58,33 @@ def plan_for(device: str) -> Plan:
             tests=["tests/test_engine_cuda.py", "-m", "cuda"],
             engine_models=ARCH_MODELS,
             engine_args=["--batch-sizes", "1,2,4,8,16", "--seconds", "6"],
+            family_models=FAMILY_MODELS,
+            family_args=["--steps", "1,2,4", "--batch-sizes", "1,4", "--seconds", "3"],
             live_args=[
                 *("--model", "arch:sd-turbo", "--size", "512", "--peers", "1,4,8,12,16", "--seconds", "10"),
                 *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
             ],
             flicker_args=["--model", "arch:sd-turbo", "--size", "512", "--frames", "60", "--streams", "8"],
-            limits={"tests": 120, "engine": 200, "live": 240, "flicker": 120},
+            # families: building SDXL's 2.6 B random weights on the CPU alone takes about a minute
+            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120},
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
         tests=["tests/test_engine_cuda.py"],
         engine_models=["tiny"],
         engine_args=["--batch-sizes", "1,2", "--seconds", "0.2"],
+        family_models=["tiny-sdxl", "tiny-sd15"],
+        family_args=["--steps", "1,2", "--batch-sizes", "1", "--seconds", "0.2"],
         live_args=[
             *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
         ],
         flicker_args=["--model", "tiny", "--size", "64", "--frames", "6", "--streams", "2"],
-        limits={"tests": 120, "engine": 120, "live": 120, "flicker": 120},
+        limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120},
     )
 
+
+# The parts of a run, in order; `--only` picks some (two calls when one would pass a call's limit).
+PARTS = ("tests", "engine", "families", "live", "flicker")
 
 # What a GPU run should show (README, Benchmarks): name -> (what, the target).
 TARGETS = {
@@ -164,7 +177,7 @@ def figures(
         return rows[0]["frames_per_s"] if rows else None
 
     batch8 = streaming(8)
-    baseline = (sd or {}).get("diffusers_baseline", {}).get("frames_per_s")
+    baseline = (sd or {}).get("diffusers_baseline", {}).get("1", {}).get("frames_per_s")  # by step count
     fps_each = over_floor = None
     if live is not None:
         by = {(run["peers"], run["strength"] > 0): run for run in live.get("runs", [])}
@@ -204,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
     parser.add_argument("--data-dir", type=Path, default=None, help="models and server data (default: a temp dir)")
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"the parts to run, comma-separated ({', '.join(PARTS)}): a device call is at most 10 minutes",
+    )
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if not only <= set(PARTS):
+        parser.error(f"--only takes {', '.join(PARTS)}, got {args.only}")
     plan = plan_for(args.device)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.device == "cpu":
@@ -215,27 +236,28 @@ def main(argv: list[str] | None = None) -> int:
         steps = []
         junit = work / "tests.xml"
         tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *plan.tests]
-        steps.append(run_step("tests", tests, plan.limits["tests"], env))
-        steps[-1]["counts"] = junit_counts(junit)
+        if "tests" in only:
+            steps.append(run_step("tests", tests, plan.limits["tests"], env))
+            steps[-1]["counts"] = junit_counts(junit)
         engine: dict[str, dict[str, Any]] = {}
-        for model in plan.engine_models:
+        runs = [(model, plan.engine_args, plan.limits["engine"]) for model in plan.engine_models if "engine" in only]
+        runs += [(m, plan.family_args, plan.limits["families"]) for m in plan.family_models if "families" in only]
+        for model, model_args, limit in runs:
             out = work / f"engine-{model.replace(':', '-')}"
             command = [sys.executable, "-m", "bench.engine", "--model", model, "--data-dir", str(data)]
-            steps.append(
-                run_step(
-                    f"engine {model}", [*command, *plan.engine_args, "--out", str(out)], plan.limits["engine"], env
-                )
-            )
+            steps.append(run_step(f"engine {model}", [*command, *model_args, "--out", str(out)], limit, env))
             result = newest(out, "engine-")
             if result is not None:
                 engine[model] = result
         live_out = work / "live"
         command = [sys.executable, "-m", "bench.live", *plan.live_args, "--data-dir", str(data), "--out", str(live_out)]
-        steps.append(run_step("live", command, plan.limits["live"], env))
+        if "live" in only:
+            steps.append(run_step("live", command, plan.limits["live"], env))
         live = newest(live_out, "live-")
         flicker_out = work / "flicker"
         command = [sys.executable, "-m", "bench.flicker", *plan.flicker_args, "--data-dir", str(data)]
-        steps.append(run_step("flicker", [*command, "--out", str(flicker_out)], plan.limits["flicker"], env))
+        if "flicker" in only:
+            steps.append(run_step("flicker", [*command, "--out", str(flicker_out)], plan.limits["flicker"], env))
         flicker = newest(flicker_out, "flicker-")
     facts = device_facts(args.device)
     report = {

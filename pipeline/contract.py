@@ -18,6 +18,7 @@ class FrameParams:
     prompt_b: str = ""
     blend: float = 0.0
     guidance_scale: float = 0.0
+    num_inference_steps: int = 0  # UNet calls, 1 to 4; 0: the model family's default
     # Temporal memory (`pipeline.temporal`): the share of the stream's previous output in this frame's
     # start, and the flicker figure to hold by moving it (None: fixed). When the engine takes the
     # frame into a batch it sets its stream's memory slot and the feedback it runs with now.
@@ -37,6 +38,10 @@ class FrameParams:
         return self.feedback > 0.0 or self.flicker_target is not None or self.frames > 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.num_inference_steps <= 4:
+            raise ValueError(
+                f"num_inference_steps must be in [1, 4] (or 0: the default), got {self.num_inference_steps!r}"
+            )
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength!r}")
         if not 0.0 <= self.feedback <= 1.0:

@@ -2,7 +2,7 @@
 
 `launch` stages a batch (every frame and the per-row numbers in one pinned buffer, one copy up),
 converts colour into the bucket's static images, fills each per-row input (`row_inputs`), runs the
-transform (one CUDA graph per bucket and set of optional inputs), converts colour out and starts the
+transform (one CUDA graph per bucket, set of optional inputs and number of steps), converts colour out and starts the
 one copy back; `collect` waits for that copy (the batch's one sync) and cuts out each row's frame.
 On CUDA the copies run on streams of their own, ordered by events; on the CPU every op has finished
 by the time the next line runs, so the same code runs in order.
@@ -10,6 +10,7 @@ by the time the next line runs, so the same code runs in order.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -103,7 +104,8 @@ class Bucket:
             memory_format=torch.channels_last,
         )
         self.inputs = {part.name: part.allocate(size) for part in parts}
-        self.graphs: dict[frozenset[str], CapturedTransform] = {}
+        # keyed by the optional inputs that run and the plain-number arguments (the steps a batch runs)
+        self.graphs: dict[tuple[frozenset[str], tuple[tuple[str, int], ...]], CapturedTransform] = {}
 
 
 @dataclass
@@ -197,6 +199,7 @@ class DeviceRunner:
         bucket = self._bucket(bucket_size)
         padded = [*params, *[params[-1]] * (bucket.size - len(params))]  # padding rows repeat the last
         running = [p for p in self.parts if not p.optional or p.wanted(padded)]
+        statics = {name: value for p in running for name, value in p.statics(padded).items()}
         groups = [(shape, len(list(same))) for shape, same in groupby(frame.shape for frame in frames)]
 
         # 1. Stage: the per-row numbers and every frame into the staging buffer, one copy to the device.
@@ -221,7 +224,7 @@ class DeviceRunner:
         conditioned = self._mark()
 
         # 4. The transform: the bucket's captured graph for the parts that run, or eager.
-        stylized = self._transform(bucket, {p.name: bucket.inputs[p.name] for p in running})
+        stylized = self._transform(bucket, {p.name: bucket.inputs[p.name] for p in running}, statics)
         modelled = self._mark()
 
         # 5. Colour out: each group converted and resized back to its frames' size into one buffer,
@@ -331,11 +334,13 @@ class DeviceRunner:
             bucket = self.buckets[size] = Bucket(size, self.model, self.parts)
         return bucket
 
-    def _transform(self, bucket: Bucket, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _transform(self, bucket: Bucket, inputs: dict[str, torch.Tensor], statics: dict[str, int]) -> torch.Tensor:
         if not self.cuda_graphs:
-            return self.transform(bucket.images, **inputs)
-        key = frozenset(inputs)
+            return self.transform(bucket.images, **inputs, **statics)
+        key = (frozenset(inputs), tuple(sorted(statics.items())))
         graph = bucket.graphs.get(key)
         if graph is None:
-            graph = bucket.graphs[key] = CapturedTransform(self.transform, bucket.images, inputs)
+            graph = bucket.graphs[key] = CapturedTransform(
+                functools.partial(self.transform, **statics), bucket.images, inputs
+            )
         return graph()

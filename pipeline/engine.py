@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
@@ -28,6 +28,7 @@ import torch
 from pipeline.cached_attention import AttentionBank
 from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameReplaced, Priority
 from pipeline.device import DeviceFlight, DeviceRunner
+from pipeline.families import MAX_STEPS
 from pipeline.flicker import FlickerFigures
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img
@@ -95,6 +96,7 @@ class Engine:
         compile_mode: str = "none",
         cuda_graphs: bool = True,
         cpu_threads: int = 0,
+        warmup_steps: Sequence[int] = (),
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -120,6 +122,12 @@ class Engine:
         self.runner = DeviceRunner(
             model, transform, one_step_inputs(model, self.prompts), cuda_graphs=graphs, memory_slots=memory_slots
         )
+        # The step counts each bucket is warmed up (its graphs recorded) at: the family's default first.
+        default = model.family.default_steps
+        self.warmup_steps = [default, *sorted({int(n) for n in warmup_steps} - {default})]
+        for steps in self.warmup_steps:
+            if not 1 <= steps <= MAX_STEPS:
+                raise ValueError(f"warmup_steps must be in [1, {MAX_STEPS}], got {steps}")
         self._set_cpu_threads = cpu_threads
         self.cpu_threads = 0  # torch CPU threads the model runs with, known once the worker runs
         self._on_batch = on_batch
@@ -248,13 +256,14 @@ class Engine:
 
     def _warm_up(self, progress: Callable[[int, int], None] | None) -> None:
         frame = np.full((self.model.height * 3 // 2, self.model.width), 128, dtype=np.uint8)
-        params = FrameParams(prompt="", strength=0.5)
         warmed = 0
         for size in list(self.buckets):
             if self.scheduler.closed or size > self.max_batch:
                 break
             try:
-                self.runner.collect(self.runner.launch([frame] * size, [params] * size, size))
+                for steps in self.warmup_steps:
+                    params = FrameParams(prompt="", strength=0.5, num_inference_steps=steps)
+                    self.runner.collect(self.runner.launch([frame] * size, [params] * size, size))
             except torch.OutOfMemoryError:
                 if not self._shrink(size):
                     raise

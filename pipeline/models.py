@@ -4,10 +4,15 @@ Specs:
 - a Hugging Face id (default `stabilityai/sd-turbo`, with the tiny VAE `madebyollin/taesd`) or a
   local diffusers folder (with its own VAE); `[model] vae` names another VAE for either. Hub files
   come from the standard cache or are downloaded once (`pipeline.hub`); loading itself is offline;
-- `tiny`: a small random-weight model of the same family, built once under `<data_dir>/models/tiny`
-  in diffusers format and loaded back from there, so tests exercise the real loading path;
-- `arch:<name>`: the real architecture from `pipeline/archs/<name>/` with random weights, for
-  measuring speed where weights cannot be downloaded.
+- `tiny`, `tiny-sd15`, `tiny-sdxl`: small random-weight twins of each family, built once under
+  `<data_dir>/models/<name>` in diffusers format and loaded back from there, so tests exercise the
+  real loading path;
+- `arch:<name>` (`sd-turbo`, `sd15`, `sdxl-turbo`): the real architecture from `pipeline/archs/<name>/`
+  with random weights, for measuring speed where weights cannot be downloaded.
+
+Every model belongs to a family (`pipeline.families`), told from its own config unless `[model] family`
+says otherwise: it decides the text conditioning (one encoder, or SDXL's two with pooled embeddings and
+size micro-conditioning), the default tiny VAE and the default number of steps.
 """
 
 from __future__ import annotations
@@ -25,18 +30,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, LCMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from pipeline import hub
+from pipeline.families import AUTO, Family, FamilyError, detect_family, family_named
 from pipeline.hub import Progress
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
-DEFAULT_VAE = "madebyollin/taesd"
 AUTO_VAE = "auto"
 TINY = "tiny"
+# The built-in random-weight twins, and the family each is a twin of.
+TWINS = {TINY: "sd-turbo", "tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
 ARCH_PREFIX = "arch:"
 # The architectures' configs ship inside the package (wheels install unpacked: a real folder).
 ARCH_DIR = Path(str(importlib.resources.files("pipeline") / "archs"))
@@ -50,6 +57,13 @@ MODEL_PATTERNS = [
     "text_encoder/*.bin",
     "tokenizer/*",
     "scheduler/*",
+]
+# What SDXL adds: the second text encoder and its tokenizer.
+SDXL_PATTERNS = [
+    "text_encoder_2/config.json",
+    "text_encoder_2/*.safetensors",
+    "text_encoder_2/*.bin",
+    "tokenizer_2/*",
 ]
 VAE_PATTERNS = ["vae/config.json", "vae/*.safetensors", "vae/*.bin"]
 OFFLINE_FIX = (
@@ -72,15 +86,20 @@ class ModelUnavailableError(RuntimeError):
 @dataclass
 class ModelBundle:
     spec: str
+    family: Family
     unet: UNet2DConditionModel
     vae: AutoencoderTiny | AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
-    scheduler: EulerDiscreteScheduler
+    # The LCM scheduler built from the model's own scheduler config: every family samples with its step.
+    scheduler: LCMScheduler
     device: torch.device
     dtype: torch.dtype
     width: int
     height: int
+    # SDXL's second text encoder (with projection: it gives the pooled embedding) and its tokenizer.
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
 
     @property
     def latent_channels(self) -> int:
@@ -115,30 +134,54 @@ def load_model(
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     vae: str = AUTO_VAE,
+    family: str = AUTO,
     resolution: int | None = None,
     progress: Progress | None = None,
 ) -> ModelBundle:
-    """Load `spec` (see the module docstring); `vae` is `AUTO_VAE`, "" (the model's own) or a hub id/folder.
+    """Load `spec` (see the module docstring); `vae` is `AUTO_VAE`, "" (the model's own) or a hub id/folder;
+    `family` is `AUTO` (told from the model's config) or a family's name.
 
-    Raises `ModelUnavailableError` naming the component that could not be had and why.
+    Raises `ModelUnavailableError` naming the component that could not be had and why, or the family
+    that is unknown or cannot be told.
     """
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    if spec.startswith(ARCH_PREFIX):
-        parts = _build_arch(spec[len(ARCH_PREFIX) :], dtype)
-    else:
-        parts = _load_files(
-            fetch_model(spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, progress=progress), dtype
-        )
-    unet, vae_model, text_encoder, tokenizer, scheduler = parts
+    try:
+        if spec.startswith(ARCH_PREFIX):
+            parts = _build_arch(spec[len(ARCH_PREFIX) :], dtype, family)
+        else:
+            files = fetch_model(
+                spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, family=family, progress=progress
+            )
+            parts = _load_files(files, dtype)
+    except FamilyError as e:
+        raise ModelUnavailableError(str(e)) from e
     # from_pretrained already gave the dtype; moving without one keeps diffusers' fp32-only modules.
-    unet.to(device=device, memory_format=torch.channels_last).eval()
-    vae_model.to(device=device, memory_format=torch.channels_last).eval()
-    text_encoder.to(device=device).eval()
-    latent_size = int(unet.config.sample_size)
-    side = resolution or latent_size * vae_scale_factor(vae_model)
-    logger.info("model loaded spec=%s device=%s dtype=%s resolution=%d", spec, device, dtype, side)
-    return ModelBundle(spec, unet, vae_model, text_encoder, tokenizer, scheduler, device, dtype, side, side)
+    parts.unet.to(device=device, memory_format=torch.channels_last).eval()
+    parts.vae.to(device=device, memory_format=torch.channels_last).eval()
+    for encoder in (parts.text_encoder, parts.text_encoder_2):
+        if encoder is not None:
+            encoder.to(device=device).eval()
+    latent_size = int(parts.unet.config.sample_size)
+    side = resolution or latent_size * vae_scale_factor(parts.vae)
+    logger.info(
+        "model loaded spec=%s family=%s device=%s dtype=%s resolution=%d", spec, parts.family.name, device, dtype, side
+    )
+    return ModelBundle(
+        spec,
+        parts.family,
+        parts.unet,
+        parts.vae,
+        parts.text_encoder,
+        parts.tokenizer,
+        parts.scheduler,
+        device,
+        dtype,
+        side,
+        side,
+        parts.text_encoder_2,
+        parts.tokenizer_2,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,27 +200,59 @@ class Files:
 
 @dataclass(frozen=True)
 class ModelFiles:
-    model: Files  # the folder holding unet/, text_encoder/, tokenizer/, scheduler/
+    model: Files  # the folder holding unet/, text_encoder/, tokenizer/, scheduler/ (and SDXL's *_2/)
     vae: Files
+    family: Family
 
 
 def fetch_model(
-    spec: str, vae: str = AUTO_VAE, *, data_dir: Path, fp16: bool, progress: Progress | None = None
+    spec: str,
+    vae: str = AUTO_VAE,
+    *,
+    data_dir: Path,
+    fp16: bool,
+    family: str = AUTO,
+    progress: Progress | None = None,
 ) -> ModelFiles:
     """Every file `spec` needs, on this machine: from its folder, the hub cache, or downloaded now.
 
-    `vae` `AUTO_VAE` means the tiny VAE `DEFAULT_VAE` for a hub model and the folder's own VAE for a
-    folder (and the built `tiny`); "" always the model's own. Raises `ModelUnavailableError`.
+    `vae` `AUTO_VAE` means the family's tiny VAE for a hub model and the folder's own VAE for a folder
+    (and the built twins); "" always the model's own. The family is told from the model's configs
+    (the UNet's, the scheduler's, model_index.json) unless `family` names one.
+    Raises `ModelUnavailableError`, or `FamilyError` for a family unknown or not to be told.
     """
-    if spec == TINY:
-        model = Files("model", TINY, "built-in", ensure_tiny_model(data_dir / "models" / "tiny"), None)
+    wanted = None if family == AUTO else family_named(family)
+    if spec in TWINS:
+        folder = ensure_tiny_model(data_dir / "models" / spec, TWINS[spec])
+        model = Files("model", spec, "built-in", folder, None)
     else:
-        model = _locate("model", spec, MODEL_PATTERNS + (VAE_PATTERNS if vae == "" else []), fp16, progress)
+        extra = VAE_PATTERNS if vae == "" else []
+        sdxl = SDXL_PATTERNS if wanted is not None and wanted.pooled else []
+        model = _locate("model", spec, MODEL_PATTERNS + sdxl + extra, fp16, progress)
+    # A twin's configs are too small to tell (cross-attention 32 wide): its spec says what it twins.
+    told = wanted or (family_named(TWINS[spec]) if spec in TWINS else _told_family(model))
+    if told.pooled and model.kind == "hub" and wanted is None:
+        # The SDXL parts are known to be wanted only now that the UNet's config has been read.
+        model = _locate("model", spec, MODEL_PATTERNS + SDXL_PATTERNS + extra, fp16, progress)
     if vae == AUTO_VAE:
-        vae = "" if model.kind != "hub" else DEFAULT_VAE
+        vae = "" if model.kind != "hub" else told.tiny_vae
     if vae == "":
-        return ModelFiles(model, Files("vae", model.name, model.kind, model.folder, "vae"))
-    return ModelFiles(model, _locate("vae", vae, [p.removeprefix("vae/") for p in VAE_PATTERNS], fp16, progress))
+        return ModelFiles(model, Files("vae", model.name, model.kind, model.folder, "vae"), told)
+    patterns = [p.removeprefix("vae/") for p in VAE_PATTERNS]
+    return ModelFiles(model, _locate("vae", vae, patterns, fp16, progress), told)
+
+
+def _told_family(model: Files) -> Family:
+    """The family from the configs in the model's folder; a missing config is the usual one-line error."""
+    configs = {}
+    for part in ("unet", "scheduler"):
+        path = model.folder / part / ("config.json" if part == "unet" else "scheduler_config.json")
+        if not path.is_file():
+            raise ModelUnavailableError(f"{model}: no {part} config at {path}", FOLDER_FIX)
+        configs[part] = _read_json(path)
+    index_path = model.folder / "model_index.json"
+    index = _read_json(index_path) if index_path.is_file() else None
+    return detect_family(model.name, configs["unet"], configs["scheduler"], index)
 
 
 def _locate(component: str, name: str, patterns: list[str], fp16: bool, progress: Progress | None) -> Files:
@@ -193,7 +268,16 @@ def _locate(component: str, name: str, patterns: list[str], fp16: bool, progress
     return Files(component, name, "hub", folder, None)
 
 
-_Parts = tuple[UNet2DConditionModel, Any, CLIPTextModel, CLIPTokenizer, EulerDiscreteScheduler]
+@dataclass
+class _Parts:
+    family: Family
+    unet: UNet2DConditionModel
+    vae: Any
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: LCMScheduler
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
 
 
 def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
@@ -215,7 +299,10 @@ def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
         dtype,
     )
     tokenizer = _load(part("tokenizer"), lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype)
-    scheduler = _load(part("scheduler"), lambda f, s, v: EulerDiscreteScheduler.from_pretrained(f, subfolder=s), dtype)
+    # Whatever scheduler the model ships, its config (betas, prediction type) builds the LCM scheduler.
+    scheduler = _load(
+        part("scheduler"), lambda f, s, v: _lcm_scheduler(LCMScheduler.load_config(f, subfolder=s)), dtype
+    )
     vae = _load(
         files.vae,
         lambda f, s, v: _vae_class(f, s).from_pretrained(
@@ -223,7 +310,23 @@ def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
         ),
         dtype,
     )
-    return unet, vae, text_encoder, tokenizer, scheduler
+    parts = _Parts(files.family, unet, vae, text_encoder, tokenizer, scheduler)
+    if files.family.pooled:
+        parts.text_encoder_2 = _load(
+            part("text_encoder_2"),
+            lambda f, s, v: CLIPTextModelWithProjection.from_pretrained(f, subfolder=s, variant=v, dtype=dtype),
+            dtype,
+        )
+        parts.tokenizer_2 = _load(
+            part("tokenizer_2"), lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype
+        )
+    return parts
+
+
+def _lcm_scheduler(config: dict[str, Any]) -> LCMScheduler:
+    # A scheduler config of another class carries keys LCM does not take: keep the ones it does.
+    scheduler: LCMScheduler = LCMScheduler.from_config(config)
+    return scheduler
 
 
 def _load(files: Files, loader: Callable[[str, str | None, str | None], Any], dtype: torch.dtype) -> Any:
@@ -250,20 +353,29 @@ def _vae_class(folder: str, subfolder: str | None) -> type[AutoencoderTiny] | ty
     return AutoencoderKL if config.get("_class_name") == "AutoencoderKL" else AutoencoderTiny
 
 
-def _build_arch(name: str, dtype: torch.dtype) -> _Parts:
+def _build_arch(name: str, dtype: torch.dtype, family: str) -> _Parts:
     folder = ARCH_DIR / name
     if not folder.is_dir():
         known = sorted(p.name for p in ARCH_DIR.iterdir() if p.is_dir())
         raise ModelUnavailableError(f"unknown architecture {name!r}; known: {known}")
+    unet_config = _read_json(folder / "unet.json")
+    scheduler_config = _read_json(folder / "scheduler.json")
+    told = (
+        detect_family(f"{ARCH_PREFIX}{name}", unet_config, scheduler_config) if family == AUTO else family_named(family)
+    )
     with _seeded():
-        unet = UNet2DConditionModel.from_config(_read_json(folder / "unet.json"))
+        unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderTiny.from_config(_read_json(folder / "vae.json"))
         text_encoder = CLIPTextModel(CLIPTextConfig(**_read_json(folder / "text_encoder.json")))
-    scheduler = EulerDiscreteScheduler.from_config(_read_json(folder / "scheduler.json"))
-    unet.to(dtype)
-    vae.to(dtype)
-    text_encoder.to(dtype)
-    return unet, vae, text_encoder, byte_level_tokenizer(), scheduler
+        parts = _Parts(told, unet, vae, text_encoder, byte_level_tokenizer(), _lcm_scheduler(scheduler_config))
+        if told.pooled:
+            config = CLIPTextConfig(**_read_json(folder / "text_encoder_2.json"))
+            parts.text_encoder_2 = CLIPTextModelWithProjection(config)
+            parts.tokenizer_2 = byte_level_tokenizer()
+    for module in (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2):
+        if module is not None:
+            module.to(dtype)
+    return parts
 
 
 @contextmanager
@@ -326,13 +438,16 @@ def _visible_init(vae: AutoencoderTiny) -> None:
         last.bias.fill_(0.5)
 
 
-def ensure_tiny_model(folder: Path) -> Path:
-    """Build the `tiny` model once (seeded random weights) and save it in diffusers format."""
+def ensure_tiny_model(folder: Path, family: str = "sd-turbo") -> Path:
+    """Build a tiny twin of `family` once (seeded random weights) and save it in diffusers format."""
     if (folder / "model_index.json").is_file():
         _drop_stale_vae_key(folder)  # folders built by earlier versions
         return folder
-    logger.info("building the tiny model at %s", folder)
+    logger.info("building the tiny %s model at %s", family, folder)
+    sdxl = family_named(family).pooled
     with _seeded():
+        # SDXL's UNet: the text_time added conditioning (pooled embedding + six size numbers, 8 wide each).
+        xl = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
         unet = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
@@ -341,9 +456,10 @@ def ensure_tiny_model(folder: Path) -> Path:
             layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
+            cross_attention_dim=64 if sdxl else 32,  # SDXL: both encoders' hidden states side by side
             attention_head_dim=8,
             norm_num_groups=16,
+            **(xl if sdxl else {}),
         )
         vae = AutoencoderTiny(
             encoder_block_out_channels=(16, 16, 16, 16),
@@ -352,20 +468,10 @@ def ensure_tiny_model(folder: Path) -> Path:
             num_decoder_blocks=(1, 1, 1, 1),
         )
         _visible_init(vae)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=1000,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=512,
-                eos_token_id=513,
-                pad_token_id=513,
-            )
-        )
-    scheduler = EulerDiscreteScheduler(
+        text_encoder = CLIPTextModel(_tiny_text_config())
+        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(projection_dim=32)) if sdxl else None
+    scheduler_class = LCMScheduler if family == "sd15" else EulerDiscreteScheduler
+    scheduler = scheduler_class(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -381,8 +487,13 @@ def ensure_tiny_model(folder: Path) -> Path:
     text_encoder.save_pretrained(partial / "text_encoder")
     byte_level_tokenizer().save_pretrained(partial / "tokenizer")
     scheduler.save_pretrained(partial / "scheduler")
+    index = dict(TINY_INDEX, scheduler=["diffusers", scheduler_class.__name__])
+    if text_encoder_2 is not None:
+        text_encoder_2.save_pretrained(partial / "text_encoder_2")
+        byte_level_tokenizer().save_pretrained(partial / "tokenizer_2")
+        index = TINY_XL_INDEX
     _drop_stale_vae_key(partial)
-    (partial / "model_index.json").write_text(json.dumps(TINY_INDEX, indent=2))
+    (partial / "model_index.json").write_text(json.dumps(index, indent=2))
     try:
         partial.rename(folder)
     except OSError:
@@ -392,7 +503,22 @@ def ensure_tiny_model(folder: Path) -> Path:
     return folder
 
 
-# model_index.json of the tiny model, so that diffusers' own pipelines load the folder too (the tests do).
+def _tiny_text_config(**extra: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        **extra,
+    )
+
+
+# model_index.json of the tiny models, so that diffusers' own pipelines load the folders too (the tests do).
 TINY_INDEX = {
     "_class_name": "StableDiffusionPipeline",
     "feature_extractor": [None, None],
@@ -402,6 +528,19 @@ TINY_INDEX = {
     "scheduler": ["diffusers", "EulerDiscreteScheduler"],
     "text_encoder": ["transformers", "CLIPTextModel"],
     "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderTiny"],
+}
+TINY_XL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "force_zeros_for_empty_prompt": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
     "unet": ["diffusers", "UNet2DConditionModel"],
     "vae": ["diffusers", "AutoencoderTiny"],
 }

@@ -11,21 +11,27 @@ scheduler and the runner's copies do not change for it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from pipeline.cached_attention import RING
 from pipeline.contract import FrameParams
+from pipeline.families import MAX_STEPS
 from pipeline.models import ModelBundle
-from pipeline.onestep import strength_to_timestep
+from pipeline.onestep import right_aligned, row_timesteps
 from pipeline.prompts import PromptEmbeddings
 
 
 def guided(rows: Sequence[FrameParams]) -> bool:
     """Classifier-free guidance runs for a batch when one of its rows asks for it."""
     return any(r.guidance_scale > 1.0 for r in rows)
+
+
+def steps_of(row: FrameParams, model: ModelBundle) -> int:
+    """A row's number of UNet calls: its own, or its model family's default."""
+    return row.num_inference_steps or model.family.default_steps
 
 
 class RowInput:
@@ -40,6 +46,10 @@ class RowInput:
     def wanted(self, rows: Sequence[FrameParams]) -> bool:
         return True
 
+    def statics(self, rows: Sequence[FrameParams]) -> dict[str, int]:
+        """Plain-number arguments of the transform this batch decides (part of the captured graph's key)."""
+        return {}
+
     def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
         raise NotImplementedError
 
@@ -50,6 +60,13 @@ class RowInput:
         """Write this batch's values for `rows` (one per bucket row) into `into`; `header` is the
         device view of what `header(rows)` sent up."""
         raise NotImplementedError
+
+
+def negative(model: ModelBundle, embed: Callable[[str], torch.Tensor], prompt: str) -> torch.Tensor:
+    """A negative prompt's embedding; for SDXL no negative prompt is zeros, as diffusers' SDXL pipelines
+    do (`force_zeros_for_empty_prompt`), where SD 1.x/2.x embed the empty prompt."""
+    embedding = embed(prompt)
+    return torch.zeros_like(embedding) if model.family.pooled and not prompt else embedding
 
 
 class PromptInput(RowInput):
@@ -77,7 +94,31 @@ class NegativeInput(PromptInput):
         return guided(rows)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        torch.stack([self._prompts.get(r.negative_prompt) for r in rows], 0, out=into)
+        torch.stack([negative(self._model, self._prompts.get, r.negative_prompt) for r in rows], 0, out=into)
+
+
+class PooledInput(PromptInput):
+    """SDXL's pooled prompt embedding, blended like the sequence embedding."""
+
+    name = "pooled_embeds"
+
+    def allocate(self, size: int) -> torch.Tensor:
+        (width,) = self._prompts.pooled("").shape
+        return torch.empty((size, width), device=self._model.device, dtype=self._model.dtype)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        torch.stack([self._prompts.blended_pooled(r.prompt, r.prompt_b, r.blend) for r in rows], 0, out=into)
+
+
+class NegativePooledInput(PooledInput):
+    name = "negative_pooled"
+    optional = True
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return guided(rows)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        torch.stack([negative(self._model, self._prompts.pooled, r.negative_prompt) for r in rows], 0, out=into)
 
 
 class GuidanceInput(RowInput):
@@ -103,26 +144,37 @@ class GuidanceInput(RowInput):
 
 
 class TimestepInput(RowInput):
+    """Each row's schedule (`row_timesteps`) right-aligned in `MAX_STEPS` columns, -1 before it; the
+    batch runs as many UNet calls as its longest schedule (`num_steps`, a key of the captured graphs)."""
+
     name = "timesteps"
     header_dtype = np.int64
 
     def __init__(self, model: ModelBundle) -> None:
-        self._device = model.device
+        self._model = model
         self.num_train_timesteps = int(model.scheduler.config.num_train_timesteps)
 
+    def statics(self, rows: Sequence[FrameParams]) -> dict[str, int]:
+        return {"num_steps": max(steps_of(r, self._model) for r in rows)}
+
     def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
-        return np.array([strength_to_timestep(r.strength, self.num_train_timesteps) for r in rows], dtype=np.int64)
+        table = [
+            right_aligned(row_timesteps(r.strength, steps_of(r, self._model), self.num_train_timesteps)) for r in rows
+        ]
+        return np.array(table, dtype=np.int64).reshape(-1)
 
     def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros(size, device=self._device, dtype=torch.int64)
+        return torch.zeros((size, MAX_STEPS), device=self._model.device, dtype=torch.int64)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
         assert header is not None
-        into.copy_(header.view(torch.int64))
+        into.copy_(header.view(torch.int64).view(into.shape))
 
 
 class NoiseInput(RowInput):
-    """Fixed noise per seed (what keeps video from flickering), made on the CPU as diffusers does."""
+    """Fixed noise per seed (what keeps video from flickering), made on the CPU as diffusers does: one
+    generator per seed draws the first noise, then one more per step after the first (LCM's re-noising),
+    laid out right-aligned like the timesteps with the first noise in every column before the schedule."""
 
     name = "noise"
     CACHE_SIZE = 256
@@ -131,24 +183,28 @@ class NoiseInput(RowInput):
         self._model = model
         factor = model.vae_scale_factor
         self._shape = (model.latent_channels, model.height // factor, model.width // factor)
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
 
     def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros((size, *self._shape), device=self._model.device, dtype=torch.float32)
+        return torch.zeros((size, MAX_STEPS, *self._shape), device=self._model.device, dtype=torch.float32)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        torch.cat([self.for_seed(r.seed) for r in rows], out=into)
+        torch.stack([self.for_seed(r.seed, steps_of(r, self._model)) for r in rows], out=into)
 
-    def for_seed(self, seed: int) -> torch.Tensor:
-        noise = self._cache.get(seed)
+    def for_seed(self, seed: int, steps: int) -> torch.Tensor:
+        """(MAX_STEPS, C, h, w): the draws of `seed`'s generator, right-aligned for `steps` steps."""
+        key = (seed, steps)
+        noise = self._cache.get(key)
         if noise is None:
             generator = torch.Generator().manual_seed(seed)
-            noise = torch.randn((1, *self._shape), generator=generator, dtype=torch.float32)
-            noise = self._cache[seed] = noise.to(self._model.device)
+            # One call per draw, as diffusers' pipeline and scheduler draw them (a single larger call differs).
+            draws = [torch.randn((1, *self._shape), generator=generator, dtype=torch.float32) for _ in range(steps)]
+            noise = torch.cat([draws[0]] * (MAX_STEPS - steps) + draws)
+            noise = self._cache[key] = noise.to(self._model.device)
             if len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
         else:
-            self._cache.move_to_end(seed)
+            self._cache.move_to_end(key)
         return noise
 
 
@@ -263,8 +319,9 @@ class AttentionWriteInput(RowInput):
 
 
 def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
-    """What `OneStepImg2Img` takes beside the images, in the order of its arguments."""
-    return [
+    """What `OneStepImg2Img` takes beside the images, in the order of its arguments (SDXL's pooled
+    embeddings only for that family)."""
+    parts: list[RowInput] = [
         PromptInput(prompts, model),
         TimestepInput(model),
         NoiseInput(model),
@@ -275,3 +332,6 @@ def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowIn
         AttentionVisibleInput(model.device),
         AttentionWriteInput(model.device),
     ]
+    if model.family.pooled:
+        parts += [PooledInput(prompts, model), NegativePooledInput(prompts, model)]
+    return parts

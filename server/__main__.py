@@ -37,7 +37,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="TOML file overriding configs/default.toml")
     parser.add_argument("--host", help="address to listen on")
     parser.add_argument("--port", type=int, help="HTTP port")
-    parser.add_argument("--model", help='model spec: hub id, local folder, "tiny" or "arch:sd-turbo"')
+    parser.add_argument(
+        "--model",
+        help="model spec: hub id, local folder, a twin (tiny, tiny-sd15, tiny-sdxl) or arch:sd-turbo|sd15|sdxl-turbo",
+    )
     parser.add_argument("--data-dir", type=Path, help="where models, the database, jobs and logs live")
     parser.add_argument("--osc-port", type=int, help="UDP port for OSC control")
     parser.add_argument("--osc-host", help="address the OSC listener binds (0.0.0.0 for controllers on the LAN)")

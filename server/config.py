@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from server.fields import Guidance, Prompt, Seed, Strength
+from server.fields import Guidance, Prompt, Seed, Steps, Strength
 from server.package_data import package_folder
 
 # The source tree, for tests and benchmarks; what the server reads ships inside the package (a wheel too).
@@ -159,6 +159,7 @@ class OutputsConfig(_Section):
 
 class ModelConfig(_Section):
     id: str = "stabilityai/sd-turbo"
+    family: Literal["auto", "sd-turbo", "sd15", "sdxl"] = "auto"
     vae: str = "auto"
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
@@ -175,6 +176,7 @@ class EngineConfig(_Section):
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     cuda_graphs: bool = True
     warmup: bool = True
+    warmup_steps: list[Steps] = []
     cpu_threads: int = Field(0, ge=0, le=256)
 
 
@@ -184,6 +186,14 @@ class DefaultsConfig(_Section):
     strength: Strength = 0.5
     seed: Seed = 42
     guidance_scale: Guidance = 0.0
+    num_inference_steps: Steps | None = None
+
+    @field_validator("num_inference_steps", mode="before")
+    @classmethod
+    def _family_default(cls, value: Any) -> Any:
+        """0 (what a TOML file or an environment variable can say for "none") is the family's default, as
+        is "null" (how a `--workers` front hands its own none to its workers' environment)."""
+        return None if value in (0, "0", "null") else value
 
 
 class OscConfig(_Section):

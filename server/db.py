@@ -1,7 +1,8 @@
 """The SQLite database under the data dir, used off the event loop through one thread of its own.
 
 sqlite3 connections belong to the thread that made them, so every statement runs on a single
-worker thread; features register their schema with `Database(path, schemas=[...])`.
+worker thread; features register their schema with `Database(path, schemas=[...])`, and the columns
+they added since with `added_columns=[...]` (a database made by an earlier version gets them on open).
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ class EngineService:
             "state": self.state,
             "reason": self.reason,
             "model": self._config.model.id,
+            # Told from the model's config once loaded; until then what [model] family says ("auto").
+            "family": engine.model.family.name if engine else self._config.model.family,
+            "default_steps": engine.model.family.default_steps if engine else None,
             "device": str(engine.model.device) if engine else None,
             "dtype": str(engine.model.dtype).removeprefix("torch.") if engine else None,
             "resolution": engine.model.width if engine else None,
@@ -136,6 +139,7 @@ class EngineService:
                 device=device,
                 dtype=default_dtype(device, config.model.dtype),
                 vae=config.model.vae,
+                family=config.model.family,
                 resolution=config.model.resolution or None,
                 progress=self._downloaded,
             )
@@ -151,6 +155,7 @@ class EngineService:
                 compile_mode=config.engine.compile,
                 cuda_graphs=config.engine.cuda_graphs,
                 cpu_threads=config.engine.cpu_threads,
+                warmup_steps=config.engine.warmup_steps,
                 on_batch=self._on_batch,
             )
             with self._lock:
@@ -226,6 +231,7 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
     Returns where the files are. Raises `ModelNotFetched`.
     """
     from pipeline import ModelUnavailableError
+    from pipeline.families import FamilyError
     from pipeline.models import ARCH_PREFIX, fetch_model
 
     quiet_libraries()
@@ -235,10 +241,17 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
     try:
         for fp16 in (True, False) if full_precision else (True,):
             files = fetch_model(
-                spec, config.model.vae, data_dir=Path(config.server.data_dir), fp16=fp16, progress=progress
+                spec,
+                config.model.vae,
+                data_dir=Path(config.server.data_dir),
+                fp16=fp16,
+                family=config.model.family,
+                progress=progress,
             )
     except ModelUnavailableError as e:
         raise ModelNotFetched(e.problem) from e
+    except FamilyError as e:
+        raise ModelNotFetched(str(e)) from e
     return f"ready offline: model in {files.model.folder}, vae in {files.vae.folder}"
 
 

@@ -23,7 +23,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from server.testing.clips import make_clip
 from server.testing.cluster import ClusterOnThisBox, Node, cluster_view, workers_ready
-from server.testing.rtc_client import RtcClient, SdpRefused, connect, is_plain, whep_view, whip_publish
+from server.testing.rtc_client import RtcClient, connect, is_plain, whep_view, whip_publish
 from server.testing.servers import free_port, server_process, wait_ready
 from server.testing.waiting import eventually
 from tests.test_whip_whep import sdpfrag
@@ -206,35 +206,6 @@ async def test_whip_in_and_whep_out_through_the_front(cluster: Cluster) -> None:
         async with cluster.http.delete(str(obs.answer["location"])) as response:
             assert response.status == 200
         await obs.close()
-
-
-async def test_offers_land_on_a_worker_running_the_model_they_ask_for(cluster: Cluster) -> None:
-    await cluster.idle()
-    workers = (await cluster_view(cluster.http, cluster.front))["workers"]
-    models = {worker["id"]: worker["model"] for worker in workers}
-    assert all(models.values()), workers
-    for model in sorted(set(models.values())):
-        client = await cluster.connect(model=model)
-        try:
-            await client.wait_frames(2)
-            placed = {stream["id"]: stream["worker"] for stream in await cluster.streams()}[client.stream_id]
-            assert models[placed] == model, (model, placed, models)
-        finally:
-            await client.close()
-    # Nobody runs it: 409 naming what is on offer, by an offer's ask and by a name's setting (WHIP too).
-    with pytest.raises(SdpRefused) as by_offer:
-        await cluster.connect(model="nobody/runs-this")
-    status, _ = await cluster.call("PATCH", cluster.url("/api/outputs/odd/settings"), {"model": "nobody/runs-this"})
-    assert status == 200
-    try:
-        with pytest.raises(SdpRefused) as by_whip:
-            await whip_publish(cluster.http, cluster.url("/api/whip/odd"))
-    finally:
-        await cluster.call("PATCH", cluster.url("/api/outputs/odd/settings"), {"model": None})
-    for refused in (by_offer.value, by_whip.value):
-        answer = json.loads(refused.body)
-        assert (refused.status, answer["error"]) == (409, "model not on offer"), answer
-        assert {offered.split(" ")[0] for offered in answer["detail"]["on_offer"]} == set(models.values())
 
 
 async def _live(cluster: Cluster, name: str) -> bool:

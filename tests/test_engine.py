@@ -218,6 +218,8 @@ def test_invalid_params_are_refused() -> None:
         FrameParams(prompt="x", strength=1.5)
     with pytest.raises(ValueError, match="blend"):
         FrameParams(prompt="x", strength=0.5, blend=-0.1)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        FrameParams(prompt="x", strength=0.5, num_inference_steps=5)
 
 
 # -- failures, warm-up and pipelining (stand-in transforms where the model is beside the point) ----
@@ -231,10 +233,12 @@ class _StandIn:
         self._refuse = refuse
         self.num_train_timesteps = 1000
         self.sizes: list[int] = []
+        self.steps: list[int] = []
         self.threads: set[int] = set()
 
     def __call__(self, images: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         self.sizes.append(images.shape[0])
+        self.steps.append(int(inputs["num_steps"]))
         self.threads.add(threading.get_ident())
         error = self._refuse(images)
         if error is not None:
@@ -333,6 +337,28 @@ def test_warm_up_runs_every_bucket_on_the_thread_that_serves(model: ModelBundle)
     warm_threads = {thread for _, _, thread in progress}
     assert stand_in.threads == warm_threads
     assert len(warm_threads) == 1 and threading.get_ident() not in warm_threads
+
+
+def test_warm_up_records_each_bucket_at_the_default_and_the_asked_step_counts(model: ModelBundle) -> None:
+    engine = Engine(model, max_batch=2, warmup_steps=[4, 2, 1])
+    stand_in = _StandIn(engine.runner.transform, _never)
+    engine.runner.transform = stand_in
+    engine.start(warmup=True)
+    try:
+        assert engine.wait_ready(timeout=60)
+        # The family's default (1 for the sd-turbo twin) first, then the others, for every bucket.
+        assert list(zip(stand_in.sizes, stand_in.steps, strict=True)) == [
+            (1, 1),
+            (1, 2),
+            (1, 4),
+            (2, 1),
+            (2, 2),
+            (2, 4),
+        ]
+    finally:
+        engine.stop()
+    with pytest.raises(ValueError, match="warmup_steps"):
+        Engine(model, warmup_steps=[5])
 
 
 def test_out_of_memory_in_warm_up_drops_the_buckets_that_do_not_fit(model: ModelBundle) -> None:

@@ -80,7 +80,11 @@ def test_graph_output_equals_eager_output_through_pinned_batched_copies(model: M
     # Each bucket warmed up (and recorded its graph); the guided round recorded its own.
     assert set(engine.runner.buckets) == {1, 2, 4}
     plain = frozenset({"prompt_embeds", "timesteps", "noise"})
-    assert set(engine.runner.buckets[4].graphs) == {plain, plain | {"negative_embeds", "guidance_scale"}}
+    one_step = (("num_steps", 1),)
+    assert set(engine.runner.buckets[4].graphs) == {
+        (plain, one_step),
+        (plain | {"negative_embeds", "guidance_scale"}, one_step),
+    }
     assert engine.runner._staging.is_pinned()
     for round_eager, round_captured, rows in zip(eager, captured, ROUNDS, strict=True):
         for single, graphed, (key, frame, _) in zip(round_eager, round_captured, rows, strict=True):
@@ -155,6 +159,41 @@ def test_each_buckets_graph_replays_what_eager_gives(model: ModelBundle, size: i
             assert runner.graph_count() == (1 if graphs else 0)
     for eager, graphed in zip(results[False], results[True], strict=True):
         assert _levels(eager, graphed).max() <= 2
+
+
+@pytest.mark.parametrize("spec", ["tiny-sd15", "tiny-sdxl"])
+def test_mixed_step_counts_replay_one_graph_per_longest_count(model_cache: Path, spec: str) -> None:
+    # Rows of 1, 2 and 4 steps in one batch: the batch's graph is keyed by its longest schedule, the
+    # shorter rows right-aligned in it; replays give what eager gives, and a batch of 1-step rows
+    # records (and replays) a graph of its own with one UNet call.
+    family_model = load_model(spec, data_dir=model_cache.parent, device=torch.device("cuda"), dtype=torch.float16)
+    frames = [_frame(30 + i) for i in range(4)]
+    mixed = [
+        FrameParams(prompt=f"row {i}", strength=0.6, seed=i, num_inference_steps=steps)
+        for i, steps in enumerate([1, 2, 4, 1])
+    ]
+    single = [FrameParams(prompt=f"row {i}", strength=0.6, seed=i, num_inference_steps=1) for i in range(4)]
+    results = {}
+    for graphs in (False, True):
+        runner = DeviceRunner(
+            family_model,
+            OneStepImg2Img(family_model),
+            one_step_inputs(family_model, PromptEmbeddings(family_model)),
+            cuda_graphs=graphs,
+        )
+        with torch.inference_mode(), runner.streams():
+            for params in (mixed, single):
+                runner.collect(runner.launch(frames, params, 4))
+                results[graphs, len({p.num_inference_steps for p in params})] = runner.collect(
+                    runner.launch(frames, params, 4)
+                )
+            assert runner.graph_count() == (2 if graphs else 0)
+    for key in ((False, 3), (False, 1)):
+        for eager, graphed in zip(results[key], results[True, key[1]], strict=True):
+            assert _levels(eager, graphed).max() <= 2
+    # The 1-step rows of the mixed batch equal the same rows run alone at 1 step.
+    for index in (0, 3):
+        assert _levels(results[True, 3][index], results[True, 1][index]).max() <= 2
 
 
 def test_pipelined_batches_equal_serial_ones(model: ModelBundle) -> None:

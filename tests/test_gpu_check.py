@@ -22,11 +22,21 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     [path] = tmp_path.glob("gpu-check-*.json")
     report = json.loads(path.read_text())
     assert report["device"] == "cpu" and report["torch"] and report["name"]
-    assert [step["name"] for step in report["steps"]] == ["tests", "engine tiny", "live", "flicker"]
+    assert [step["name"] for step in report["steps"]] == [
+        "tests",
+        "engine tiny",
+        "engine tiny-sdxl",
+        "engine tiny-sd15",
+        "live",
+        "flicker",
+    ]
     assert all(step["rc"] == 0 for step in report["steps"]), report["steps"]
     assert report["steps"][0]["counts"]["tests"] > 0  # the CUDA tests were collected (and skipped here)
     rows = report["engine"]["tiny"]["engine"]
     assert {row["batch"] for row in rows} == {1, 2} and all(row["frames_per_s"] > 0 for row in rows)
+    for twin, family in (("tiny-sdxl", "sdxl"), ("tiny-sd15", "sd15")):
+        assert report["engine"][twin]["family"] == family
+        assert {row["steps"] for row in report["engine"][twin]["engine"]} == {1, 2}
     assert {(run["peers"], run["strength"]) for run in report["live"]["runs"]} == {(1, 0.0), (1, 0.5)}
     techniques = report["flicker"]["techniques"]
     assert techniques[0]["technique"] == "off" and all(row["frames_per_s"] > 0 for row in techniques)
@@ -38,7 +48,7 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
 
     engine = {
         "arch:sd-turbo": {
-            "diffusers_baseline": {"frames_per_s": 40.0},
+            "diffusers_baseline": {"1": {"frames_per_s": 40.0}},
             "engine": [row(1, 130.0), row(8, 300.0), row(8, 900.0, graphs=False)],
         }
     }

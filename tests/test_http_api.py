@@ -24,6 +24,10 @@ async def test_health_and_readiness(server: RunningServer) -> None:
         body = await response.json()
         assert response.status == 200
         assert body["state"] == "ready" and body["model"] == "tiny"
+        assert (body["family"], body["default_steps"]) == ("sd-turbo", 1)
+    async with server.http.get(server.url("/api/stats")) as response:
+        engine = (await response.json())["engine"]
+        assert (engine["model"], engine["family"]) == ("tiny", "sd-turbo")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +59,19 @@ async def test_type_other_than_offer_is_400_or_422_naming_type(server: RunningSe
         body = await r.json()
     assert r.status == 422
     assert body["detail"][0]["field"] == "type"
+
+
+async def test_an_offer_for_a_model_this_server_does_not_run_is_409_naming_its_model(server: RunningServer) -> None:
+    offer = {"sdp": await offer_sdp(), "type": "offer", "model": "tiny-sdxl"}
+    async with server.http.post(server.url("/api/offer"), json=offer) as response:
+        assert response.status == 409
+        body = await response.json()
+    assert body == {"error": "model not on offer", "detail": {"model": "tiny-sdxl", "on_offer": ["tiny"]}}
+    assert server.app[live_keys.PEERS].sessions == {}
+    # Its spec or its family is taken.
+    for model in ("tiny", "sd-turbo"):
+        client = await connect(server.http, server.url("/api/offer"), model=model)
+        await client.close()
 
 
 async def test_oversized_offer_is_413(server: RunningServer) -> None:
@@ -92,6 +109,9 @@ async def test_more_peers_than_max_is_503(make_config: Callable[..., Config]) ->
         ({"prompt": 42}, "prompt"),
         ({"seed": -1}, "seed"),
         ({"blend": 2}, "blend"),
+        ({"num_inference_steps": 5}, "num_inference_steps"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps"),
         ({"colour": "red"}, "colour"),
     ],
 )
@@ -131,6 +151,13 @@ async def test_settings_round_trip_and_shorthands(server: RunningServer) -> None
     async with server.http.get(server.url("/api/settings")) as r:
         body = await r.json()
     assert (body["prompt"], body["strength"]) == ("oil", 0.25)
+
+
+async def test_steps_are_set_globally_and_null_returns_to_the_family_default(server: RunningServer) -> None:
+    async with server.http.patch(server.url("/api/settings"), json={"num_inference_steps": 3}) as r:
+        assert (r.status, (await r.json())["num_inference_steps"]) == (200, 3)
+    async with server.http.patch(server.url("/api/settings"), json={"num_inference_steps": None}) as r:
+        assert (r.status, (await r.json())["num_inference_steps"]) == (200, None)
 
 
 async def test_unknown_stream_is_404(server: RunningServer) -> None:

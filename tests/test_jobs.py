@@ -88,12 +88,21 @@ async def test_video_job_keeps_frames_rate_duration_and_audio(
 ) -> None:
     clip = make_clip(tmp_path / f"clip.{container}", seconds=2.0, fps=10, container=container)  # type: ignore[arg-type]
     async with server.http.ws_connect(server.url("/api/events")) as events:
-        job = await submit(server, clip.read_bytes(), f"My clip.{container}", prompt="ink", strength="0.7", seed="7")
+        job = await submit(
+            server,
+            clip.read_bytes(),
+            f"My clip.{container}",
+            prompt="ink",
+            strength="0.7",
+            seed="7",
+            num_inference_steps="2",
+        )
         assert job["status"] == "pending"
         assert job["kind"] == "video"
         assert job["params"]["prompt"] == "ink"
         assert job["params"]["strength"] == 0.7
         assert job["params"]["seed"] == 7
+        assert job["params"]["num_inference_steps"] == 2
         assert job["media"]["audio"] == audio_codec
         assert job["frames_total"] == 20
         actions = []
@@ -172,6 +181,8 @@ async def test_bad_uploads_are_refused_with_the_right_status(server: RunningServ
         assert body["detail"][0]["field"] == "strength"
     status, body = await upload(server, clip, "clip.mp4", seed="-1")
     assert (status, body["detail"][0]["field"]) == (422, "seed")
+    status, body = await upload(server, clip, "clip.mp4", num_inference_steps="5")
+    assert (status, body["detail"][0]["field"]) == (422, "num_inference_steps")
     status, body = await upload(server, clip, "clip.mp4", colour="red")
     assert (status, body["detail"][0]["field"]) == (422, "colour")
     status, body = await upload(server, clip, "clip.mp4", preset="noir")

@@ -65,6 +65,22 @@ async def test_osc_messages_change_global_settings(server: RunningServer) -> Non
     assert (await _settings(server))["paused"] is False
 
 
+async def test_osc_sets_the_number_of_steps_and_drops_out_of_range(server: RunningServer) -> None:
+    osc = _client(server)
+    listener = _listener(server)
+    assert (await _settings(server))["num_inference_steps"] is None  # the model family's default
+    osc.send_message("/stylize/num_inference_steps", 3)
+    await eventually(lambda: listener.accepted >= 1)
+    assert (await _settings(server))["num_inference_steps"] == 3
+    osc.send_message("/stylize/num_inference_steps", 2.0)  # a fader's float that is a whole number
+    await eventually(lambda: listener.accepted >= 2)
+    assert (await _settings(server))["num_inference_steps"] == 2
+    for bad in (0, 5, 2.5, "four"):
+        osc.send_message("/stylize/num_inference_steps", bad)
+    await eventually(lambda: listener.rejected >= 4)
+    assert (await _settings(server))["num_inference_steps"] == 2
+
+
 async def test_bundles_are_applied(server: RunningServer) -> None:
     bundle = OscBundleBuilder(IMMEDIATELY)
     for address, value in (("/stylize/strength", 0.3), ("/stylize/prompt", "bundled")):

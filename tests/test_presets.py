@@ -44,6 +44,7 @@ def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
         "guidance_scale": 0.0,
         "seed": 5,
         "temporal": {"feedback": 0.25, "frames": 0, "target": None},  # a look may bring its temporal memory
+        "num_inference_steps": 2,
         **changes,
     }
 
@@ -147,6 +148,7 @@ async def test_builtins_are_read_only_and_their_ids_taken(server: RunningServer)
         ({"strength": "0.5"}, "strength"),
         ({"seed": -1}, "seed"),
         ({"temporal": {"feedback": 2}}, "temporal.feedback"),
+        ({"num_inference_steps": 5}, "num_inference_steps"),
         ({"surprise": True}, "surprise"),
     ],
 )
@@ -270,11 +272,11 @@ async def test_a_preset_brings_its_temporal_memory_to_a_name_and_one_without_lea
     assert named["settings"]["preset"] == "my-look"
 
 
-async def test_presets_saved_before_temporal_memory_still_load(make_config: Callable[..., Config]) -> None:
+async def test_presets_saved_before_temporal_memory_and_steps_still_load(make_config: Callable[..., Config]) -> None:
     config = make_config(engine={"warmup": False})
     path = Path(config.server.data_dir) / "stylize.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as old:  # the table as it shipped before the temporal column
+    with sqlite3.connect(path) as old:  # the table as it shipped before those columns
         old.executescript(
             "CREATE TABLE presets (id TEXT PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL, template TEXT "
             "NOT NULL, negative_prompt TEXT NOT NULL, strength REAL NOT NULL, guidance_scale REAL NOT NULL, seed "
@@ -285,13 +287,22 @@ async def test_presets_saved_before_temporal_memory_still_load(make_config: Call
     running = await start_server(config)
     try:
         status, read = await call(running, "GET", "/api/presets/old-look")
-        assert status == 200 and read["temporal"] is None and read["template"] == "old {prompt}"
+        assert status == 200 and read["template"] == "old {prompt}"
+        assert read["temporal"] is None and read["num_inference_steps"] is None
         replaced = {k: v for k, v in custom(name="Old").items() if k != "id"}
         assert (await call(running, "PUT", "/api/presets/old-look", replaced))[0] == 200
         status, read = await call(running, "GET", "/api/presets/old-look")
         assert read["temporal"] == {"feedback": 0.25, "frames": 0, "target": None}
     finally:
         await stop_server(running)
+
+
+async def test_a_preset_sets_steps_and_one_without_steps_leaves_them(server: RunningServer) -> None:
+    assert (await call(server, "POST", "/api/presets", custom()))[0] == 201
+    status, applied = await call(server, "POST", "/api/presets/my-look/apply")
+    assert (status, applied["settings"]["num_inference_steps"]) == (200, 2)
+    status, applied = await call(server, "POST", "/api/presets/watercolor/apply")  # a built-in: no steps
+    assert (status, applied["settings"]["num_inference_steps"]) == (200, 2)
 
 
 async def test_custom_preset_and_usage_survive_a_restart(make_config: Callable[..., Config]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import TypeAdapter
 
+from server.bounded_json import parse_json
 from server.cluster.registry import Registry
 from server.cluster.replicated_settings import ReplicatedSettings
 from server.config import Config
@@ -181,7 +182,7 @@ class Front:
         own: Any = None
         if name is None:  # an offer: JSON
             try:
-                offer = json.loads(body or b"")
+                offer = parse_json(body or b"")  # bounded, as the worker reads it
                 name, own = offer.get("name", DEFAULT_NAME), offer.get("model")
                 _MODEL_ASK.validate_python(own)
             except (ValueError, AttributeError):

@@ -89,10 +89,10 @@ def _worker_load(app: web.Application) -> Callable[[], dict[str, Any]]:
             "state": described["state"],
             "reason": described["reason"],
             "device": described.get("device") or config.model.device,
-            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "engine": described,
             "model": described.get("model") or config.model.id,  # what offers asking for a model are placed by
             "family": described.get("family"),
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "engine": described,
             "streams": app[cluster_keys.LIVE_STREAMS](),
             "max_peers": config.server.max_peers,
             "fps": round(metrics.recent_out.rate(), 2),

@@ -26,12 +26,6 @@ def runs(described: Mapping[str, Any], asked: str) -> bool:
     return asked in (described.get("model"), described.get("family"))
 
 
-def offered(described: Mapping[str, Any]) -> str:
-    """How a refusal names what an engine runs: `id (family)` once the family is known."""
-    family = described.get("family")
-    return f"{described.get('model')} ({family})" if family else str(described.get("model"))
-
-
 def could_run(described: Mapping[str, Any], asked: str) -> bool:
     """Runs it, or may once loaded: while the model loads it has not said its family yet."""
     return runs(described, asked) or (described.get("state") == "loading" and not described.get("family"))
@@ -48,5 +42,6 @@ def not_on_offer(asked: str, engines: Iterable[Mapping[str, Any]]) -> ApiError:
     return ApiError(
         409,
         "model not on offer",
-        {"model": asked, "on_offer": sorted({offered(described) for described in engines})},
+        # The model ids, as an ask names them (`/api/cluster` says each one's family).
+        {"model": asked, "on_offer": sorted({str(described.get("model")) for described in engines})},
     )

@@ -3,7 +3,8 @@
 Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/name/<name>/...` for a name;
 `/stylize/feedback/subscribe i` is `server.control.osc_feedback`'s):
 `/stylize/prompt s`, `/stylize/prompt_b s`, `/stylize/negative_prompt s`, `/stylize/blend f`,
-`/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/pause T|F|0|1`,
+`/stylize/strength f`, `/stylize/guidance_scale f`, `/stylize/seed i`, `/stylize/num_inference_steps i` (1..4),
+`/stylize/pause T|F|0|1`,
 `/stylize/preset s`, `/stylize/preset/next`, `/stylize/preset/prev` (also `/stylize/preset_next`
 and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
 0 on release: only a press steps), `/stylize/temporal/feedback f`, `/stylize/temporal/frames i`,
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 # leaves (one table for what is parsed here, fed back and listed by OSCQuery), the preset aside.
 FIELDS = {osc: leaf.field for osc, leaf in LEAVES.items() if osc != "preset"}
 FLOAT_FIELDS = {leaf.field for leaf in LEAVES.values() if leaf.osc_type == "f" and leaf.part is None}
+# Integers a controller may send as floats (faders and toggles send floats).
+INT_FIELDS = {
+    leaf.field for leaf in LEAVES.values() if leaf.osc_type == "i" and leaf.field != "paused" and leaf.part is None
+}
 # Drops are logged once per address; a sender spraying random addresses must not grow this forever.
 LOGGED_ADDRESSES = 256
 
@@ -176,7 +181,7 @@ class OscListener(asyncio.DatagramProtocol):
         elif field in FLOAT_FIELDS and isinstance(value, float):
             # OSC floats are 32-bit: 0.3 arrives as 0.30000001192...; six decimals is what was meant.
             value = round(value, 6)
-        elif field == "seed" and isinstance(value, float) and value.is_integer():
+        elif field in INT_FIELDS and isinstance(value, float) and value.is_integer():
             value = int(value)
         elif field == "paused":
             value = _switch(value, "pause")

@@ -16,7 +16,7 @@ from typing import Any
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from server.control.settings import SettingsChange, SettingsStore, StyleSettings, name_scope, scope_name
-from server.fields import MAX_GUIDANCE, MAX_SEED
+from server.fields import MAX_GUIDANCE, MAX_SEED, MAX_STEPS
 
 PREFIX = "/stylize"
 ACCESS_NONE, ACCESS_WRITE, ACCESS_READ_WRITE = 0, 2, 3
@@ -43,6 +43,8 @@ class Leaf:
             return int(value)
         if self.field == "preset":
             return value or ""
+        if self.field == "num_inference_steps":
+            return value or 0
         return value
 
 
@@ -57,6 +59,13 @@ LEAVES: dict[str, Leaf] = {
         "guidance_scale", "f", "0 for turbo models; above 1 doubles the model work", 0.0, MAX_GUIDANCE
     ),
     "seed": Leaf("seed", "i", "noise seed; fixed noise keeps video from flickering", 0, MAX_SEED),
+    "num_inference_steps": Leaf(
+        "num_inference_steps",
+        "i",
+        "UNet calls per frame (more detail, fewer fps); 0 = the model's default",
+        1,
+        MAX_STEPS,
+    ),
     "pause": Leaf("paused", "i", "1 freezes the last stylized frame (T and F are taken too)", 0, 1),
     "preset": Leaf("preset", "s", "apply a style preset by id"),
     "temporal/feedback": Leaf(

@@ -23,7 +23,7 @@ from server.config import CONFIGS
 from server.control.events import EventHub, PresetEvent
 from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, Temporal, UnknownStreamError
 from server.db import AddedColumn, Database
-from server.fields import Guidance, Prompt, Seed, Strength, one_line
+from server.fields import Guidance, Prompt, Seed, Steps, Strength, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS presets (
     strength REAL NOT NULL,
     guidance_scale REAL NOT NULL,
     seed INTEGER NOT NULL,
+    num_inference_steps INTEGER,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -55,9 +56,12 @@ CREATE TABLE IF NOT EXISTS preset_usage (
     last_applied REAL NOT NULL
 );
 """
-# temporal: the preset's `Temporal` as JSON, NULL for none (and in presets saved before it came).
-ADDED_COLUMNS: list[AddedColumn] = [("presets", "temporal", "TEXT")]
-_COLUMNS = "id, name, category, template, negative_prompt, strength, guidance_scale, seed, temporal"
+# Columns added since the table first shipped (NULL in presets saved before them): temporal, the
+# preset's `Temporal` as JSON; num_inference_steps, the steps it sets.
+ADDED_COLUMNS: list[AddedColumn] = [("presets", "temporal", "TEXT"), ("presets", "num_inference_steps", "INTEGER")]
+_COLUMNS = (
+    "id, name, category, template, negative_prompt, strength, guidance_scale, seed, temporal, num_inference_steps"
+)
 
 
 class UnknownPresetError(LookupError):
@@ -93,6 +97,7 @@ class PresetParameters(BaseModel):
     strength: Strength | None = None
     seed: Seed | None = None
     negative_prompt: Prompt | None = None
+    num_inference_steps: Steps | None = None
 
 
 class PresetFields(BaseModel):
@@ -117,6 +122,7 @@ class PresetFields(BaseModel):
     guidance_scale: Guidance = 0.0
     seed: Seed = 42
     temporal: Temporal | None = Field(None, description="temporal memory the look brings; null: leaves it as it is")
+    num_inference_steps: Steps | None = Field(None, description="steps it sets; null leaves the steps as they are")
     prompt_template: str | None = Field(None, exclude=True, description="the seed systems' name for template")
     parameters: PresetParameters | None = Field(None, exclude=True, description="the seed systems' parameters")
 
@@ -165,7 +171,7 @@ class Preset(NewPreset):
 
 
 def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
-    look = {
+    look: dict[str, Any] = {
         "prompt": preset.fill(subject),
         "negative_prompt": preset.negative_prompt,
         "strength": preset.strength,
@@ -175,6 +181,8 @@ def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
     }
     if preset.temporal is not None:  # a preset without one leaves the scope's temporal memory alone
         look["temporal"] = preset.temporal.model_dump()
+    if preset.num_inference_steps is not None:  # a preset without steps leaves them as they are
+        look["num_inference_steps"] = preset.num_inference_steps
     return SettingsPatch.model_validate(look)
 
 
@@ -255,7 +263,7 @@ class SqlitePresets:
                 conn.execute(
                     f"INSERT INTO presets ({_COLUMNS}, created, updated) "
                     "VALUES (:id, :name, :category, :template, :negative_prompt, :strength, :guidance_scale, :seed, "
-                    ":temporal, :created, :updated)",
+                    ":temporal, :num_inference_steps, :created, :updated)",
                     {**values, "created": now, "updated": now},
                 )
             except sqlite3.IntegrityError:
@@ -271,7 +279,8 @@ class SqlitePresets:
                 conn.execute(
                     "UPDATE presets SET name = :name, category = :category, template = :template, "
                     "negative_prompt = :negative_prompt, strength = :strength, guidance_scale = :guidance_scale, "
-                    "seed = :seed, temporal = :temporal, updated = :updated WHERE id = :id",
+                    "seed = :seed, temporal = :temporal, num_inference_steps = :num_inference_steps, "
+                    "updated = :updated WHERE id = :id",
                     values,
                 ).rowcount
             )

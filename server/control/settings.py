@@ -32,6 +32,7 @@ from server.fields import (
     PresetId,
     Prompt,
     Seed,
+    Steps,
     Strength,
 )
 
@@ -77,6 +78,7 @@ class StyleSettings(BaseModel):
     strength: Strength = 0.5
     seed: Seed = 42
     guidance_scale: Guidance = 0.0
+    num_inference_steps: Steps | None = None  # None: the model family's default
     preset: PresetId | None = None
     paused: bool = False
     temporal: Temporal = Temporal()
@@ -95,13 +97,15 @@ class StyleSettings(BaseModel):
             feedback=self.temporal.feedback,
             flicker_target=self.temporal.target,
             frames=self.temporal.frames,
+            num_inference_steps=self.num_inference_steps or 0,
         )
 
 
 class SettingsPatch(BaseModel):
     """Some fields of `StyleSettings`; strict types (ints pass for floats), unknown fields refused.
 
-    For a stream, a field sent as null drops that override so the stream follows global again.
+    For a stream, a field sent as null drops that override so the stream follows global again; globally
+    only `GLOBAL_NULLABLE` fields may be null.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -113,6 +117,7 @@ class SettingsPatch(BaseModel):
     strength: Strength | None = None
     seed: Seed | None = None
     guidance_scale: Guidance | None = None
+    num_inference_steps: Steps | None = None
     preset: PresetId | None = None
     paused: bool | None = None
     temporal: Temporal | None = None
@@ -136,8 +141,9 @@ class StreamSettingsPatch(SettingsPatch):
         )
 
 
-# The global fields whose null is a value: no preset applied, no model asked for.
-GLOBAL_NULLABLE = frozenset({"preset", "model"})
+# Global fields whose null is a value (no preset applied; the model family's default steps; no model
+# asked for) rather than "follow global".
+GLOBAL_NULLABLE = frozenset({"preset", "num_inference_steps", "model"})
 
 
 class UnknownStreamError(KeyError):

@@ -24,7 +24,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from server import keys
 from server.control.presets import UnknownPresetError
 from server.control.settings import StyleSettings
-from server.fields import Prompt, Seed, Strength, field_error
+from server.fields import Prompt, Seed, Steps, Strength, field_error
 from server.http.errors import ApiError, invalid, validate
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
@@ -53,6 +53,7 @@ class JobForm(BaseModel):
     prompt: Prompt | None = None
     strength: Strength | None = None
     seed: Seed | None = None
+    num_inference_steps: Steps | None = None
 
 
 class JobUpload(JobForm):

@@ -90,7 +90,7 @@ function render(stats) {
   state.className = `pill ${engine.state}`;
   state.title = engine.reason;
   showReason(engine.state === "ready" ? "" : engine.reason, engine.state === "failed");
-  setText("model", engine.model);
+  setText("model", engine.family && engine.family !== "auto" ? `${engine.model} (${engine.family})` : engine.model);
   setText("device", engine.device ? `${engine.device} ${engine.dtype}` : "–");
   setText("uptime", duration(stats.uptime_s));
   setText("version", stats.version);

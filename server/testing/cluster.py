@@ -79,14 +79,16 @@ class ClusterOnThisBox:
         ready: bool = True,
         env: Mapping[str, str] | None = None,
         data_dir: Path | None = None,
+        model: str | None = None,
     ) -> Node:
-        """A worker or a front as a process of its own; waited for until its /readyz says 200."""
+        """A worker or a front as a process of its own (running `model`, default the box's); waited for
+        until its /readyz says 200."""
         stack = contextlib.AsyncExitStack()
         port = port or free_port()
         log = self.root / f"{role}-{port}.log"
         variables = {**self.env, "STYLIZE_CLUSTER_ROLE": role, **(env or {})}
         process = await stack.enter_async_context(
-            server_process(data_dir or self.data_dir, log, model=self.model, env=variables, port=port)
+            server_process(data_dir or self.data_dir, log, model=model or self.model, env=variables, port=port)
         )
         node = Node(role, process.url, port, log, process, stack)
         self.nodes.append(node)

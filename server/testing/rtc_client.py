@@ -235,7 +235,7 @@ async def connect(
     name: str | None = None,
     model: str | None = None,
 ) -> RtcClient:
-    """The page's way in: POST /api/offer with JSON."""
+    """The page's way in: POST /api/offer with JSON (asking for a model where `model` is given)."""
     pc, source, track_ready = _publisher(fps, receive=True, size=size)
     channel = pc.createDataChannel("control") if negotiate_channel else None
     await pc.setLocalDescription(await pc.createOffer())

@@ -593,3 +593,21 @@ async def test_the_temporal_controls_set_feedback_and_a_flicker_target_and_show_
     await page.click("#stop")
     await page.wait_for_function("document.getElementById('status').textContent === 'idle'")
     assert under_test.unexpected_errors() == []
+
+
+async def test_the_page_names_the_model_and_its_family_and_sets_steps(browser: Any, server: RunningServer) -> None:
+    under_test = await open_page(browser, server)
+    page = under_test.page
+    await page.wait_for_function("document.getElementById('model-name').textContent === 'tiny (sd-turbo)'")
+    assert await page.input_value("#steps") == ""  # the family's default
+    await page.select_option("#steps", "3")
+    await eventually(lambda: _steps_are(server, 3), 5, what="the page's steps in the global settings")
+    # A change made elsewhere (HTTP here, OSC alike) moves the select; null is the default again.
+    async with server.http.patch(server.url("/api/settings"), json={"num_inference_steps": None}) as response:
+        assert response.status == 200
+    await page.wait_for_function("document.getElementById('steps').value === ''", timeout=5_000)
+    assert under_test.unexpected_errors() == []
+
+
+async def _steps_are(server: RunningServer, steps: int) -> bool:
+    return bool((await get_json(server, "/api/settings"))["num_inference_steps"] == steps)

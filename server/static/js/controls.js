@@ -1,4 +1,5 @@
-// The style controls (prompt, presets, strength, temporal memory, seed, pause). Changes go to PATCH /api/settings
+// The style controls (prompt, presets, strength, steps, temporal memory, seed, pause). Changes go to
+// PATCH /api/settings
 // (global); changes made elsewhere (OSC, HTTP, other pages) arrive as settings and move them here.
 //
 // The prompt goes live on Enter (or when the field loses focus), never per keystroke: an audience
@@ -63,6 +64,7 @@ export class StyleControls {
     if (!this.#editingPrompt() && ui.prompt.value !== settings.prompt) ui.prompt.value = settings.prompt;
     if (!this.#held("strength")) ui.strength.value = String(settings.strength);
     if (!this.#held("seed") && document.activeElement !== ui.seed) ui.seed.value = String(settings.seed);
+    if (!this.#held("steps")) ui.steps.value = settings.num_inference_steps ? String(settings.num_inference_steps) : "";
     ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
     const temporal = settings.temporal;
     if (!this.#held("temporal")) {
@@ -128,13 +130,18 @@ export class StyleControls {
       ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
       this.patcher.send({ strength: Number(ui.strength.value) });
     });
-    // `temporal` is set as a whole: both of its fields go with every change of either.
+    // `temporal` is set as a whole: all of its fields go with every change of one.
     ui.feedback.addEventListener("input", () => {
       ui.feedbackValue.textContent = Number(ui.feedback.value).toFixed(2);
       this.#sendTemporal();
     });
     ui.flickerTarget.addEventListener("change", () => this.#sendTemporal());
     ui.pastFrames.addEventListener("change", () => this.#sendTemporal());
+    ui.steps.addEventListener("change", () => {
+      this.#touch("steps");
+      // "" is the model family's default (null), else 1..4 model calls per frame.
+      this.patcher.send({ num_inference_steps: ui.steps.value ? Number(ui.steps.value) : null });
+    });
     ui.seed.addEventListener("change", () => {
       const seed = Number(ui.seed.value);
       if (!Number.isInteger(seed) || seed < 0 || seed > MAX_SEED) {

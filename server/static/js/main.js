@@ -25,6 +25,7 @@ const ui = {
   output: $("output"),
   outputBox: $("output-box"),
   serverState: $("server-state"),
+  modelName: $("model-name"),
   prompt: $("prompt"),
   preset: $("preset"),
   presetChips: $("preset-chips"),
@@ -35,6 +36,7 @@ const ui = {
   flickerTarget: $("flicker-target"),
   pastFrames: $("past-frames"),
   seed: $("seed"),
+  steps: $("steps"),
   dice: $("dice"),
   pause: $("pause"),
   pausedBadge: $("paused"),
@@ -153,7 +155,8 @@ const scoped = [namePause, streamPause, nameOverrides];
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
-function onServerState({ state, text, reason }) {
+function onServerState({ state, text, reason, model }) {
+  ui.modelName.textContent = model;
   ui.serverState.textContent = text;
   ui.serverState.dataset.state = state;
   ui.serverState.title = reason;

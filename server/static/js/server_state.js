@@ -1,6 +1,7 @@
 // What the server can do right now, read from GET /readyz once a second: loading (with the
 // download's progress), warming up, ready, failed (with the reason: a permanent state), or
-// unreachable (no answer within the timeout). The page shows it before Start and acts on it after.
+// unreachable (no answer within the timeout), and which model (and family) it runs. The page shows it
+// before Start and acts on it after.
 
 const INTERVAL_MS = 1000;
 const TIMEOUT_MS = 1500; // with the interval: a lost server is noticed within about 2 s
@@ -11,6 +12,7 @@ export class ServerState {
     this.onChange = onChange;
     this.state = null;
     this.text = "";
+    this.model = "–";
     this.timer = null;
   }
 
@@ -27,13 +29,14 @@ export class ServerState {
     try {
       const response = await fetch("/readyz", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
       const body = await response.json();
-      next = describe(response.ok ? "ready" : body.state, body);
+      next = { ...describe(response.ok ? "ready" : body.state, body), model: modelName(body) };
     } catch {
-      next = { state: "unreachable", text: "server unreachable", reason: "" };
+      next = { state: "unreachable", text: "server unreachable", reason: "", model: this.model };
     }
-    if (next.state !== this.state || next.text !== this.text) {
+    if (next.state !== this.state || next.text !== this.text || next.model !== this.model) {
       this.state = next.state;
       this.text = next.text;
+      this.model = next.model;
       this.onChange(next);
     }
     this.timer = setTimeout(() => this.#poll(), INTERVAL_MS);
@@ -50,6 +53,12 @@ function describe(state, body) {
     return { state, text: `downloading the model ${gb(done)} of ${gb(total)} GB (${percent}%)`, reason };
   }
   return { state: state || "loading", text: "loading the model", reason };
+}
+
+// "stabilityai/sdxl-turbo (sdxl)": the model and its family, once the model's config has told it.
+function modelName(body) {
+  if (!body.model) return "–";
+  return body.family && body.family !== "auto" ? `${body.model} (${body.family})` : body.model;
 }
 
 const gb = (bytes) => (bytes / 1e9).toFixed(2);
