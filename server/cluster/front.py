@@ -280,7 +280,10 @@ class Front:
 
 
 def _model_asked(request: web.Request, body: bytes | None) -> str | None:
-    """The model an offer's JSON body asks for (the worker checks the rest of the body and answers for it)."""
+    """The model a new stream asks for: WHIP's `?model=`, an offer's JSON body's `model` (the worker
+    checks the rest of the body and answers for it)."""
+    if request.path.startswith("/api/whip/"):
+        return request.query.get("model")
     if request.path != "/api/offer" or not body:
         return None
     try:

@@ -35,6 +35,14 @@ class OfferRequest(BaseModel):
     )
 
 
+def refuse_other_models(request: web.Request, wanted: str | None) -> None:
+    """409 naming this server's model when a new stream asks for another (a cluster's front places
+    such a stream on a worker that runs it; see `server.cluster.front`)."""
+    described = request.app[keys.ENGINE].describe()
+    if wanted is not None and not runs_model(described, wanted):
+        raise ApiError(409, "model not on offer", {"model": wanted, "on_offer": [described["model"]]})
+
+
 class Answer(BaseModel):
     sdp: str
     type: Literal["answer"]
@@ -63,9 +71,7 @@ class HungUp(BaseModel):
 )
 async def offer(request: web.Request) -> web.Response:
     body = await read_model(request, OfferRequest)
-    described = request.app[keys.ENGINE].describe()
-    if body.model is not None and not runs_model(described, body.model):
-        raise ApiError(409, "model not on offer", {"model": body.model, "on_offer": [described["model"]]})
+    refuse_other_models(request, body.model)
     peers = request.app[live_keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)

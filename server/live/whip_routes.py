@@ -17,16 +17,18 @@ import secrets
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
 from server.fields import field_error
 from server.http.errors import ApiError
-from server.http.inputs import read_body
+from server.http.inputs import read_body, read_query
 from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_created
 from server.live import keys as live_keys
 from server.live.negotiation import open_to_other_software, video_direction
+from server.live.offer_routes import refuse_other_models
 from server.live.refusals import refusals_as_http
 from server.live.session import Session
 from server.live.trickle import (
@@ -43,16 +45,31 @@ logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
+class WhipQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None, max_length=300, description="the model (spec, or family) the stream asks for; 409 where none runs it"
+    )
+
+
 @routes.post("/api/whip/{name}")
 @operation(
     "WHIP (RFC 9725): publish a camera into a name, an SDP offer in and the answer out",
     tag="whip",
-    errors={400: "not an offer aiortc takes", 422: "not a name a stream can take", 503: "server full, or no model"},
+    query=WhipQuery,
+    errors={
+        400: "not an offer aiortc takes",
+        409: "the model asked for (?model=) is not the one this server runs (detail: the models on offer)",
+        422: "not a name a stream can take",
+        503: "server full, or no model",
+    },
     description="201 with a Location to DELETE; the stylized video comes back when the offer receives video.",
     **SDP_ANSWER,
 )
 async def publish(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
+    refuse_other_models(request, read_query(request, WhipQuery).model)
     sdp = await read_sdp(request)
     config = request.app[keys.CONFIG]
 
