@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from pipeline.families import MAX_STEPS
+
 
 @dataclass(frozen=True)
 class FrameParams:
@@ -38,9 +40,9 @@ class FrameParams:
         return self.feedback > 0.0 or self.flicker_target is not None or self.frames > 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.num_inference_steps <= 4:
+        if not 0 <= self.num_inference_steps <= MAX_STEPS:
             raise ValueError(
-                f"num_inference_steps must be in [1, 4] (or 0: the default), got {self.num_inference_steps!r}"
+                f"num_inference_steps must be in [1, {MAX_STEPS}] (or 0: the default), got {self.num_inference_steps!r}"
             )
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength!r}")

@@ -230,16 +230,20 @@ def fetch_model(
         sdxl = SDXL_PATTERNS if wanted is not None and wanted.pooled else []
         model = _locate("model", spec, MODEL_PATTERNS + sdxl + extra, fp16, progress)
     # A twin's configs are too small to tell (cross-attention 32 wide): its spec says what it twins.
-    told = wanted or (family_named(TWINS[spec]) if spec in TWINS else _told_family(model))
-    if told.pooled and model.kind == "hub" and wanted is None:
-        # The SDXL parts are known to be wanted only now that the UNet's config has been read.
-        model = _locate("model", spec, MODEL_PATTERNS + SDXL_PATTERNS + extra, fp16, progress)
+    told = wanted or (family_named(TWINS[spec]) if spec in TWINS else None)
+    if told is None and model.kind == "hub":
+        # A hub model's VAE and SDXL parts depend on its family: told as soon as its configs are here.
+        told = _told_family(model)
+        if told.pooled:
+            model = _locate("model", spec, MODEL_PATTERNS + SDXL_PATTERNS + extra, fp16, progress)
     if vae == AUTO_VAE:
-        vae = "" if model.kind != "hub" else told.tiny_vae
+        vae = "" if model.kind != "hub" or told is None else told.tiny_vae
     if vae == "":
-        return ModelFiles(model, Files("vae", model.name, model.kind, model.folder, "vae"), told)
-    patterns = [p.removeprefix("vae/") for p in VAE_PATTERNS]
-    return ModelFiles(model, _locate("vae", vae, patterns, fp16, progress), told)
+        vae_files = Files("vae", model.name, model.kind, model.folder, "vae")
+    else:
+        vae_files = _locate("vae", vae, [p.removeprefix("vae/") for p in VAE_PATTERNS], fp16, progress)
+    # A folder's family is told last, so a part that cannot be had is named before a family that cannot be told.
+    return ModelFiles(model, vae_files, told or _told_family(model))
 
 
 def _told_family(model: Files) -> Family:

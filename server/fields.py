@@ -12,10 +12,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, ValidationError
 
+from pipeline.families import MAX_STEPS, MIN_STEPS
+
 MAX_PROMPT = 500
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 20.0
-MAX_STEPS = 4  # the most UNet calls a frame may take (pipeline.families.MAX_STEPS)
 
 
 def one_line(text: str) -> str:
@@ -37,7 +38,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 # 0 (or 1) runs without guidance, as turbo models want; above 1 doubles the UNet work.
 Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)]
 # UNet calls per frame; None (a setting left out): the model family's default (1 turbo, 4 LCM).
-Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Steps = Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)]
 PresetId = Annotated[str, Field(max_length=64)]
 # Temporal memory: the share of a stream's previous output in each frame's start (0 = off), and the
 # flicker figure the server holds by moving it (see the README's flicker figure).

@@ -1,6 +1,6 @@
 """A model per worker: a cluster of real processes (Redis, a tiny worker, a tiny-sd15 worker, a front)
-places an offer that asks for a model on a worker that runs it, and answers 409 naming the models on
-offer when none does."""
+places an offer (or a WHIP ingest) that asks for a model on a worker that runs it, and answers 409
+naming the models on offer when none does."""
 
 from __future__ import annotations
 
@@ -49,6 +49,15 @@ async def test_an_offer_lands_on_a_worker_that_runs_the_model_it_asks_for(tmp_pa
                     await client.wait_frames(3)
                 finally:
                     await client.close()
+
+            # WHIP asks with ?model= (OBS sends only the SDP).
+            published = await whip_publish(http, f"{front.url}/api/whip/stage?model=sd15")
+            try:
+                async with http.get(f"{by_model['tiny-sd15']['url']}/api/streams") as response:
+                    streams = (await response.json())["streams"]
+                assert published.stream_id in [stream["id"] for stream in streams]
+            finally:
+                await published.close()
 
             offer = {"sdp": await offer_sdp(), "type": "offer", "model": "sdxl"}
             async with http.post(f"{front.url}/api/offer", json=offer) as response:

@@ -157,12 +157,40 @@ async def test_a_folder_model_runs_offline_with_its_own_vae(
     make_config: Callable[..., Config], data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
-    running = await start_server(make_config(model={"id": str(data_dir / "models" / "tiny")}, engine={"warmup": False}))
+    # The twin's 32-wide configs cannot tell its family: the folder is loaded as the one named.
+    folder = {"id": str(data_dir / "models" / "tiny"), "family": "sd-turbo"}
+    running = await start_server(make_config(model=folder, engine={"warmup": False}))
     try:
         async with running.http.get(running.url("/readyz")) as response:
             assert response.status == 200
     finally:
         await stop_server(running)
+
+
+async def test_a_model_whose_family_cannot_be_told_fails_readiness_naming_the_fix(
+    make_config: Callable[..., Config], data_dir: Path
+) -> None:
+    running = await start_server(make_config(model={"id": str(data_dir / "models" / "tiny")}), ready=False)
+    try:
+
+        async def failed() -> dict[str, Any] | None:
+            async with running.http.get(running.url("/readyz")) as response:
+                body: dict[str, Any] = await response.json()
+            return body if response.status == 503 and body["state"] == "failed" else None
+
+        body = await eventually(failed, 30, what="readiness failed")
+        assert "cannot tell the family of model" in body["reason"] and "[model] family" in body["reason"]
+    finally:
+        await stop_server(running)
+
+
+def test_an_unknown_family_in_the_config_is_refused_at_start(data_dir: Path) -> None:
+    result = _server("--model", "tiny", "--data-dir", str(data_dir), env={"STYLIZE_MODEL_FAMILY": "sd3"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "python -m server: invalid configuration: [model] family (STYLIZE_MODEL_FAMILY): "
+        "Input should be 'auto', 'sd-turbo', 'sd15' or 'sdxl'"
+    ]
 
 
 async def test_a_vae_that_cannot_be_had_is_one_error_line_naming_it(
@@ -230,7 +258,7 @@ async def test_a_hub_model_downloads_once_with_progress_then_loads_from_the_cach
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fetched = _fake_hub(monkeypatch, data_dir / "models" / "tiny", tmp_path / "hub")
-    config = make_config(model={"id": "example/turbo"}, engine={"warmup": False})
+    config = make_config(model={"id": "example/turbo", "family": "sd-turbo"}, engine={"warmup": False})
     with caplog.at_level(logging.INFO, logger="server.engine_service"):
         for _ in range(2):
             running = await start_server(config)

@@ -10,7 +10,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server.config import Config
 from server.live import keys as live_keys
-from server.testing.rtc_client import NumberedTrack, SdpRefused, whep_view, whip_publish
+from server.testing.rtc_client import NumberedTrack, SdpRefused, offer_sdp, whep_view, whip_publish
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
 
@@ -79,6 +79,15 @@ async def test_obs_publishes_over_whip_and_players_watch_over_whep(server: Runni
     finally:
         for client in [*publishers, *viewers]:
             await client.close()
+
+
+async def test_whip_asking_for_a_model_this_server_does_not_run_is_409(server: RunningServer) -> None:
+    offer = await offer_sdp()
+    async with server.http.post(server.url("/api/whip/stage?model=sdxl"), data=offer, headers=SDP) as response:
+        assert response.status == 409
+        body = await response.json()
+    assert body == {"error": "model not on offer", "detail": {"model": "sdxl", "on_offer": ["tiny"]}}
+    assert server.app[live_keys.PEERS].sessions == {}
 
 
 async def test_bad_whip_and_whep_requests_are_4xx_json_and_change_nothing(

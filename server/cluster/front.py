@@ -179,7 +179,7 @@ class Front:
         """The model a new stream asks for: the offer's `model`, else its name's setting (WHIP sends
         only SDP: its name's). An offer too malformed to read is the worker's to refuse (422)."""
         name = request.match_info.get("name")
-        own: Any = None
+        own: Any = request.query.get("model")  # WHIP's ?model=
         if name is None:  # an offer: JSON
             try:
                 offer = parse_json(body or b"")  # bounded, as the worker reads it

@@ -17,12 +17,13 @@ import secrets
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
 from server.control.model_ask import asked_model, refuse_unless_runs
-from server.fields import field_error
+from server.fields import ModelAsk, field_error
 from server.http.errors import ApiError
-from server.http.inputs import read_body
+from server.http.inputs import read_body, read_query
 from server.http.names import path_name
 from server.http.openapi import operation
 from server.http.sdp import SDP, SDP_ANSWER, ice_server_links, read_sdp, sdp_created
@@ -44,25 +45,35 @@ logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
+class WhipQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelAsk | None = Field(
+        None, description="the model (id or family) the stream asks for; default: the name's `model` setting"
+    )
+
+
 @routes.post("/api/whip/{name}")
 @operation(
     "WHIP (RFC 9725): publish a camera into a name, an SDP offer in and the answer out",
     tag="whip",
+    query=WhipQuery,
     errors={
         400: "not an offer aiortc takes",
-        409: "no engine here runs the name's `model` setting",
+        409: "no engine here runs the model asked for (?model=, else the name's `model` setting)",
         422: "not a name a stream can take",
         503: "server full, or no model",
     },
     description="201 with a Location to DELETE; the stylized video comes back when the offer receives video. "
-    "The name's `model` setting, when it has one, picks the model (a cluster's worker) it runs on.",
+    "`?model=` (else the name's `model` setting) picks the model (a cluster's worker) it runs on.",
     **SDP_ANSWER,
 )
 async def publish(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
+    asked = asked_model(request.app[keys.SETTINGS], name, read_query(request, WhipQuery).model)
+    refuse_unless_runs(request.app[keys.ENGINE].describe(), asked)
     sdp = await read_sdp(request)
     config = request.app[keys.CONFIG]
-    refuse_unless_runs(request.app[keys.ENGINE].describe(), asked_model(request.app[keys.SETTINGS], name, None))
 
     def prepare(pc: RTCPeerConnection) -> None:
         open_to_other_software(pc, sdp, config.transport.codec)

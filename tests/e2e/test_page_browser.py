@@ -386,6 +386,7 @@ async def test_jobs_panel_uploads_follows_and_deletes_a_render(browser: Any, ser
     picture = {"name": "still.png", "mimeType": "image/png", "buffer": make_image("png", 96, 64)}
     await page.set_input_files("#job-file", files=[picture])
     await page.fill("#job-strength", "0.4")
+    await page.select_option("#job-steps", "2")
     await page.click("#job-submit")
 
     link = page.locator("#job-list li a[download]")
@@ -397,6 +398,7 @@ async def test_jobs_panel_uploads_follows_and_deletes_a_render(browser: Any, ser
     job_id = href.split("/")[3]
     job = await get_json(server, f"/api/jobs/{job_id}")
     assert (job["status"], job["params"]["strength"], job["filename"]) == ("completed", 0.4, "still.png")
+    assert job["params"]["num_inference_steps"] == 2
     assert "1/1 frames" in await page.text_content(f"#job-list li[data-job='{job_id}']")
     row_style = "row => [getComputedStyle(row).borderTopStyle, getComputedStyle(row).listStyleType]"
     assert await page.eval_on_selector(f"#job-list li[data-job='{job_id}']", row_style) == ["solid", "none"]
@@ -602,7 +604,9 @@ async def test_the_page_names_the_model_and_its_family_and_sets_steps(browser: A
     assert await page.input_value("#steps") == ""  # the family's default
     await page.select_option("#steps", "3")
     await eventually(lambda: _steps_are(server, 3), 5, what="the page's steps in the global settings")
-    # A change made elsewhere (HTTP here, OSC alike) moves the select; null is the default again.
+    # A change made elsewhere (HTTP here, OSC alike) moves the select once the page's hold on a control
+    # the user just touched (HOLD_MS in controls.js, 1.2 s) is over; null is the default again.
+    await page.wait_for_timeout(1500)
     async with server.http.patch(server.url("/api/settings"), json={"num_inference_steps": None}) as response:
         assert response.status == 200
     await page.wait_for_function("document.getElementById('steps').value === ''", timeout=5_000)

@@ -35,6 +35,7 @@ export class JobsPanel {
     const body = new FormData();
     if (ui.prompt.value) body.append("prompt", ui.prompt.value);
     if (ui.strength.value) body.append("strength", ui.strength.value);
+    if (ui.steps.value) body.append("num_inference_steps", ui.steps.value);
     body.append("file", ui.file.files[0]);
     ui.submit.disabled = true;
     try {

@@ -97,6 +97,7 @@ const jobs = new JobsPanel({
   file: $("job-file"),
   prompt: $("job-prompt"),
   strength: $("job-strength"),
+  steps: $("job-steps"),
   submit: $("job-submit"),
   error: $("job-error"),
   list: $("job-list"),
