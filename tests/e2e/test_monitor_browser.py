@@ -88,7 +88,7 @@ async def check_monitor(page: Page, stream_id: str) -> None:
     row = page.locator("#streams-table tbody tr")
     assert await row.count() == 1
     assert stream_id in await row.first.inner_text()
-    assert await page.locator("#model").inner_text() == "tiny"
+    assert await page.locator("#model").inner_text() == "tiny (sd-turbo)"
     assert re.fullmatch(r"\d+(\.\d+)?", await page.locator("#throughput").inner_text())
     assert re.fullmatch(r"\d+%", await page.locator("#cpu").inner_text())
     assert await page.locator("#streams-empty").is_hidden()
