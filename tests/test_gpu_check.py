@@ -25,8 +25,7 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     assert [step["name"] for step in report["steps"]] == [
         "tests",
         "engine tiny",
-        "engine tiny-sdxl",
-        "engine tiny-sd15",
+        "engine tiny-sdxl,tiny-sd15",
         "live",
         "flicker",
     ]
