@@ -47,6 +47,8 @@ async def test_a_cluster_front_documents_the_same_routes_and_its_own(
         paths = await _every_route_documented(front)
         validate(await document(front))
         single = (await document(server))["paths"]
+        # Recordings are on the disk of the worker that runs the name's stream: a front has none (yet).
+        single = {path: operations for path, operations in single.items() if "recording" not in path}
         assert paths.keys() == single.keys() | {"/api/cluster"}
         for path, operations in single.items():
             assert paths[path].keys() == operations.keys(), path

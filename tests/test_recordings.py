@@ -1,0 +1,90 @@
+"""Recordings per name with real peers: start/stop, the files, the changes at their pts, bad input."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import av
+import pytest
+
+from server.config import Config
+from server.testing.rtc_client import HEIGHT, WIDTH, connect
+from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.waiting import eventually
+
+
+@pytest.fixture
+async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_config(engine={"max_batch": 1}, recordings={"segment_s": 0.5}))
+    yield running
+    await stop_server(running)
+
+
+async def recording(server: RunningServer, recording_id: str) -> dict[str, Any]:
+    status, body = await server.call("GET", f"/api/recordings/{recording_id}")
+    assert status == 200, body
+    return body
+
+
+def decoded(data: bytes) -> list[av.VideoFrame]:
+    with av.open(io.BytesIO(data)) as container:
+        return list(container.decode(video=0))
+
+
+async def test_a_name_is_recorded_from_its_first_frame_with_each_change_at_its_pts(server: RunningServer) -> None:
+    status, started = await server.call("POST", "/api/outputs/stage/recordings")
+    assert status == 201 and started["state"] == "waiting" and started["name"] == "stage"
+    status, refused = await server.call("POST", "/api/outputs/stage/recordings")
+    assert status == 409 and refused["detail"]["id"] == started["id"]
+
+    client = await connect(server.http, server.url("/api/offer"), name="stage")
+    try:
+        await eventually(lambda: recording(server, started["id"]), what="frames")
+        await eventually(lambda: _frames_at_least(server, started["id"], 20), timeout=60, what="a first closed segment")
+        status, _ = await server.call("PATCH", "/api/outputs/stage/settings", {"prompt": "a red fox"})
+        assert status == 200
+        await eventually(lambda: _frames_at_least(server, started["id"], 45), timeout=60, what="more frames")
+    finally:
+        await client.close()
+    status, stopped = await server.call("POST", f"/api/recordings/{started['id']}/stop")
+    assert status == 200 and stopped["state"] == "stopped" and stopped["stop_reason"] is None
+    assert stopped["frames"] >= 45 and stopped["segments"] >= 2 and stopped["duration_s"] > 1.0
+    prompts = [change["settings"]["prompt"] for change in stopped["changes"]]
+    assert prompts[0] != "a red fox" and prompts[-1] == "a red fox"
+    change_pts = stopped["changes"][-1]["pts"]
+    assert stopped["changes"][0]["pts"] == 0 and 0 < change_pts < stopped["duration_s"] * 90000
+
+    async with server.http.get(server.url(f"/api/recordings/{started['id']}/output.mp4")) as response:
+        assert response.status == 200 and response.content_type == "video/mp4"
+        frames = decoded(await response.read())
+    assert len(frames) == stopped["frames"] and (frames[0].width, frames[0].height) == (WIDTH, HEIGHT)
+    assert [f.pts for f in frames] == sorted(f.pts for f in frames)
+
+    async with server.http.get(server.url(f"/api/recordings/{started['id']}/bundle")) as response:
+        assert response.status == 200
+        with tarfile.open(fileobj=io.BytesIO(await response.read())) as tar:
+            names = tar.getnames()
+    assert f"{started['id']}/changes.jsonl" in names and f"{started['id']}/seg-00000/input.mkv" in names
+
+    status, listed = await server.call("GET", "/api/recordings")
+    assert status == 200 and [r["id"] for r in listed["recordings"]] == [started["id"]]
+    status, _ = await server.call("POST", f"/api/recordings/{started['id']}/stop")
+    assert status == 404
+    status, deleted = await server.call("DELETE", f"/api/recordings/{started['id']}")
+    assert status == 200 and deleted == {"deleted": started["id"]}
+    status, _ = await server.call("GET", f"/api/recordings/{started['id']}")
+    assert status == 404
+
+
+async def _frames_at_least(server: RunningServer, recording_id: str, count: int) -> bool:
+    return (await recording(server, recording_id))["frames"] >= count
+
+
+@pytest.mark.parametrize("recording_id", ["..", "..%2F..%2Fstylize.db", "0123456789ag", "ABCDEF012345"])
+async def test_ids_that_are_not_ids_are_unknown(server: RunningServer, recording_id: str) -> None:
+    for method, path in [("GET", ""), ("POST", "/stop"), ("DELETE", ""), ("GET", "/output.mp4")]:
+        async with server.http.request(method, server.url(f"/api/recordings/{recording_id}{path}")) as response:
+            assert response.status == 404, (method, path)
