@@ -132,6 +132,7 @@ def _hand_in(app: web.Application, topology: Topology) -> None:
         )
 
     app[recordings_keys.LISTEN] = listen
+    app[recordings_keys.SUBMIT_JOB] = lambda job: app[jobs_keys.JOB_WORKER].submit(job)
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from server.config import Config
@@ -63,6 +64,19 @@ async def test_a_name_is_recorded_from_its_first_frame_with_each_change_at_its_p
     assert len(frames) == stopped["frames"] and (frames[0].width, frames[0].height) == (WIDTH, HEIGHT)
     assert [f.pts for f in frames] == sorted(f.pts for f in frames)
 
+    # The show again through the engine, each change at its pts: the same frames (same encoder, same input).
+    replayed = await rendered(server, started["id"], {"mode": "replay"})
+    assert len(replayed) == len(frames)
+    for shown, again in zip(frames, replayed, strict=True):
+        assert again.pts == shown.pts
+        assert np.array_equal(again.to_ndarray(format="yuv420p"), shown.to_ndarray(format="yuv420p")), shown.pts
+
+    # Re-mastered larger, another prompt from the change's pts on: same frames, at the same pts.
+    remaster = {"mode": "remaster", "width": 2 * WIDTH, "height": 2 * HEIGHT, "from_pts": change_pts}
+    remastered = await rendered(server, started["id"], {**remaster, "settings": {"prompt": "a blue whale"}})
+    assert [f.pts for f in remastered] == [f.pts for f in frames]
+    assert (remastered[0].width, remastered[0].height) == (2 * WIDTH, 2 * HEIGHT)
+
     async with server.http.get(server.url(f"/api/recordings/{started['id']}/bundle")) as response:
         assert response.status == 200
         with tarfile.open(fileobj=io.BytesIO(await response.read())) as tar:
@@ -77,6 +91,21 @@ async def test_a_name_is_recorded_from_its_first_frame_with_each_change_at_its_p
     assert status == 200 and deleted == {"deleted": started["id"]}
     status, _ = await server.call("GET", f"/api/recordings/{started['id']}")
     assert status == 404
+
+
+async def rendered(server: RunningServer, recording_id: str, body: dict[str, Any]) -> list[av.VideoFrame]:
+    status, job = await server.call("POST", f"/api/recordings/{recording_id}/render", body)
+    assert status == 202, job
+
+    async def completed() -> bool:
+        status, now = await server.call("GET", f"/api/jobs/{job['id']}")
+        assert status == 200 and now["status"] in ("pending", "processing", "completed"), now
+        return bool(now["status"] == "completed")
+
+    await eventually(completed, timeout=120, what="the render job")
+    async with server.http.get(server.url(f"/api/jobs/{job['id']}/result")) as response:
+        assert response.status == 200
+        return decoded(await response.read())
 
 
 async def _frames_at_least(server: RunningServer, recording_id: str, count: int) -> bool:

@@ -21,7 +21,16 @@ from typing import Any
 import av
 
 from server.config import RecordingsConfig
-from server.recordings.recorder import CHANGES, Meta, Recorder, Taken, read_meta, segment_folder, write_meta
+from server.recordings.recorder import (
+    CHANGES,
+    Meta,
+    Recorder,
+    Taken,
+    join_outputs,
+    read_meta,
+    segment_folder,
+    write_meta,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +52,10 @@ class AlreadyRecording(RuntimeError):
 
 
 class RecordingsFull(RuntimeError):
+    pass
+
+
+class NothingRecorded(RuntimeError):
     pass
 
 
@@ -137,6 +150,13 @@ class RecordingLibrary:
             raise RecordingNotFound(recording_id)
         return folder
 
+    def folder_of(self, recording_id: str) -> Path | None:
+        """Blocking: where a recording's files are, None for an unknown one."""
+        try:
+            return self._folder(recording_id)
+        except RecordingNotFound:
+            return None
+
     def describe(self, recording_id: str) -> dict[str, Any]:
         """Blocking: the recording's state, its size on disk and its changes."""
         folder = self._folder(recording_id)
@@ -159,22 +179,10 @@ class RecordingLibrary:
         """Blocking: the closed segments' stylized frames as one MP4 (packets copied, not re-encoded)."""
         folder = self._folder(recording_id)
         meta = read_meta(folder)
-        joined = folder / OUTPUT
-        temporary = folder / f"{OUTPUT}.tmp"
-        with av.open(str(temporary), "w", format="mp4") as out:
-            stream = None
-            for index in range(meta.segments):
-                with av.open(str(segment_folder(folder, index) / "output.mp4")) as segment:
-                    source = segment.streams.video[0]
-                    if stream is None:
-                        stream = out.add_stream_from_template(source)
-                    for packet in segment.demux(source):
-                        if packet.dts is None:
-                            continue
-                        packet.stream = stream
-                        out.mux(packet)
-        temporary.replace(joined)
-        return joined
+        if meta.segments == 0:
+            raise NothingRecorded(f"recording {recording_id} has no closed segment yet (state {meta.state})")
+        join_outputs([segment_folder(folder, index) / "output.mp4" for index in range(meta.segments)], folder / OUTPUT)
+        return folder / OUTPUT
 
     def bundle(self, recording_id: str) -> Path:
         """Blocking: the whole recording (segments, changes, state) as one tar archive."""

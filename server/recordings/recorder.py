@@ -90,6 +90,51 @@ def segment_folder(folder: Path, index: int) -> Path:
     return folder / f"seg-{index:05d}"
 
 
+def open_output(path: Path, width: int, height: int, crf: int) -> tuple[av.container.OutputContainer, Any]:
+    """A segment's stylized video. A replay writes its frames with this too: the same encoder on the
+    same frames gives the same stream, so a replay's frames can be compared with the show's exactly."""
+    container = av.open(str(path), "w", format="mp4")
+    stream = container.add_stream("libx264", rate=30)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = TIME_BASE
+    stream.codec_context.time_base = TIME_BASE
+    # zerolatency: no B-frames (pts = dts, so segments join by copying packets), no lookahead.
+    stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+    return container, stream
+
+
+def encode_output(container: av.container.OutputContainer, stream: Any, planes: Any, pts: int) -> None:
+    """One stylized frame (yuv420p planes) at `pts` (1/90000 s)."""
+    frame = VideoFrame.from_ndarray(planes, format="yuv420p")
+    frame.pts, frame.time_base = pts, TIME_BASE
+    for packet in stream.encode(frame):
+        container.mux(packet)
+
+
+def close_output(container: av.container.OutputContainer, stream: Any) -> None:
+    for packet in stream.encode(None):
+        container.mux(packet)
+    container.close()
+
+
+def join_outputs(segments: list[Path], target: Path) -> None:
+    """Segments' MP4s as one, packets copied (no B-frames: every segment's timestamps carry on)."""
+    temporary = target.with_name(target.name + ".tmp")
+    with av.open(str(temporary), "w", format="mp4") as out:
+        stream = None
+        for path in segments:
+            with av.open(str(path)) as segment:
+                source = segment.streams.video[0]
+                if stream is None:
+                    stream = out.add_stream_from_template(source)
+                for packet in segment.demux(source):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.stream = stream
+                    out.mux(packet)
+    temporary.replace(target)
+
+
 @dataclass
 class _Segment:
     folder: Path
@@ -221,10 +266,7 @@ class Recorder:
         source.pts, source.time_base = pts - segment.first_pts, TIME_BASE
         for packet in segment.input_stream.encode(source):
             segment.input.mux(packet)
-        stylized = VideoFrame.from_ndarray(taken.output.to_ndarray(format="yuv420p", threads=1), format="yuv420p")
-        stylized.pts, stylized.time_base = pts, TIME_BASE
-        for packet in segment.output_stream.encode(stylized):
-            segment.output.mux(packet)
+        encode_output(segment.output, segment.output_stream, taken.output.to_ndarray(format="yuv420p", threads=1), pts)
         segment.frames_file.write(json.dumps({"pts": pts, "paused": taken.paused}) + "\n")
         segment.frames += 1
         segment.last_pts = pts
@@ -241,13 +283,7 @@ class Recorder:
         input_stream = source.add_stream("ffv1", rate=90000)
         input_stream.width, input_stream.height, input_stream.pix_fmt = width, height, "yuv420p"
         input_stream.time_base = TIME_BASE
-        stylized = av.open(str(folder / "output.mp4"), "w")
-        output_stream = stylized.add_stream("libx264", rate=30)
-        output_stream.width, output_stream.height, output_stream.pix_fmt = width, height, "yuv420p"
-        output_stream.time_base = TIME_BASE
-        output_stream.codec_context.time_base = TIME_BASE
-        # zerolatency: no B-frames (pts = dts, so segments join by copying packets), no lookahead.
-        output_stream.options = {"crf": str(self.config.video_crf), "preset": "veryfast", "tune": "zerolatency"}
+        stylized, output_stream = open_output(folder / "output.mp4", width, height, self.config.video_crf)
         return _Segment(
             folder,
             width,
@@ -264,10 +300,8 @@ class Recorder:
         segment, self._segment = self._segment, None
         if segment is None:
             return
-        for stream, container in ((segment.input_stream, segment.input), (segment.output_stream, segment.output)):
-            for packet in stream.encode(None):
-                container.mux(packet)
-            container.close()
+        close_output(segment.input, segment.input_stream)
+        close_output(segment.output, segment.output_stream)
         segment.frames_file.flush()
         os.fsync(segment.frames_file.fileno())
         segment.frames_file.close()

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
 
-from aiohttp import web
-from pydantic import BaseModel
+from aiohttp import hdrs, web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server.http.errors import ApiError
+from server import keys
+from server.control.settings import StyleSettings
+from server.http.errors import ApiError, invalid
+from server.http.inputs import read_model
 from server.http.names import path_name
 from server.http.openapi import operation
+from server.jobs.media import RenderFailed
+from server.jobs.store import Job, JobOut
+from server.jobs.worker import JOBS_FOLDER
 from server.recordings import keys as recordings_keys
 from server.recordings.library import (
     RECORDING_ID,
     AlreadyRecording,
+    NothingRecorded,
     RecordingLibrary,
     RecordingNotFound,
     RecordingsFull,
 )
+from server.recordings.replay import Plan, copy_recording
 
 routes = web.RouteTableDef()
 
@@ -50,6 +62,26 @@ class RecordingList(BaseModel):
 
 class RecordingDeleted(BaseModel):
     deleted: str
+
+
+class RenderBody(BaseModel):
+    """POST /api/recordings/{id}/render: the show again (`replay`), or with overrides (`remaster`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["replay", "remaster"]
+    width: int | None = Field(None, ge=16, le=3840, multiple_of=2)
+    height: int | None = Field(None, ge=16, le=3840, multiple_of=2)
+    settings: dict[str, Any] = Field(default_factory=dict, description="set over the recorded settings from from_pts")
+    from_pts: int = Field(0, ge=0, description="1/90000 s from the recording's start")
+
+    @model_validator(mode="after")
+    def _overrides_are_a_remaster(self) -> RenderBody:
+        if self.mode == "replay" and (self.width or self.height or self.settings or self.from_pts):
+            raise ValueError("a replay takes no overrides: send mode remaster")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together")
+        return self
 
 
 UNKNOWN = {404: "unknown recording (or not an id)"}
@@ -123,7 +155,7 @@ async def get_recording(request: web.Request) -> web.Response:
     tag="recordings",
     response={"type": "string", "format": "binary"},
     media_type="video/mp4",
-    errors=UNKNOWN,
+    errors={**UNKNOWN, 409: "nothing recorded yet"},
 )
 async def get_output(request: web.Request) -> web.StreamResponse:
     recording_id = _recording_id(request)
@@ -131,6 +163,8 @@ async def get_output(request: web.Request) -> web.StreamResponse:
         path = await asyncio.to_thread(_library(request).output, recording_id)
     except RecordingNotFound as e:
         raise ApiError(404, "unknown recording", recording_id) from e
+    except NothingRecorded as e:
+        raise ApiError(409, "nothing recorded yet", str(e)) from e
     return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 
 
@@ -160,6 +194,52 @@ async def get_bundle(request: web.Request) -> web.StreamResponse:
     finally:
         await asyncio.to_thread(path.unlink, missing_ok=True)
     return response
+
+
+@routes.post("/api/recordings/{recording_id}/render")
+@operation(
+    "Render a recording again as a job: its camera frames through the engine, its changes at their pts",
+    tag="recordings",
+    body=RenderBody,
+    response=JobOut,
+    status=202,
+    errors={**UNKNOWN, 409: "nothing recorded yet", 422: "invalid fields"},
+    description="Then the usual /api/jobs/{id} routes. A re-master's `settings` apply from `from_pts` on.",
+)
+async def render_recording(request: web.Request) -> web.Response:
+    recording_id = _recording_id(request)
+    body = await read_model(request, RenderBody)
+    try:
+        StyleSettings(**body.settings)
+    except (ValidationError, TypeError) as e:
+        raise invalid("settings", str(e)) from e
+    config = request.app[keys.CONFIG]
+    recording = await asyncio.to_thread(_library(request).folder_of, recording_id)
+    if recording is None:
+        raise ApiError(404, "unknown recording", recording_id)
+    plan = Plan(body.mode, body.width, body.height, body.settings, body.from_pts, config.recordings.video_crf)
+    job_id = uuid.uuid4().hex
+    folder = Path(JOBS_FOLDER) / job_id  # relative to the data dir, as the job's row keeps it
+    data_dir = Path(config.server.data_dir)
+    try:
+        info = await asyncio.to_thread(copy_recording, recording, data_dir / folder / "input", plan)
+    except RenderFailed as e:
+        await asyncio.to_thread(shutil.rmtree, data_dir / folder, ignore_errors=True)
+        raise ApiError(409, "nothing recorded yet", str(e)) from e
+    job = Job(
+        id=job_id,
+        status="pending",
+        filename=f"recording-{recording_id}-{body.mode}.mp4",
+        preset=None,
+        params=StyleSettings().frame_params(),  # each frame's own come from the recording's timeline
+        media=info,
+        input_path=str(folder / "input"),
+        output_path=str(folder / "output.mp4"),
+        frames_total=info.frames,
+        created=time.time(),
+    )
+    await request.app[recordings_keys.SUBMIT_JOB](job)
+    return web.json_response(job.public(), status=202, headers={hdrs.LOCATION: f"/api/jobs/{job_id}"})
 
 
 @routes.delete("/api/recordings/{recording_id}")
