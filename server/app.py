@@ -133,6 +133,8 @@ def _hand_in(app: web.Application, topology: Topology) -> None:
 
     app[recordings_keys.LISTEN] = listen
     app[recordings_keys.SUBMIT_JOB] = lambda job: app[jobs_keys.JOB_WORKER].submit(job)
+    if topology.runs_live:
+        app[control_keys.RECORD] = lambda name, on: app[recordings_keys.RECORDINGS].switch(name, on, listen)
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:

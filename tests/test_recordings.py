@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from server.config import Config
+from server.control import keys as control_keys
+from server.testing.osc_controller import OscController
 from server.testing.rtc_client import HEIGHT, WIDTH, connect
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
@@ -117,3 +119,33 @@ async def test_ids_that_are_not_ids_are_unknown(server: RunningServer, recording
     for method, path in [("GET", ""), ("POST", "/stop"), ("DELETE", ""), ("GET", "/output.mp4")]:
         async with server.http.request(method, server.url(f"/api/recordings/{recording_id}{path}")) as response:
             assert response.status == 404, (method, path)
+
+
+async def test_osc_records_a_name_and_drops_what_is_not_a_switch(server: RunningServer) -> None:
+    listener = server.app[control_keys.OSC]
+    controller = OscController(listener.port)
+    await controller.start()
+    try:
+        controller.send("/stylize/name/band/record", True)
+
+        async def listed() -> list[dict[str, Any]]:
+            return [r for r in (await server.call("GET", "/api/recordings"))[1]["recordings"] if r["name"] == "band"]
+
+        [started] = await eventually(listed, what="the OSC recording")
+        assert started["state"] == "waiting"
+        controller.send("/stylize/name/band/record", 1)  # again: a toggle's state, not a second recording
+        rejected = listener.rejected
+        controller.send("/stylize/name/band/record", 2)
+        controller.send("/stylize/name/band/record")
+        await eventually(lambda: listener.rejected == rejected + 2, what="two drops")
+        status, _ = await server.call("POST", "/api/outputs/band/recordings")
+        assert status == 409
+        controller.send("/stylize/name/band/record", 0.0)
+        await eventually(lambda: _state(server, started["id"], "stopped"), what="stopped over OSC")
+        assert len(await listed()) == 1
+    finally:
+        controller.close()
+
+
+async def _state(server: RunningServer, recording_id: str, state: str) -> bool:
+    return (await recording(server, recording_id))["state"] == state

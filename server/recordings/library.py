@@ -51,7 +51,7 @@ class AlreadyRecording(RuntimeError):
         self.recording_id = recording_id
 
 
-class RecordingsFull(RuntimeError):
+class RecordingsFull(OSError):
     pass
 
 
@@ -114,6 +114,14 @@ class RecordingLibrary:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         return meta
+
+    async def switch(self, name: str, on: bool, listen: Listen) -> None:
+        """Start (`on`) or stop recording `name`; nothing when it already is (or is not) recorded."""
+        running = self.recording_of(name)
+        if on and running is None:
+            await self.start(name, listen)
+        elif not on and running is not None:
+            await self.stop(running)
 
     async def _ended(self, recording_id: str, recorder: Recorder) -> None:
         await asyncio.to_thread(recorder.done.wait)
