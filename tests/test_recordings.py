@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import signal
 import tarfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import av
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from server.config import Config
 from server.control import keys as control_keys
 from server.testing.osc_controller import OscController
 from server.testing.rtc_client import HEIGHT, WIDTH, connect
-from server.testing.servers import RunningServer, start_server, stop_server
+from server.testing.servers import RunningServer, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
 
 
@@ -149,3 +152,65 @@ async def test_osc_records_a_name_and_drops_what_is_not_a_switch(server: Running
 
 async def _state(server: RunningServer, recording_id: str, state: str) -> bool:
     return (await recording(server, recording_id))["state"] == state
+
+
+async def test_a_recording_killed_mid_segment_keeps_its_closed_segments_playable(tmp_path: Path) -> None:
+    data_dir, log = tmp_path / "data", tmp_path / "server.log"
+    env = {"STYLIZE_RECORDINGS_SEGMENT_S": "0.5", "STYLIZE_ENGINE_MAX_BATCH": "1"}
+    async with aiohttp.ClientSession() as http:
+        async with server_process(data_dir, log, env=env) as first:
+            await wait_ready(http, first.url)
+            async with http.post(f"{first.url}/api/outputs/stage/recordings") as response:
+                assert response.status == 201
+                recording_id = (await response.json())["id"]
+            client = await connect(http, f"{first.url}/api/offer", name="stage")
+            try:
+
+                async def two_segments() -> bool:
+                    async with http.get(f"{first.url}/api/recordings/{recording_id}") as response:
+                        return bool((await response.json())["segments"] >= 2)
+
+                await eventually(two_segments, timeout=60, what="two closed segments")
+                first.process.send_signal(signal.SIGKILL)
+                await first.process.wait()
+            finally:
+                await client.close()
+
+        async with server_process(data_dir, log, env=env) as second:
+            await wait_ready(http, second.url)
+            async with http.get(f"{second.url}/api/recordings/{recording_id}") as response:
+                after = await response.json()
+            assert after["state"] in ("damaged", "stopped") and after["segments"] >= 2, after
+            assert after["stop_reason"] == "the server stopped while recording"
+            async with http.get(f"{second.url}/api/recordings/{recording_id}/output.mp4") as response:
+                assert response.status == 200
+                frames = decoded(await response.read())
+            assert len(frames) == after["frames"] > 0
+            async with http.post(f"{second.url}/api/outputs/stage/recordings") as response:
+                assert response.status == 201, "the name is free again"
+
+
+async def test_a_full_share_stops_the_recording_cleanly_and_refuses_the_next(
+    make_config: Callable[..., Config],
+) -> None:
+    # 400 kB: a few segments of a 320x240 stream (FFV1 input is most of it).
+    running = await start_server(make_config(engine={"max_batch": 1}, recordings={"segment_s": 0.3, "max_gb": 4e-4}))
+    try:
+        status, started = await running.call("POST", "/api/outputs/stage/recordings")
+        assert status == 201
+        client = await connect(running.http, running.url("/api/offer"), name="stage")
+        try:
+            await eventually(lambda: _state(running, started["id"], "stopped"), timeout=60, what="a full share")
+        finally:
+            await client.close()
+        stopped = await recording(running, started["id"])
+        assert "full" in stopped["stop_reason"] and stopped["frames"] > 0, stopped
+        async with running.http.get(running.url(f"/api/recordings/{started['id']}/output.mp4")) as response:
+            assert response.status == 200
+            assert len(decoded(await response.read())) == stopped["frames"]
+        status, refused = await running.call("POST", "/api/outputs/stage/recordings")
+        assert status == 507, refused
+        status, _ = await running.call("POST", f"/api/recordings/{started['id']}/stop")
+        assert status == 404, "it stopped by itself"
+    finally:
+        await stop_server(running)

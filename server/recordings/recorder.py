@@ -206,7 +206,12 @@ class Recorder:
 
     def stop(self) -> None:
         """Blocking (call off the loop): the writer closes its segment and ends."""
-        self._queue.put(None)
+        while self._thread.is_alive():  # a writer that ended by itself (a full disk) takes nothing more
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
         self._thread.join()
 
     # -- the writer thread ----------------------------------------------------------------------
