@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -214,3 +215,44 @@ async def test_a_full_share_stops_the_recording_cleanly_and_refuses_the_next(
         assert status == 404, "it stopped by itself"
     finally:
         await stop_server(running)
+
+
+async def test_a_corrupt_segment_at_start_up_is_listed_damaged_with_the_frames_that_read(
+    make_config: Callable[..., Config], data_dir: Path
+) -> None:
+    config = make_config(engine={"max_batch": 1}, recordings={"segment_s": 0.3})
+    running = await start_server(config)
+    try:
+        status, started = await running.call("POST", "/api/outputs/stage/recordings")
+        client = await connect(running.http, running.url("/api/offer"), name="stage")
+        try:
+            await eventually(lambda: _segments_at_least(running, started["id"], 3), timeout=60, what="3 segments")
+        finally:
+            await client.close()
+        status, stopped = await running.call("POST", f"/api/recordings/{started['id']}/stop")
+        assert status == 200
+    finally:
+        await stop_server(running)
+
+    # As a crash would leave it (still `recording`), with its second segment's video cut in half.
+    folder = data_dir / "recordings" / started["id"]
+    state = json.loads((folder / "recording.json").read_text())
+    (folder / "recording.json").write_text(json.dumps({**state, "state": "recording"}))
+    second = folder / "seg-00001" / "output.mp4"
+    second.write_bytes(second.read_bytes()[: second.stat().st_size // 2])
+    second_frames = len((folder / "seg-00001" / "frames.jsonl").read_text().splitlines())
+
+    running = await start_server(config)
+    try:
+        after = await recording(running, started["id"])
+        assert after["state"] == "damaged" and after["damaged_segments"] == [1], after
+        assert after["frames"] == stopped["frames"] - second_frames
+        async with running.http.get(running.url(f"/api/recordings/{started['id']}/output.mp4")) as response:
+            assert response.status == 200
+            assert len(decoded(await response.read())) == after["frames"]
+    finally:
+        await stop_server(running)
+
+
+async def _segments_at_least(server: RunningServer, recording_id: str, count: int) -> bool:
+    return (await recording(server, recording_id))["segments"] >= count

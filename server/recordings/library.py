@@ -70,8 +70,9 @@ class RecordingLibrary:
 
     def recover(self) -> None:
         """Blocking, at start-up: a recording left `waiting`/`recording` was cut short by a crash. Its
-        closed segments stand; one past them (a crash mid-segment) is damaged and its readable
-        frames are counted."""
+        closed segments are checked (a segment whose video holds fewer frames than it lists is
+        damaged, left out of `frames` and of the output); one past them (a crash mid-segment) is
+        damaged too, its readable frames counted apart."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for folder in sorted(self.folder.iterdir()):
             if not RECORDING_ID.fullmatch(folder.name) or not folder.is_dir():
@@ -83,10 +84,17 @@ class RecordingLibrary:
                 continue
             if meta.state not in ("waiting", "recording"):
                 continue
+            meta.damaged_segments, meta.frames = [], 0
+            for index in range(meta.segments):
+                listed, stored = segment_frames(segment_folder(folder, index))
+                if stored == listed:
+                    meta.frames += listed
+                else:
+                    meta.damaged_segments.append(index)
             cut = segment_folder(folder, meta.segments)
             # The cut segment's MP4 has no index yet; its Matroska input reads up to the cut.
             meta.damaged_frames = readable_frames(cut / "input.mkv") if cut.is_dir() else 0
-            meta.state = "damaged" if cut.is_dir() else "stopped"
+            meta.state = "damaged" if cut.is_dir() or meta.damaged_segments else "stopped"
             meta.stop_reason = "the server stopped while recording"
             write_meta(folder, meta)
             logger.warning("recording %s was cut short: %d frames kept", meta.id, meta.frames)
@@ -187,9 +195,10 @@ class RecordingLibrary:
         """Blocking: the closed segments' stylized frames as one MP4 (packets copied, not re-encoded)."""
         folder = self._folder(recording_id)
         meta = read_meta(folder)
-        if meta.segments == 0:
-            raise NothingRecorded(f"recording {recording_id} has no closed segment yet (state {meta.state})")
-        join_outputs([segment_folder(folder, index) / "output.mp4" for index in range(meta.segments)], folder / OUTPUT)
+        readable = meta.readable_segments()
+        if not readable:
+            raise NothingRecorded(f"recording {recording_id} has no readable closed segment (state {meta.state})")
+        join_outputs([segment_folder(folder, index) / "output.mp4" for index in readable], folder / OUTPUT)
         return folder / OUTPUT
 
     def bundle(self, recording_id: str) -> Path:
@@ -207,6 +216,20 @@ class RecordingLibrary:
             await self.stop(recording_id)
         folder = await asyncio.to_thread(self._folder, recording_id)
         await asyncio.to_thread(shutil.rmtree, folder)
+
+
+def segment_frames(folder: Path) -> tuple[int, int]:
+    """Blocking: the frames a closed segment lists, and those its output video holds (packets, not decoded)."""
+    try:
+        listed = len((folder / "frames.jsonl").read_text().splitlines())
+    except OSError:
+        return 0, -1
+    try:
+        with av.open(str(folder / "output.mp4")) as container:
+            stored = sum(1 for packet in container.demux(video=0) if packet.size)
+    except (av.FFmpegError, OSError):
+        stored = -1
+    return listed, stored
 
 
 def readable_frames(path: Path) -> int:

@@ -67,6 +67,10 @@ class Meta:
     changes: int = 0
     dropped: int = 0  # takes the writer could not keep up with
     damaged_frames: int = 0  # frames readable in the segment a crash cut short (not in `frames`)
+    damaged_segments: list[int] = field(default_factory=list)  # closed ones found unreadable at start-up
+
+    def readable_segments(self) -> list[int]:
+        return [index for index in range(self.segments) if index not in self.damaged_segments]
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -30,6 +30,7 @@ from server.recordings.recorder import (
     open_output,
     read_meta,
     segment_folder,
+    write_meta,
 )
 
 PLAN = "plan.json"
@@ -50,13 +51,15 @@ class Plan:
 def copy_recording(recording: Path, into: Path, plan: Plan) -> MediaInfo:
     """Blocking: the recording's closed segments, its changes and the plan into the job's input folder."""
     meta = read_meta(recording)
-    if meta.segments == 0:
-        raise RenderFailed("the recording has no closed segment yet")
+    readable = meta.readable_segments()
+    if not readable:
+        raise RenderFailed("the recording has no readable closed segment yet")
     into.mkdir(parents=True)
-    for index in range(meta.segments):
-        shutil.copytree(segment_folder(recording, index), segment_folder(into, index))
+    for copied, index in enumerate(readable):  # renumbered: the copy holds the readable ones alone
+        shutil.copytree(segment_folder(recording, index), segment_folder(into, copied))
     shutil.copy2(recording / CHANGES, into / CHANGES)
-    shutil.copy2(recording / "recording.json", into / "recording.json")
+    meta.segments, meta.damaged_segments = len(readable), []
+    write_meta(into, meta)
     (into / PLAN).write_text(json.dumps(plan.__dict__))
     with av.open(str(segment_folder(into, 0) / "input.mkv")) as first:
         stream = first.streams.video[0]

@@ -52,7 +52,8 @@ class RecordingOut(BaseModel):
     duration_s: float
     changes: list[Change] | None  # left out (null) in the list
     dropped: int
-    damaged_frames: int
+    damaged_frames: int  # readable in the segment a crash cut short (not in `frames`)
+    damaged_segments: list[int]  # closed segments found unreadable at start-up (not in `frames`)
     bytes: int
 
 
