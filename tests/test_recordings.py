@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import signal
@@ -129,6 +130,7 @@ async def test_osc_records_a_name_and_drops_what_is_not_a_switch(server: Running
     listener = server.app[control_keys.OSC]
     controller = OscController(listener.port)
     await controller.start()
+    events = await server.http.ws_connect(server.url("/api/events?types=recording&name=band"))
     try:
         controller.send("/stylize/name/band/record", True)
 
@@ -147,7 +149,14 @@ async def test_osc_records_a_name_and_drops_what_is_not_a_switch(server: Running
         controller.send("/stylize/name/band/record", 0.0)
         await eventually(lambda: _state(server, started["id"], "stopped"), what="stopped over OSC")
         assert len(await listed()) == 1
+        heard = []
+        async with asyncio.timeout(10):
+            while len(heard) < 2:
+                event = json.loads((await events.receive()).data)
+                heard.append((event["action"], event["recording"]["id"], event["recording"]["state"]))
+        assert heard == [("started", started["id"], "waiting"), ("stopped", started["id"], "stopped")]
     finally:
+        await events.close()
         controller.close()
 
 

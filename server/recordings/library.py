@@ -16,11 +16,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 
 from server.config import RecordingsConfig
+from server.control.events import EventHub, RecordingEvent
+from server.control.settings import name_scope
 from server.recordings.recorder import (
     CHANGES,
     Meta,
@@ -60,9 +62,10 @@ class NothingRecorded(RuntimeError):
 
 
 class RecordingLibrary:
-    def __init__(self, folder: Path, config: RecordingsConfig) -> None:
+    def __init__(self, folder: Path, config: RecordingsConfig, events: EventHub) -> None:
         self.folder = folder
         self.config = config
+        self._events = events
         self._active: dict[str, tuple[Recorder, Callable[[], None]]] = {}  # id -> (writer, end listening)
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -121,6 +124,7 @@ class RecordingLibrary:
         watcher = asyncio.create_task(self._ended(recording_id, recorder), name=f"recording-{recording_id}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
+        self._publish("started", meta)
         return meta
 
     async def switch(self, name: str, on: bool, listen: Listen) -> None:
@@ -137,6 +141,7 @@ class RecordingLibrary:
         if active is not None:
             active[1]()
             await asyncio.to_thread(recorder.stop)
+            self._publish("stopped", recorder.meta)
 
     async def stop(self, recording_id: str) -> Meta:
         active = self._active.pop(recording_id, None)
@@ -145,6 +150,7 @@ class RecordingLibrary:
         recorder, end = active
         end()
         await asyncio.to_thread(recorder.stop)
+        self._publish("stopped", recorder.meta)
         return recorder.meta
 
     async def close(self) -> None:
@@ -215,7 +221,13 @@ class RecordingLibrary:
         if recording_id in self._active:
             await self.stop(recording_id)
         folder = await asyncio.to_thread(self._folder, recording_id)
+        meta = await asyncio.to_thread(read_meta, folder)
         await asyncio.to_thread(shutil.rmtree, folder)
+        self._publish("deleted", meta)
+
+    def _publish(self, action: Literal["started", "stopped", "deleted"], meta: Meta) -> None:
+        recording = {"id": meta.id, "name": meta.name, "state": meta.state, "stop_reason": meta.stop_reason}
+        self._events.publish(RecordingEvent(action=action, scope=name_scope(meta.name), recording=recording))
 
 
 def segment_frames(folder: Path) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from server.recordings.library import RecordingLibrary
 async def _recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     folder = Path(config.recordings.dir) if config.recordings.dir else Path(config.server.data_dir) / "recordings"
-    library = RecordingLibrary(folder, config.recordings)
+    library = RecordingLibrary(folder, config.recordings, app[keys.EVENTS])
     await asyncio.to_thread(library.recover)
     app[recordings_keys.RECORDINGS] = library
     yield
