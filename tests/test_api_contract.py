@@ -95,7 +95,7 @@ async def test_the_document_is_valid_openapi_3_1_with_errors_and_events(server: 
     names = [parameter["name"] for parameter in doc["paths"]["/api/jobs"]["get"]["parameters"]]
     assert {"offset", "skip", "limit", "status"} <= set(names)
     events = [message["$ref"].rsplit("/", 1)[-1] for message in doc["x-websocket-events"]["messages"]]
-    assert events == ["SettingsEvent", "StreamEvent", "JobEvent", "PresetEvent"]
+    assert events == ["SettingsEvent", "StreamEvent", "JobEvent", "PresetEvent", "RecordingEvent"]
     for name in events:
         assert "ts" in schemas[name]["properties"] and "type" in schemas[name]["properties"]
     # Every $ref points at a schema the document holds.
