@@ -7,6 +7,7 @@ import { EventFeed } from "./events.js";
 import { JobsPanel } from "./jobs.js";
 import { OutputLinks, streamName } from "./outputs.js";
 import { LiveConnection } from "./rtc.js";
+import { RecordButton } from "./record_button.js";
 import { ScopedPause } from "./scoped_pause.js";
 import { ServerState } from "./server_state.js";
 import { StatsMeter } from "./stats.js";
@@ -110,6 +111,7 @@ const scopedPause = new ScopedPause({
   resume: $("scoped-resume"),
   onError: showError,
 });
+const recordButton = new RecordButton({ name, button: $("record"), onError: showError });
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
@@ -243,6 +245,7 @@ async function loadSettings() {
   try {
     controls.render(await api("GET", "/api/settings"));
     await scopedPause.refresh();
+    await recordButton.refresh();
   } catch (error) {
     showError(error);
   }
@@ -250,6 +253,7 @@ async function loadSettings() {
 
 function onEvent(event) {
   scopedPause.onEvent(event);
+  recordButton.onEvent(event);
   if (event.type === "settings" && event.scope === "global") controls.render(event.settings, event.source);
   else if (event.type === "stream" && event.action === "down") connection.streamDown(event.stream_id, event.reason);
   else if (event.type === "preset" && event.action !== "applied") loadPresets();
@@ -303,5 +307,5 @@ window.addEventListener("pagehide", () => {
   if (authorized) events.start();
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs, server, outputs, scopedPause };
+  window.stylize = { connection, controls, stats, events, jobs, server, outputs, scopedPause, recordButton };
 })();
