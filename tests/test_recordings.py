@@ -265,3 +265,29 @@ async def test_a_corrupt_segment_at_start_up_is_listed_damaged_with_the_frames_t
 
 async def _segments_at_least(server: RunningServer, recording_id: str, count: int) -> bool:
     return (await recording(server, recording_id))["segments"] >= count
+
+
+async def test_a_render_of_nothing_or_with_bad_fields_is_refused(server: RunningServer) -> None:
+    status, started = await server.call("POST", "/api/outputs/nobody/recordings")
+    assert status == 201 and started["state"] == "waiting"
+    path = f"/api/recordings/{started['id']}/render"
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"mode": "replay", "width": 640, "height": 480}, "a replay takes no overrides"),
+        ({"mode": "remaster", "width": 640}, "width and height go together"),
+        ({"mode": "remaster", "width": 641, "height": 480}, "multiple of 2"),
+        ({"mode": "again"}, "mode"),
+        ({"mode": "remaster", "settings": {"strength": 7}}, "strength"),
+    ]
+    for body, said in bad:
+        status, refused = await server.call("POST", path, body)
+        assert status == 422 and said in json.dumps(refused), (body, refused)
+    status, refused = await server.call("POST", path, {"mode": "replay"})
+    assert status == 409 and refused["error"] == "nothing recorded yet"
+    async with server.http.get(server.url(f"/api/recordings/{started['id']}/output.mp4")) as response:
+        assert response.status == 409
+    status, _ = await server.call("POST", "/api/recordings/0123456789ab/render", {"mode": "replay"})
+    assert status == 404
+    status, refused = await server.call("POST", "/api/outputs/no%20name/recordings")
+    assert status == 422 and refused["detail"][0]["field"] == "name"
+    status, deleted = await server.call("DELETE", f"/api/recordings/{started['id']}")
+    assert (status, deleted) == (200, {"deleted": started["id"]}), "a waiting recording is stopped, then deleted"
