@@ -58,6 +58,8 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     osc_port = free_port()
     env = {
         "STYLIZE_SERVER_MAX_PEERS": str(args.peers + 1),
+        # Every client process offers from 127.0.0.1 at once: none of them may supersede another's.
+        "STYLIZE_SERVER_MAX_UNCONNECTED_PER_CLIENT": str(args.peers + 1),
         "STYLIZE_SECURITY_RATE_LIMIT_PER_S": "0",
         "STYLIZE_MODEL_RESOLUTION": str(args.resolution),
         "STYLIZE_OSC_ENABLED": "true",

@@ -7,7 +7,6 @@ any path is made from one, so an id can never name a file outside the recordings
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import shutil
@@ -24,11 +23,11 @@ from server.config import RecordingsConfig
 from server.control.events import EventHub, RecordingEvent
 from server.control.settings import name_scope
 from server.recordings.recorder import (
-    CHANGES,
     Meta,
     Recorder,
     Taken,
     join_outputs,
+    read_changes,
     read_meta,
     segment_folder,
     write_meta,
@@ -179,22 +178,21 @@ class RecordingLibrary:
         except RecordingNotFound:
             return None
 
-    def describe(self, recording_id: str) -> dict[str, Any]:
-        """Blocking: the recording's state, its size on disk and its changes."""
+    def describe(self, recording_id: str, *, changes: bool = True) -> dict[str, Any]:
+        """Blocking: the recording's state, its size on disk and (unless not asked for) its changes."""
         folder = self._folder(recording_id)
         active = self._active.get(recording_id)
         meta = active[0].meta if active is not None else read_meta(folder)
-        changes_file = folder / CHANGES
-        changes = [json.loads(line) for line in changes_file.read_text().splitlines()] if changes_file.is_file() else []
+        listed = read_changes(folder) if changes else None
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        return {**meta.to_json(), "bytes": size, "changes": changes}
+        return {**meta.to_json(), "bytes": size, "changes": listed}
 
     def all(self) -> list[dict[str, Any]]:
         """Blocking: every recording, newest first, without its changes."""
         found = []
         for folder in self.folder.iterdir() if self.folder.is_dir() else []:
             if RECORDING_ID.fullmatch(folder.name) and (folder / "recording.json").is_file():
-                found.append({**self.describe(folder.name), "changes": None})
+                found.append(self.describe(folder.name, changes=False))
         return sorted(found, key=lambda r: -r["started_at"])
 
     def output(self, recording_id: str) -> Path:

@@ -90,6 +90,18 @@ def read_meta(folder: Path) -> Meta:
     return Meta(**json.loads((folder / META).read_text()))
 
 
+def read_changes(folder: Path) -> list[dict[str, Any]]:
+    """Blocking: the recorded changes, oldest first; a line a crash cut short is left out."""
+    path = folder / CHANGES
+    changes = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            changes.append(json.loads(line))
+        except ValueError:
+            break  # only ever the last line: lines are written whole, in order
+    return changes
+
+
 def segment_folder(folder: Path, index: int) -> Path:
     return folder / f"seg-{index:05d}"
 
@@ -189,6 +201,7 @@ class Recorder:
     _settings: dict[str, Any] | None = field(default=None, init=False)
     _changes: IO[str] | None = field(default=None, init=False)
     _stopped_by: str | None = field(default=None, init=False)
+    _bytes_before: int = field(default=0, init=False)  # every recording's bytes when the open segment began
 
     def __post_init__(self) -> None:
         self._queue = queue.Queue(maxsize=self.config.queue_frames)
@@ -263,6 +276,7 @@ class Recorder:
             self._close_segment()
             segment = None
         if segment is None:
+            self._bytes_before = self.bytes_used()  # walked once a segment; the open one's files are stat'ed
             segment = self._segment = self._open_segment(width, height, pts)
         settings = taken.settings.model_dump(mode="json")
         if settings != self._settings:
@@ -282,7 +296,7 @@ class Recorder:
         if self.meta.state == "waiting":
             self.meta.state = "recording"
             write_meta(self.folder, self.meta)
-        if self.bytes_used() + segment.bytes() >= self.config.max_gb * 1024**3:
+        if self._bytes_before + segment.bytes() >= self.config.max_gb * 1024**3:
             self._stopped_by = f"the recordings' disk share is full (max_gb {self.config.max_gb})"
 
     def _open_segment(self, width: int, height: int, pts: int) -> _Segment:

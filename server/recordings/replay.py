@@ -28,6 +28,7 @@ from server.recordings.recorder import (
     encode_output,
     join_outputs,
     open_output,
+    read_changes,
     read_meta,
     segment_folder,
     write_meta,
@@ -82,7 +83,7 @@ class ReplayRender:
         self._segments_dir = segments
         self._plan = Plan(**json.loads((source / PLAN).read_text()))
         self._meta = read_meta(source)
-        self._changes = [json.loads(line) for line in (source / CHANGES).read_text().splitlines()]
+        self._changes = read_changes(source)
         self._frames = self._read_frames()
         self._writing: tuple[int, Any, Any] | None = None  # (segment, container, stream)
         self._written: list[Path] = []
