@@ -83,6 +83,11 @@ async def test_a_name_is_recorded_from_its_first_frame_with_each_change_at_its_p
     remastered = await rendered(server, started["id"], {**remaster, "settings": {"prompt": "a blue whale"}})
     assert [f.pts for f in remastered] == [f.pts for f in frames]
     assert (remastered[0].width, remastered[0].height) == (2 * WIDTH, 2 * HEIGHT)
+    # At the show's size: the show's frames up to that pts, another picture from the frame at it on.
+    override = {"mode": "remaster", "from_pts": change_pts, "settings": {"prompt": "a blue whale"}}
+    for shown, again in zip(frames, await rendered(server, started["id"], override), strict=True):
+        same = np.array_equal(again.to_ndarray(format="yuv420p"), shown.to_ndarray(format="yuv420p"))
+        assert same == (shown.pts < change_pts), shown.pts
 
     async with server.http.get(server.url(f"/api/recordings/{started['id']}/bundle")) as response:
         assert response.status == 200
