@@ -49,21 +49,27 @@ async def test_a_name_is_recorded_from_its_first_frame_with_each_change_at_its_p
     assert status == 409 and refused["detail"]["id"] == started["id"]
 
     client = await connect(server.http, server.url("/api/offer"), name="stage")
+    controller = OscController(server.app[control_keys.OSC].port)
+    await controller.start()
     try:
-        await eventually(lambda: recording(server, started["id"]), what="frames")
         await eventually(lambda: _frames_at_least(server, started["id"], 20), timeout=60, what="a first closed segment")
         status, _ = await server.call("PATCH", "/api/outputs/stage/settings", {"prompt": "a red fox"})
         assert status == 200
         await eventually(lambda: _frames_at_least(server, started["id"], 45), timeout=60, what="more frames")
+        controller.send("/stylize/name/stage/strength", 0.25)
+        await eventually(lambda: _frames_at_least(server, started["id"], 70), timeout=60, what="more frames")
     finally:
+        controller.close()
         await client.close()
     status, stopped = await server.call("POST", f"/api/recordings/{started['id']}/stop")
     assert status == 200 and stopped["state"] == "stopped" and stopped["stop_reason"] is None
-    assert stopped["frames"] >= 45 and stopped["segments"] >= 2 and stopped["duration_s"] > 1.0
-    prompts = [change["settings"]["prompt"] for change in stopped["changes"]]
-    assert prompts[0] != "a red fox" and prompts[-1] == "a red fox"
-    change_pts = stopped["changes"][-1]["pts"]
-    assert stopped["changes"][0]["pts"] == 0 and 0 < change_pts < stopped["duration_s"] * 90000
+    assert stopped["frames"] >= 70 and stopped["segments"] >= 3 and stopped["duration_s"] > 2.0
+    # Each change once, at the first frame that obeyed it: HTTP's prompt, then OSC's strength.
+    seen = [(c["settings"]["prompt"], c["settings"]["strength"]) for c in stopped["changes"]]
+    assert seen[1:] == [("a red fox", seen[0][1]), ("a red fox", 0.25)] and seen[0][0] != "a red fox", seen
+    pts = [change["pts"] for change in stopped["changes"]]
+    assert pts[0] == 0 and 0 < pts[1] < pts[2] < stopped["duration_s"] * 90000
+    change_pts = pts[1]
 
     async with server.http.get(server.url(f"/api/recordings/{started['id']}/output.mp4")) as response:
         assert response.status == 200 and response.content_type == "video/mp4"
