@@ -41,6 +41,7 @@ from server.testing.servers import ROOT, free_port, on_cpus, server_process, wai
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTLE_S = 1.0  # after a strength change, before measuring
+PEER_NAME = "bench"  # with --name-peers, peers are named bench<process>-<peer> (a recording needs a name)
 START_MARGIN_S = 1.0  # time for every client process to read its `go` line
 
 
@@ -83,9 +84,11 @@ def process_cpu_s(pids: list[int]) -> float:
 async def _start_clients(server: Server, peers: int, processes: int, args: argparse.Namespace) -> list[Any]:
     shares = [peers // processes + (1 if i < peers % processes else 0) for i in range(processes)]
     clients = []
-    for share in (s for s in shares if s):
+    for index, share in enumerate(s for s in shares if s):
         command = [sys.executable, "-m", "bench.live_client", "--url", server.url, "--peers", str(share)]
         command += ["--size", str(args.size), "--fps", str(args.fps)]
+        if args.name_peers:
+            command += ["--name-prefix", f"{PEER_NAME}{index}-"]
         clients.append(
             await asyncio.create_subprocess_exec(
                 *command,
@@ -270,6 +273,8 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     osc_port = free_port()
     env = {
         "STYLIZE_SERVER_MAX_PEERS": str(max(peer_counts) + 1),
+        # Every client process offers from 127.0.0.1 at once: none of them may supersede another's.
+        "STYLIZE_SERVER_MAX_UNCONNECTED_PER_CLIENT": str(max(peer_counts) + 1),
         "STYLIZE_SECURITY_RATE_LIMIT_PER_S": "0",
         "STYLIZE_MODEL_RESOLUTION": str(args.resolution),
         "STYLIZE_OSC_ENABLED": "true",
@@ -336,6 +341,7 @@ def live_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=0.5)
     parser.add_argument("--changes", type=int, default=20, help="control-to-pixel changes (0 = skip)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name-peers", action="store_true", help=f"name the peers {PEER_NAME}<process>-<peer>")
     parser.add_argument(
         "--server-cpus", type=cpu_list, help="CPUs the server (and the engine alone) run on, e.g. 0 or 0-3"
     )

@@ -50,7 +50,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as http:
         offer = f"{args.url}/api/offer"
-        clients = [await connect(http, offer, fps=args.fps, size=(args.size, args.size)) for _ in range(args.peers)]
+        clients = [
+            await connect(http, offer, fps=args.fps, size=(args.size, args.size), name=_name(args.name_prefix, index))
+            for index in range(args.peers)
+        ]
         try:
             offsets = [await _calibrate(client) for client in clients]
             print("calibrated", flush=True)
@@ -66,12 +69,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await client.close()
 
 
+def _name(prefix: str, index: int) -> str | None:
+    """The stream name of this process's peer `index` (so it can be recorded), or none."""
+    return f"{prefix}{index}" if prefix else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.live_client", description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--peers", type=int, default=1)
     parser.add_argument("--size", type=int, default=512, help="camera frames are size x size")
     parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--name-prefix", default="", help="name the peers <prefix>0, <prefix>1, ...")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
 

@@ -10,7 +10,7 @@ the one place that reads every room's keys, and hands each room what it needs fr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +39,9 @@ from server.live.session import Session
 from server.observe import keys as observe_keys
 from server.observe import wiring as observe
 from server.observe.metrics import Metrics
+from server.recordings import keys as recordings_keys
+from server.recordings import wiring as recordings
+from server.recordings.recorder import Taken
 from server.topology import Topology
 
 # Each feature that keeps rows in the database adds its CREATE TABLE IF NOT EXISTS script here.
@@ -80,9 +83,11 @@ def create_app(config: Config) -> web.Application:
     if topology.runs_live:
         app.cleanup_ctx.extend(live.CONTEXTS)
     app.cleanup_ctx.extend(jobs.CONTEXTS)
+    if topology.runs_live:
+        app.cleanup_ctx.extend(recordings.CONTEXTS)
     # The API contract from every room's routes, with the /api/events message types.
     app.cleanup_ctx.append(http.document_ctx(EVENT_TYPES, version=lambda: app[observe_keys.STATS].version))
-    rooms: list[ModuleType] = [observe, control, *([live] if topology.runs_live else []), jobs, http]
+    rooms: list[ModuleType] = [observe, control, *([live, recordings] if topology.runs_live else []), jobs, http]
     if cluster is not None:
         rooms.append(cluster)  # /api/cluster; on a front, the live room's routes relayed
     for room in rooms:
@@ -122,6 +127,16 @@ def _hand_in(app: web.Application, topology: Topology) -> None:
     app[observe_keys.STREAMS] = lambda: sessions().values()
     app[observe_keys.PRESET_USAGE] = lambda: app[control_keys.PRESETS].usage()
     app[jobs_keys.PRESET_PATCH] = lambda *patching: app[control_keys.PRESETS].patch_for(*patching)
+
+    def listen(name: str, offer: Callable[[Taken], None]) -> Callable[[], None]:
+        return app[live_keys.OUTPUTS].record(
+            name, lambda take: offer(Taken(take.input, take.output, take.settings, take.settings.paused))
+        )
+
+    app[recordings_keys.LISTEN] = listen
+    app[recordings_keys.SUBMIT_JOB] = lambda job: app[jobs_keys.JOB_WORKER].submit(job)
+    if topology.runs_live:
+        app[control_keys.RECORD] = lambda name, on: app[recordings_keys.RECORDINGS].switch(name, on, listen)
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -250,6 +250,14 @@ class JobsConfig(_Section):
     video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
 
 
+class RecordingsConfig(_Section):
+    dir: str = ""
+    max_gb: float = Field(20.0, gt=0.0)
+    segment_s: float = Field(2.0, gt=0.0, le=600.0)
+    queue_frames: int = Field(120, ge=1, le=10_000)
+    video_crf: int = Field(20, ge=0, le=51)
+
+
 ClusterRole = Literal["none", "front", "worker"]
 
 
@@ -312,6 +320,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     presets: PresetsConfig = PresetsConfig()
     jobs: JobsConfig = JobsConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
     logging: LoggingConfig = LoggingConfig()
     cluster: ClusterConfig = ClusterConfig()
 

@@ -12,7 +12,7 @@ import pytest
 
 from server.config import ROOT
 
-ROOMS = ("live", "control", "jobs", "observe", "cluster")
+ROOMS = ("live", "control", "jobs", "observe", "cluster", "recordings")
 # The app state every room may read (server/keys.py); everything else is some room's own.
 CORE_KEYS = {"CONFIG", "TOPOLOGY", "DB", "ENGINE", "SETTINGS", "EVENTS", "METRICS", "RELAY", "CLIENT"}
 

@@ -77,18 +77,27 @@ class PresetEvent(_Event):
     prompt: str | None = None
 
 
-EVENT_TYPES: list[type[BaseModel]] = [SettingsEvent, StreamEvent, JobEvent, PresetEvent]
-Event: TypeAlias = SettingsEvent | StreamEvent | JobEvent | PresetEvent
+class RecordingEvent(_Event):
+    """A name's recording started, stopped (asked to, or its disk share filled) or was deleted."""
+
+    type: Literal["recording"] = "recording"
+    action: Literal["started", "stopped", "deleted"]
+    scope: str = Field(description="the recorded name's settings scope (name:<name>): ?name= filters on it")
+    recording: dict[str, Any] = Field(description="id, name, state and stop_reason")
 
 
-EVENT_TYPE_NAMES = ("settings", "stream", "job", "preset")
+EVENT_TYPES: list[type[BaseModel]] = [SettingsEvent, StreamEvent, JobEvent, PresetEvent, RecordingEvent]
+Event: TypeAlias = SettingsEvent | StreamEvent | JobEvent | PresetEvent | RecordingEvent
+
+
+EVENT_TYPE_NAMES = ("settings", "stream", "job", "preset", "recording")
 
 
 class EventsQuery(BaseModel):
     """What one listener wants; every event when nothing is asked."""
 
     model_config = ConfigDict(extra="forbid")
-    types: str | None = Field(None, description="comma-separated event types: settings, stream, job, preset")
+    types: str | None = Field(None, description="comma-separated event types: settings, stream, job, preset, recording")
     stream: str | None = Field(
         None, min_length=1, max_length=64, description="only what concerns this stream id (and global changes)"
     )

@@ -67,6 +67,13 @@ class FeedbackControl(Protocol):
     def handle(self, name: str, args: list[Any]) -> bool: ...
 
 
+class RecordControl(Protocol):
+    """What OSC needs from recordings: start (True) or stop (False) recording a name; either is a
+    no-op when the name already is (or is not) being recorded, as a toggle sends its state again."""
+
+    def __call__(self, name: str, on: bool) -> Awaitable[object]: ...
+
+
 class OscRejected(Exception):
     """A message that cannot be applied; the text says why, `reason` is the counter label."""
 
@@ -94,6 +101,7 @@ class OscListener(asyncio.DatagramProtocol):
         self.port = 0  # the UDP port bound, known once listening
         self.sender: tuple[str, int] | None = None  # the source of the datagram being applied
         self.feedback: FeedbackControl | None = None  # /stylize/feedback/(un)subscribe, when set
+        self.record: RecordControl | None = None  # /stylize/name/<name>/record, where recordings are kept
 
     # -- asyncio.DatagramProtocol --------------------------------------------------------------
 
@@ -141,6 +149,9 @@ class OscListener(asyncio.DatagramProtocol):
             if not self._settings.has_stream(stream_id):
                 raise OscRejected(f"unknown stream {stream_id!r}", "address")
             rest = rest[2:]
+        elif rest[:1] == ["name"] and rest[2:] == ["record"]:
+            self._record(rest[1], args)
+            return
         elif rest[:1] == ["name"]:
             # A name's overrides are a settings scope of their own (`name:<name>`), served like a stream's.
             stream_id = self._settings.scope_of_name(rest[1]) if len(rest) >= 3 else None
@@ -228,12 +239,26 @@ class OscListener(asyncio.DatagramProtocol):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _record(self, name: str, args: list[Any]) -> None:
+        if self.record is None:
+            raise OscRejected("recordings are not kept here", "address")
+        if self._settings.scope_of_name(name) is None:
+            raise OscRejected(f"not a name a stream can take: {name!r}")
+        if len(args) != 1:
+            raise OscRejected(f"record takes one argument (T, F, 0 or 1), got {len(args)}")
+        work = self.record(name, _switch(args[0], "record"))
+        task = asyncio.ensure_future(self._finish(f"{PREFIX}/name/{name}/record", work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _finish(self, address: str, work: Awaitable[object]) -> None:
         try:
             await work
             self.accepted += 1
         except LookupError as e:
             self._reject(address, "preset", f"unknown preset ({e})")
+        except OSError as e:  # a recording refused: the recordings' disk share is full
+            self._reject(address, "value", str(e))
         except Exception:
             logger.exception("OSC %s failed", address)
             self._reject(address, "internal", "failed")

@@ -83,6 +83,7 @@ async def _osc_ctx(app: web.Application) -> AsyncIterator[None]:
         config, app[keys.SETTINGS], app[control_keys.PRESETS], on_reject=app[keys.METRICS].osc_dropped
     )
     app[control_keys.OSC] = listener
+    listener.record = app.get(control_keys.RECORD)
     yield
     transport.close()
     await listener.close()

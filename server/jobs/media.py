@@ -24,6 +24,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
 
+from pipeline.contract import FrameParams
 from server.jobs.image_header import HEAD_BYTES, image_size
 from server.jpeg import JpegEncoder
 
@@ -200,6 +201,8 @@ class SourceFrame:
     data: np.ndarray  # (H*3/2, W) uint8 yuv420p, H and W even
     pts: int | None
     time_base: fractions.Fraction | None
+    params: FrameParams | None = None  # what this frame is made with, where it differs from the job's (a replay)
+    held: bool = False  # a replay's paused frame: the previous stylized frame again, as the show had it
 
 
 class Render(Protocol):

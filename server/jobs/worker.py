@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+import numpy as np
+
 from pipeline import Priority
 from server.config import JobsConfig
 from server.control.events import EventHub, JobEvent
@@ -34,6 +36,7 @@ from server.engine_service import EngineStatus
 from server.jobs.media import EncodeOptions, Render, RenderFailed, open_render
 from server.jobs.store import Job, JobNotFound, JobRecords, gave_up
 from server.jpeg import JpegEncoder
+from server.recordings.replay import ReplayRender
 
 if TYPE_CHECKING:
     from pipeline import Engine
@@ -284,15 +287,12 @@ class JobWorker:
         source = self.data_dir / job.input_path
         if self._fetch_input is not None and not await self._blocking(source.is_file):
             await self._fetch_input(job, source)  # uploaded to another node that shares no disk with this one
-        render = await self._blocking(
-            open_render,
-            source,
-            partial,
-            job.media,
-            self._options,
-            self._jpeg,
-            self._segments(job),
-        )
+        if job.media.format == "recording":
+            render: Render = await self._blocking(ReplayRender, source, partial, self._segments(job))
+        else:
+            render = await self._blocking(
+                open_render, source, partial, job.media, self._options, self._jpeg, self._segments(job)
+            )
         done = render.resume_from
         if done:
             logger.info("job resumed id=%s from frame %d of %d", job.id, done, job.frames_total)
@@ -329,11 +329,13 @@ class JobWorker:
         """The render loop, on the job's media thread: decode, the engine, encode, two hand-offs a
         frame (to the engine's thread and back); the event loop hears of it every PROGRESS_INTERVAL_S."""
         reported = float("-inf")  # the first frame is reported at once: the owner sees rendering start
+        stylized: np.ndarray | None = None
         while (frame := render.read()) is not None:
             if running.cancelled.is_set() or running.halt.is_set():
                 raise JobCancelled(job.id)
             started = time.monotonic()
-            stylized = engine.submit(key, frame.data, job.params, Priority.JOB).result()
+            if not frame.held or stylized is None:
+                stylized = engine.submit(key, frame.data, frame.params or job.params, Priority.JOB).result()
             render.write(frame, stylized)
             done += 1
             self._yield_to_live(time.monotonic() - started, running.halt)

@@ -12,6 +12,7 @@ from typing import Literal
 from av import VideoFrame
 
 from server.live.frame_fanout import FrameFanout
+from server.live.track import Take, TakeListener
 
 
 class NamedOutput:
@@ -21,6 +22,7 @@ class NamedOutput:
         self.frames = FrameFanout()  # the newest frame, kept after its stream ends
         self.viewers = 0  # WHEP viewers
         self.watchers = 0  # MJPEG responses
+        self.recorders: list[TakeListener] = []  # told of every frame with its input and settings
 
     @property
     def frame(self) -> VideoFrame | None:
@@ -33,12 +35,24 @@ class NamedOutput:
     @property
     def idle(self) -> bool:
         """Nothing feeds, shows or watches it: it may be forgotten."""
-        return self.stream_id is None and self.frame is None and not self.viewers and not self.watchers
+        return (
+            self.stream_id is None
+            and self.frame is None
+            and not self.viewers
+            and not self.watchers
+            and not self.recorders
+        )
 
     def show(self, frame: VideoFrame, stream_id: str) -> None:
         """A stylized frame of `stream_id`: the newest of this name when that stream feeds it."""
         if stream_id == self.stream_id:
             self.frames.publish(frame, stream_id)
+
+    def take(self, take: Take, stream_id: str) -> None:
+        """A frame of `stream_id` with its input and settings: told to the recorders when that stream feeds the name."""
+        if stream_id == self.stream_id:
+            for recorder in list(self.recorders):
+                recorder(take)
 
     def describe(self) -> dict[str, object]:
         return {

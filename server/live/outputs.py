@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
@@ -21,7 +22,7 @@ from av import VideoFrame
 
 from server.fields import LATEST
 from server.live.named_output import NamedOutput
-from server.live.track import StylizedTrack
+from server.live.track import StylizedTrack, TakeListener
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class NamedOutputs:
             self.get(key).stream_id = stream_id
         for key in (name, LATEST):
             track.output.subscribe(self.get(key).show)
+            track.takes.append(functools.partial(self.get(key).take, stream_id=stream_id))
         logger.info("output follows stream=%s name=%s", stream_id, name)
 
     async def stream_ended(self, stream_id: str) -> None:
@@ -107,6 +109,19 @@ class NamedOutputs:
         if output is not None:
             output.viewers -= 1
             self._forget_if_idle(name)
+
+    def record(self, name: str, listener: TakeListener) -> Callable[[], None]:
+        """Tell `listener` of every frame of `name` with its input and settings (a stream of that name
+        may come later); returns what ends that."""
+        output = self.get(name)
+        output.recorders.append(listener)
+
+        def end() -> None:
+            if listener in output.recorders:
+                output.recorders.remove(listener)
+            self._forget_if_idle(name)
+
+        return end
 
     def _forget_if_idle(self, name: str) -> None:
         output = self._outputs.get(name)

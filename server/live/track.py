@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,6 +30,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _Result = tuple[float, float, VideoFrame]  # (camera frame's arrival, result ready, stylized frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """One stylized frame with what made it: the camera frame the engine saw and the settings it obeyed."""
+
+    input: VideoFrame
+    output: VideoFrame
+    settings: StyleSettings
+
+
+TakeListener = Callable[[Take], None]
 
 
 class StylizedTrack(MediaStreamTrack):
@@ -70,6 +83,8 @@ class StylizedTrack(MediaStreamTrack):
         self._last: np.ndarray | None = None  # the newest stylized picture, for `paused`
         # Every stylized frame, published once: the name's outputs, MJPEG, snapshots and viewers read it.
         self.output = FrameFanout()
+        # Who is told of every frame with its input and settings (a recording); nobody, mostly.
+        self.takes: list[TakeListener] = []
 
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -109,12 +124,14 @@ class StylizedTrack(MediaStreamTrack):
                 arrived = time.perf_counter()
                 self._counts.received()
                 settings = self._settings()
+                if frame.width % 2 or frame.height % 2:
+                    frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2, threads=1)
                 if settings.paused and self._last is not None:
-                    self._emit(frame, self._last, arrived)
+                    self._emit(frame, self._last, arrived, settings)
                     continue
                 future = self._submit(frame, settings, arrived)
                 # The engine's thread resolves the future; the answer is handled back on the loop.
-                future.add_done_callback(functools.partial(self._hand_back, loop, frame, arrived))
+                future.add_done_callback(functools.partial(self._hand_back, loop, frame, arrived, settings))
         except (MediaStreamError, EngineClosed):
             logger.info("camera track ended stream=%s", self._stream_id)
         except Exception:
@@ -131,24 +148,27 @@ class StylizedTrack(MediaStreamTrack):
         return self._engine.temporal.describe(self._stream_id)
 
     def _submit(self, frame: VideoFrame, settings: StyleSettings, arrived: float) -> Future[np.ndarray]:
-        if frame.width % 2 or frame.height % 2:
-            frame = frame.reformat(width=frame.width // 2 * 2, height=frame.height // 2 * 2, threads=1)
         data = frame.to_ndarray(format="yuv420p", threads=1)
         self._counts.converted(time.perf_counter() - arrived)
         return self._engine.submit(self._stream_id, data, settings.frame_params())
 
     def _hand_back(
-        self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, arrived: float, future: Future[np.ndarray]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        frame: VideoFrame,
+        arrived: float,
+        settings: StyleSettings,
+        future: Future[np.ndarray],
     ) -> None:
         if loop.is_closed():
             return
         if threading.get_ident() == self._loop_thread:
             # Replaced by the stream's next frame, inside its submit on the loop: no wake-up to send.
-            loop.call_soon(self._finished, future, frame, arrived)
+            loop.call_soon(self._finished, future, frame, arrived, settings)
         else:
-            loop.call_soon_threadsafe(self._finished, future, frame, arrived)
+            loop.call_soon_threadsafe(self._finished, future, frame, arrived, settings)
 
-    def _finished(self, future: Future[np.ndarray], frame: VideoFrame, arrived: float) -> None:
+    def _finished(self, future: Future[np.ndarray], frame: VideoFrame, arrived: float, settings: StyleSettings) -> None:
         """On the loop, in submission order: the engine's answer for one camera frame."""
         if self.readyState != "live":
             return
@@ -164,14 +184,16 @@ class StylizedTrack(MediaStreamTrack):
             return
         self._failed_in_a_row = 0
         self._last = output
-        self._emit(frame, output, arrived)
+        self._emit(frame, output, arrived, settings)
 
-    def _emit(self, frame: VideoFrame, output: np.ndarray, arrived: float) -> None:
+    def _emit(self, frame: VideoFrame, output: np.ndarray, arrived: float, settings: StyleSettings) -> None:
         # Zero copy: the engine never writes a result again once it is handed out.
         result = VideoFrame.from_numpy_buffer(output, format="yuv420p")
         result.pts = frame.pts
         result.time_base = frame.time_base
         self.output.publish(result, self._stream_id)
+        for listener in list(self.takes):
+            listener(Take(frame, result, settings))
         if self._outputs.put((arrived, time.perf_counter(), result)):
             self._drop("send")
 

@@ -8,6 +8,7 @@ import { JobsPanel } from "./jobs.js";
 import { OutputLinks, streamName } from "./outputs.js";
 import { NameOverrides } from "./name_overrides.js";
 import { LiveConnection } from "./rtc.js";
+import { RecordButton } from "./record_button.js";
 import { ScopedPause } from "./scoped_pause.js";
 import { ServerState } from "./server_state.js";
 import { StatsMeter } from "./stats.js";
@@ -152,7 +153,9 @@ const nameOverrides = new NameOverrides({
   onError: showError,
   onChange: notePromptOverride,
 });
-const scoped = [namePause, streamPause, nameOverrides];
+const recordButton = new RecordButton({ name, button: $("record"), onError: showError });
+// The parts that follow this page's name or stream: read on (re)connect, told of every event.
+const scoped = [namePause, streamPause, nameOverrides, recordButton];
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
@@ -347,5 +350,7 @@ window.addEventListener("pagehide", () => {
   if (authorized) events.start();
   await Promise.all([loadSettings(), loadPresets(), listCameras(ui.camera).catch(() => {})]);
   // For users' scripts and tests: the live objects of this page.
-  window.stylize = { connection, controls, stats, events, jobs, server, outputs, namePause, streamPause, nameOverrides };
+  window.stylize = {
+    connection, controls, stats, events, jobs, server, outputs, namePause, streamPause, nameOverrides, recordButton,
+  };
 })();
