@@ -76,8 +76,8 @@ async def test_the_controller_brings_a_streams_flicker_to_its_target_and_holds_i
         )
         assert status == 200
         readings = []
-        for _ in range(12):
-            await asyncio.sleep(0.5)
+        for _ in range(10):
+            await asyncio.sleep(0.4)
             readings.append(await _stats(server, client.stream_id))
         print(
             f"\nflicker free {free:.2f}, target {target:.2f}:",

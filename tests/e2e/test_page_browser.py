@@ -615,3 +615,31 @@ async def test_the_page_names_the_model_and_its_family_and_sets_steps(browser: A
 
 async def _steps_are(server: RunningServer, steps: int) -> bool:
     return bool((await get_json(server, "/api/settings"))["num_inference_steps"] == steps)
+
+
+async def test_the_record_button_records_the_pages_name_and_follows_a_recording_started_elsewhere(
+    browser: Any, server: RunningServer
+) -> None:
+    under_test = await open_page(browser, server, "/?name=stage")
+    page = under_test.page
+    await page.wait_for_function("document.getElementById('record').textContent === 'Record'")
+    await page.click("#record")
+    await page.wait_for_function("document.getElementById('record').textContent === 'Stop recording'")
+    [recording] = (await get_json(server, "/api/recordings"))["recordings"]
+    assert recording["name"] == "stage" and recording["state"] in ("waiting", "recording")
+    await page.click("#record")
+    await page.wait_for_function("document.getElementById('record').textContent === 'Record'")
+    assert (await get_json(server, f"/api/recordings/{recording['id']}"))["state"] not in ("waiting", "recording")
+
+    # Started over HTTP for this name (as OSC or another page would), the button follows it; another
+    # name's recording leaves it alone.
+    async with server.http.post(server.url("/api/outputs/floor/recordings")) as response:
+        assert response.status == 201
+    async with server.http.post(server.url("/api/outputs/stage/recordings")) as response:
+        assert response.status == 201
+        started = await response.json()
+    await page.wait_for_function("document.getElementById('record').getAttribute('aria-pressed') === 'true'")
+    async with server.http.post(server.url(f"/api/recordings/{started['id']}/stop")) as response:
+        assert response.status == 200
+    await page.wait_for_function("document.getElementById('record').textContent === 'Record'")
+    assert under_test.unexpected_errors() == []
