@@ -65,6 +65,12 @@ SDXL_PATTERNS = [
     "text_encoder_2/*.bin",
     "tokenizer_2/*",
 ]
+# A LoRA repository: its weights (diffusers' or kohya's layout, in one .safetensors file).
+LORA_PATTERNS = ["*.safetensors"]
+LORA_FIX = (
+    "Pass a LoRA diffusers can load (`[model] lcm_lora`: a hub id such as latent-consistency/lcm-lora-sdv1-5, "
+    "a folder or a .safetensors file), or leave it empty"
+)
 VAE_PATTERNS = ["vae/config.json", "vae/*.safetensors", "vae/*.bin"]
 OFFLINE_FIX = (
     "Fetch it where there is network with `python -m server download` (it lands in the hub cache), "
@@ -136,10 +142,13 @@ def load_model(
     vae: str = AUTO_VAE,
     family: str = AUTO,
     resolution: int | None = None,
+    lcm_lora: str = "",
     progress: Progress | None = None,
 ) -> ModelBundle:
     """Load `spec` (see the module docstring); `vae` is `AUTO_VAE`, "" (the model's own) or a hub id/folder;
-    `family` is `AUTO` (told from the model's config) or a family's name.
+    `family` is `AUTO` (told from the model's config) or a family's name; `lcm_lora` (a hub id, a
+    folder or a `.safetensors` file) is a LoRA fused into the weights at load, such as
+    `latent-consistency/lcm-lora-sdv1-5`, which makes an SD 1.5 checkpoint an LCM one.
 
     Raises `ModelUnavailableError` naming the component that could not be had and why, or the family
     that is unknown or cannot be told.
@@ -156,6 +165,8 @@ def load_model(
             parts = _load_files(files, dtype)
     except FamilyError as e:
         raise ModelUnavailableError(str(e)) from e
+    if lcm_lora:
+        _fuse_lora(parts, lcm_lora, progress)
     # from_pretrained already gave the dtype; moving without one keeps diffusers' fp32-only modules.
     parts.unet.to(device=device, memory_format=torch.channels_last).eval()
     parts.vae.to(device=device, memory_format=torch.channels_last).eval()
@@ -282,6 +293,44 @@ class _Parts:
     scheduler: LCMScheduler
     text_encoder_2: CLIPTextModelWithProjection | None = None
     tokenizer_2: CLIPTokenizer | None = None
+
+
+def fetch_lora(source: str, progress: Progress | None = None) -> Path:
+    """A LoRA on this machine: a file or folder as given, or a hub repository's from the cache or fetched now."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not hub.is_hub_id(source):
+        raise ModelUnavailableError(f"LoRA {source!r} (file): no such file or folder", LORA_FIX)
+    return _locate("LoRA", source, LORA_PATTERNS, False, progress).folder
+
+
+def _fuse_lora(parts: _Parts, source: str, progress: Progress | None) -> None:
+    """Fuse the LoRA at `source` into the UNet (and text encoders, where it has weights for them) with
+    diffusers' own loaders: they read the kohya and diffusers formats; nothing here maps keys."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    path = fetch_lora(source, progress)
+    common = {"vae": parts.vae, "text_encoder": parts.text_encoder, "tokenizer": parts.tokenizer}
+    common |= {"unet": parts.unet, "scheduler": parts.scheduler}
+    if parts.family.pooled:
+        pipe: Any = StableDiffusionXLPipeline(
+            **common, text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    try:
+        if path.is_file():
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="fused")
+        else:
+            pipe.load_lora_weights(str(path), adapter_name="fused")
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()  # the adapter's layers go; the fused weights stay
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelUnavailableError(f"LoRA {source!r}: diffusers could not load it ({e})", LORA_FIX) from e
+    logger.info("LoRA fused source=%s", source)
 
 
 def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:

@@ -164,6 +164,7 @@ class ModelConfig(_Section):
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     resolution: int = Field(0, ge=0, le=2048, multiple_of=8)
+    lcm_lora: str = ""
 
 
 class EngineConfig(_Section):

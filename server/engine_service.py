@@ -141,6 +141,7 @@ class EngineService:
                 vae=config.model.vae,
                 family=config.model.family,
                 resolution=config.model.resolution or None,
+                lcm_lora=config.model.lcm_lora,
                 progress=self._downloaded,
             )
             self._set_download(None)
@@ -232,7 +233,7 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
     """
     from pipeline import ModelUnavailableError
     from pipeline.families import FamilyError
-    from pipeline.models import ARCH_PREFIX, fetch_model
+    from pipeline.models import ARCH_PREFIX, fetch_lora, fetch_model
 
     quiet_libraries()
     spec = config.model.id
@@ -248,6 +249,8 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
                 family=config.model.family,
                 progress=progress,
             )
+        if config.model.lcm_lora:
+            fetch_lora(config.model.lcm_lora, progress)
     except ModelUnavailableError as e:
         raise ModelNotFetched(e.problem) from e
     except FamilyError as e:
