@@ -95,6 +95,16 @@ async def test_a_name_is_recorded_from_its_first_frame_with_each_change_at_its_p
         same = np.array_equal(again.to_ndarray(format="yuv420p"), shown.to_ndarray(format="yuv420p"))
         assert same == (shown.pts < change_pts), shown.pts
 
+    # Re-mastered with more steps and temporal memory on (settings that landed beside recording): the
+    # whole show restyled, every frame at its pts.
+    richer = {"mode": "remaster", "settings": {"num_inference_steps": 2, "temporal": {"feedback": 0.5, "frames": 1}}}
+    richer_frames = await rendered(server, started["id"], richer)
+    assert [f.pts for f in richer_frames] == [f.pts for f in frames]
+    assert not any(
+        np.array_equal(again.to_ndarray(format="yuv420p"), shown.to_ndarray(format="yuv420p"))
+        for shown, again in zip(frames, richer_frames, strict=True)
+    )
+
     async with server.http.get(server.url(f"/api/recordings/{started['id']}/bundle")) as response:
         assert response.status == 200
         with tarfile.open(fileobj=io.BytesIO(await response.read())) as tar:
@@ -288,6 +298,7 @@ async def test_a_render_of_nothing_or_with_bad_fields_is_refused(server: Running
         ({"mode": "remaster", "width": 641, "height": 480}, "multiple of 2"),
         ({"mode": "again"}, "mode"),
         ({"mode": "remaster", "settings": {"strength": 7}}, "strength"),
+        ({"mode": "remaster", "settings": {"num_inference_steps": 9}}, "num_inference_steps"),
     ]
     for body, said in bad:
         status, refused = await server.call("POST", path, body)
