@@ -121,26 +121,39 @@ class NegativePooledInput(PooledInput):
         torch.stack([negative(self._model, self._prompts.pooled, r.negative_prompt) for r in rows], 0, out=into)
 
 
-class GuidanceInput(RowInput):
-    name = "guidance_scale"
-    header_dtype = np.float32
-    optional = True
+class RowNumber(RowInput):
+    """One number per row, read off its params and sent in the batch's copy up; optional parts say
+    when a batch wants it (`wanted`)."""
 
-    def __init__(self, model: ModelBundle) -> None:
-        self._device = model.device
+    header_dtype: type[np.generic] = np.float32
+    tensor_dtype = torch.float32
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+
+    def number(self, row: FrameParams) -> float:
+        raise NotImplementedError
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([self.number(r) for r in rows], dtype=self.header_dtype)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, device=self._device, dtype=self.tensor_dtype)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(self.tensor_dtype))
+
+
+class GuidanceInput(RowNumber):
+    name = "guidance_scale"
+    optional = True
 
     def wanted(self, rows: Sequence[FrameParams]) -> bool:
         return guided(rows)
 
-    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
-        return np.array([r.guidance_scale for r in rows], dtype=np.float32)
-
-    def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros(size, device=self._device, dtype=torch.float32)
-
-    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        assert header is not None
-        into.copy_(header.view(torch.float32))
+    def number(self, row: FrameParams) -> float:
+        return row.guidance_scale
 
 
 class TimestepInput(RowInput):
@@ -213,52 +226,32 @@ def uses_memory(rows: Sequence[FrameParams]) -> bool:
     return any(r.remembers for r in rows)
 
 
-class MemorySlotInput(RowInput):
-    """Each row's memory slot (only in batches where a row feeds back)."""
+class MemorySlotInput(RowNumber):
+    """Each row's memory slot (only in batches where a row remembers)."""
 
     name = "memory_slots"
     header_dtype = np.int64
+    tensor_dtype = torch.int64
     optional = True
-
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
 
     def wanted(self, rows: Sequence[FrameParams]) -> bool:
         return uses_memory(rows)
 
-    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
-        return np.array([r.memory_slot for r in rows], dtype=np.int64)
-
-    def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros(size, device=self._device, dtype=torch.int64)
-
-    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        assert header is not None
-        into.copy_(header.view(torch.int64))
+    def number(self, row: FrameParams) -> float:
+        return row.memory_slot
 
 
-class FeedbackInput(RowInput):
+class FeedbackInput(RowNumber):
     """Each row's feedback, the share of its previous output in its starting latent."""
 
     name = "feedback"
-    header_dtype = np.float32
     optional = True
-
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
 
     def wanted(self, rows: Sequence[FrameParams]) -> bool:
         return uses_memory(rows)
 
-    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
-        return np.array([r.feedback_now for r in rows], dtype=np.float32)
-
-    def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros(size, device=self._device, dtype=torch.float32)
-
-    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        assert header is not None
-        into.copy_(header.view(torch.float32))
+    def number(self, row: FrameParams) -> float:
+        return row.feedback_now
 
 
 def attends(rows: Sequence[FrameParams]) -> bool:
@@ -294,28 +287,19 @@ class AttentionVisibleInput(RowInput):
         into.copy_(header.view(torch.bool).view(-1, RING))
 
 
-class AttentionWriteInput(RowInput):
+class AttentionWriteInput(RowNumber):
     """Where in its ring each row's keys and values of this frame go."""
 
     name = "attention_write"
     header_dtype = np.int64
+    tensor_dtype = torch.int64
     optional = True
-
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
 
     def wanted(self, rows: Sequence[FrameParams]) -> bool:
         return attends(rows)
 
-    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
-        return np.array([r.ring_at for r in rows], dtype=np.int64)
-
-    def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros(size, device=self._device, dtype=torch.int64)
-
-    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        assert header is not None
-        into.copy_(header.view(torch.int64))
+    def number(self, row: FrameParams) -> float:
+        return row.ring_at
 
 
 def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
@@ -326,7 +310,7 @@ def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowIn
         TimestepInput(model),
         NoiseInput(model),
         NegativeInput(prompts, model),
-        GuidanceInput(model),
+        GuidanceInput(model.device),
         MemorySlotInput(model.device),
         FeedbackInput(model.device),
         AttentionVisibleInput(model.device),

@@ -9,6 +9,7 @@ and strength 1 (which keeps the whole custom schedule), and a generator seeded w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,6 +43,25 @@ def _images(count: int, size: int) -> torch.Tensor:
     return torch.rand((count, 3, size, size), generator=torch.Generator().manual_seed(7))
 
 
+def assert_rows_equal_diffusers(pipe: Any, images: torch.Tensor, rows: list[FrameParams], got: torch.Tensor) -> None:
+    """Each row of `got` equals diffusers' img2img `pipe` (given the LCM scheduler here) run on that row alone
+    with the same timesteps and the row's seed."""
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for index, row in enumerate(rows):
+        expected = pipe(
+            prompt=row.prompt,
+            negative_prompt=row.negative_prompt or None,
+            image=images[index : index + 1],
+            strength=1.0,
+            timesteps=row_timesteps(row.strength, row.num_inference_steps),
+            guidance_scale=row.guidance_scale,
+            generator=torch.Generator().manual_seed(row.seed),
+            output_type="pt",
+        ).images
+        torch.testing.assert_close(got[index : index + 1], expected, atol=1e-4, rtol=1e-4, msg=f"row {index}: {row}")
+
+
 def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams]) -> torch.Tensor:
     """The rows through the engine's own per-row inputs and transform, as one batch."""
     engine = Engine(model, max_batch=len(rows))
@@ -65,20 +85,7 @@ def test_mixed_batch_equals_diffusers_row_by_row(model_cache: Path, spec: str) -
     got = _batched(model, images, ROWS)
 
     pipe = PIPELINES[spec].from_pretrained(model_cache / spec)
-    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    for index, row in enumerate(ROWS):
-        expected = pipe(
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt or None,
-            image=images[index : index + 1],
-            strength=1.0,
-            timesteps=row_timesteps(row.strength, row.num_inference_steps),
-            guidance_scale=row.guidance_scale,
-            generator=torch.Generator().manual_seed(row.seed),
-            output_type="pt",
-        ).images
-        torch.testing.assert_close(got[index : index + 1], expected, atol=1e-4, rtol=1e-4, msg=f"row {index}: {row}")
+    assert_rows_equal_diffusers(pipe, images, ROWS, got)
     # The steps matter: the first row alone at one step differs.
     one_step = _batched(
         model, images[:1], [FrameParams(prompt=ROWS[0].prompt, strength=0.9, seed=11, num_inference_steps=1)]

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict
 
 from pipeline import ModelUnavailableError, load_model
-from pipeline.onestep import row_timesteps
-from tests.test_families import ROWS, _batched, _images
+from tests.test_families import ROWS, _batched, _images, assert_rows_equal_diffusers
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +43,9 @@ def test_a_fused_lora_equals_diffusers_loading_and_fusing_it(model_cache: Path, 
         got = _batched(model, images, ROWS)
 
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model_cache / "tiny-sd15")
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
         pipe.load_lora_weights(lora)
         pipe.fuse_lora()
-        pipe.set_progress_bar_config(disable=True)
-        for index, row in enumerate(ROWS):
-            expected = pipe(
-                prompt=row.prompt,
-                negative_prompt=row.negative_prompt or None,
-                image=images[index : index + 1],
-                strength=1.0,
-                timesteps=row_timesteps(row.strength, row.num_inference_steps),
-                guidance_scale=row.guidance_scale,
-                generator=torch.Generator().manual_seed(row.seed),
-                output_type="pt",
-            ).images
-            torch.testing.assert_close(got[index : index + 1], expected, atol=1e-4, rtol=1e-4, msg=f"row {index}")
+        assert_rows_equal_diffusers(pipe, images, ROWS, got)
     # The LoRA matters: without it the same rows differ.
     plain = load_model("tiny-sd15", data_dir=model_cache.parent, device=torch.device("cpu"))
     assert (_batched(plain, images, ROWS) - got).abs().mean() > 1e-3

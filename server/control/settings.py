@@ -181,6 +181,8 @@ class SettingsStore:
         self._names: dict[str, str] = {}  # stream id -> its name
         self._listeners: list[Listener] = []
         self._typed: dict[str, str] = {}  # by scope: the prompt a person last set there (a preset's subject)
+        # By scope: its effective settings, made once per change (every stream reads its own every frame).
+        self._effective: dict[str, StyleSettings] = {}
 
     @property
     def global_settings(self) -> StyleSettings:
@@ -195,9 +197,11 @@ class SettingsStore:
     def add_stream(self, stream_id: str, name: str = DEFAULT_NAME) -> None:
         self._overrides[stream_id] = {}
         self._names[stream_id] = name
+        self._effective.clear()
 
     def remove_stream(self, stream_id: str) -> None:
         if scope_name(stream_id) is None:
+            self._effective.clear()
             self._overrides.pop(stream_id, None)
             self._names.pop(stream_id, None)
             self._typed.pop(stream_id, None)
@@ -235,16 +239,22 @@ class SettingsStore:
         own = self._overrides.get(stream_id)
         if not by_name and not own:
             return self._global
-        return StyleSettings.model_validate({**self._global.model_dump(), **(by_name or {}), **(own or {})})
+        settings = self._effective.get(stream_id)
+        if settings is None:
+            merged = {**self._global.model_dump(), **(by_name or {}), **(own or {})}
+            settings = self._effective[stream_id] = StyleSettings.model_validate(merged)
+        return settings
 
     def restore(self, settings: StyleSettings) -> None:
         """Start from `settings` (saved by an earlier run); not a change, so nobody is told."""
         self._global = settings
+        self._effective.clear()
 
     def restore_name(self, name: str, overrides: dict[str, Any]) -> None:
         """Start a name with `overrides` (saved by an earlier run, validated); nobody is told."""
         if overrides:
             self._overrides[name_scope(name)] = dict(overrides)
+            self._effective.clear()
 
     def typed_prompt(self, scope: str) -> str | None:
         """The prompt in effect for `scope` ("global", a stream id or a name's scope) when a person set it
@@ -304,11 +314,13 @@ class SettingsStore:
 
     def _set_global(self, changed: dict[str, Any]) -> StyleSettings:
         self._global = StyleSettings.model_validate({**self._global.model_dump(), **changed})
+        self._effective.clear()
         return self._global
 
     def _set_overrides(self, stream_id: str, changed: dict[str, Any]) -> StyleSettings:
         """Set (or, for None, drop) the scope's overrides; `UnknownStreamError` for an unknown stream."""
         overrides = self._stream_overrides(stream_id)
+        self._effective.clear()
         for name, value in changed.items():
             if value is None:
                 overrides.pop(name, None)
