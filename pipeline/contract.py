@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from pipeline.families import MAX_STEPS
 
+# ControlNet kinds (`pipeline.control`) and the largest scale a row may give one.
+CONTROL_KINDS = ("canny", "depth")
+MAX_CONTROL_SCALE = 2.0
+
 
 @dataclass(frozen=True)
 class FrameParams:
@@ -33,6 +37,9 @@ class FrameParams:
     frames: int = 0
     past: int = 0
     ring_at: int = 0
+    # ControlNet: the kind of control image made from the frame, and how strongly it steers (0: off).
+    control_kind: str = ""
+    control_scale: float = 0.0
 
     @property
     def remembers(self) -> bool:
@@ -52,6 +59,10 @@ class FrameParams:
             raise ValueError(f"flicker_target must be above 0, got {self.flicker_target!r}")
         if not 0 <= self.frames <= 4:
             raise ValueError(f"frames must be in [0, 4], got {self.frames!r}")
+        if self.control_kind not in ("", *CONTROL_KINDS):
+            raise ValueError(f"control kind must be one of {CONTROL_KINDS}, got {self.control_kind!r}")
+        if not 0.0 <= self.control_scale <= MAX_CONTROL_SCALE:
+            raise ValueError(f"control scale must be in [0, {MAX_CONTROL_SCALE}], got {self.control_scale!r}")
         if not 0.0 <= self.blend <= 1.0:
             raise ValueError(f"blend must be in [0, 1], got {self.blend!r}")
 

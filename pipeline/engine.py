@@ -27,6 +27,7 @@ import torch
 
 from pipeline.cached_attention import AttentionBank
 from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameReplaced, Priority
+from pipeline.control import ControlNets
 from pipeline.device import DeviceFlight, DeviceRunner
 from pipeline.families import MAX_STEPS
 from pipeline.flicker import FlickerFigures
@@ -97,6 +98,7 @@ class Engine:
         cuda_graphs: bool = True,
         cpu_threads: int = 0,
         warmup_steps: Sequence[int] = (),
+        control: ControlNets | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -110,7 +112,9 @@ class Engine:
         self.temporal = TemporalControl()  # per stream: `temporal.describe(key)`
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
         attention = AttentionBank.of(model.unet, memory_slots + 1)
-        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, LatentMemory(model, memory_slots + 1), attention)
+        self.control = control  # the ControlNets loaded, one per kind (`pipeline.control`)
+        memory = LatentMemory(model, memory_slots + 1)
+        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, memory, attention, control)
         if compile_mode != "none":
             # The transform is compiled, not the model's modules: those are shared (the text encoder
             # and the VAE with whoever else holds the bundle) and stay as loaded.
@@ -120,7 +124,11 @@ class Engine:
         if cuda_graphs and cuda and not graphs:
             logger.info("torch.compile mode %r records its own CUDA graphs; the engine's stand aside", compile_mode)
         self.runner = DeviceRunner(
-            model, transform, one_step_inputs(model, self.prompts), cuda_graphs=graphs, memory_slots=memory_slots
+            model,
+            transform,
+            one_step_inputs(model, self.prompts, control),
+            cuda_graphs=graphs,
+            memory_slots=memory_slots,
         )
         # The step counts each bucket is warmed up (its graphs recorded) at: the family's default first.
         default = model.family.default_steps

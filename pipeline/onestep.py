@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.cached_attention import AttentionBank, AttentionRows
+from pipeline.control import ControlNets
 from pipeline.families import MAX_STEPS, MIN_STEPS
 from pipeline.models import ModelBundle
 from pipeline.temporal import LatentMemory
@@ -51,10 +52,15 @@ class OneStepImg2Img:
     """The transform (named for the one step it began with; it now runs 1 to `MAX_STEPS`)."""
 
     def __init__(
-        self, model: ModelBundle, memory: LatentMemory | None = None, attention: AttentionBank | None = None
+        self,
+        model: ModelBundle,
+        memory: LatentMemory | None = None,
+        attention: AttentionBank | None = None,
+        control: ControlNets | None = None,
     ) -> None:
         self.memory = memory  # each stream's last clean latent, for latent feedback
         self.attention = attention  # each stream's last frames' keys and values (installed in the UNet)
+        self.control = control  # the ControlNets per kind (`pipeline.control`)
         self.unet = model.unet
         self.vae = model.vae
         self.device = model.device
@@ -88,7 +94,9 @@ class OneStepImg2Img:
         feedback: torch.Tensor | None = None,
         attention_visible: torch.Tensor | None = None,
         attention_write: torch.Tensor | None = None,
+        control_scales: torch.Tensor | None = None,
         num_steps: int = 1,
+        control_kinds: int = 0,
     ) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> stylized images (B, 3, H, W) float32 in [-1, 1].
 
@@ -102,7 +110,9 @@ class OneStepImg2Img:
         its stream's previous clean latent read from its slot, and leaves its new one there
         (`pipeline.temporal`). With `attention_visible` (B, RING) and `attention_write` (B,) too, each
         row's self-attention also sees its own past frames at every UNet call
-        (`pipeline.cached_attention`). The caller decides on the host, so nothing here waits for the
+        (`pipeline.cached_attention`). With `control_scales` (B, kinds) and `control_kinds` (a bit per
+        kind that runs) each UNet call adds the running ControlNets' residuals, times each row's scale
+        (`pipeline.control`). The caller decides on the host, so nothing here waits for the
         device and the whole call can be captured in a CUDA graph.
         """
         self.check_inputs(images, prompt_embeds, timesteps, noise, negative_embeds, guidance_scale, num_steps)
@@ -125,6 +135,12 @@ class OneStepImg2Img:
             assert memory_slots is not None
             self.attention.rows = AttentionRows(memory_slots.to(self.device), attention_visible, attention_write)
 
+        control = None
+        if self.control is not None and control_scales is not None and control_kinds:
+            running = [k for k in range(len(self.control.kinds)) if control_kinds >> k & 1]
+            conditions = self.control.conditions(images.to(self.device, self.dtype), running)
+            control = _RowControl(self.control, conditions, control_scales.to(self.device), guided)
+
         # 2. Noise the latents to each row's first timestep (the largest of its schedule).
         first = table.amax(dim=1)
         alpha = self.alphas_cumprod[first].view(-1, 1, 1, 1)
@@ -132,7 +148,9 @@ class OneStepImg2Img:
 
         # 3. The steps: one UNet call each; a row joins at its own first column and waits before it.
         try:
-            x = self._steps(x, table, first, row_noise, embeds, added, guidance_scale if guided else None, num_steps)
+            x = self._steps(
+                x, table, first, row_noise, embeds, added, guidance_scale if guided else None, num_steps, control
+            )
         finally:
             if self.attention is not None:
                 self.attention.rows = None
@@ -154,13 +172,14 @@ class OneStepImg2Img:
         added: dict[str, torch.Tensor] | None,
         guidance_scale: torch.Tensor | None,
         num_steps: int,
+        control: _RowControl | None = None,
     ) -> torch.Tensor:
         """The batch's UNet calls and LCM steps: each row's clean latents after its last step."""
         for column in range(num_steps):
             t_column = table[:, column]
             running = t_column >= 0
             t = torch.where(running, t_column, first)
-            model_output = self._predict(x, t, embeds, added, guidance_scale)
+            model_output = self._predict(x, t, embeds, added, guidance_scale, control)
             alpha = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             x0 = self._x0(x, model_output, alpha)
             denoised = self.c_out[t].view(-1, 1, 1, 1) * x0 + self.c_skip[t].view(-1, 1, 1, 1) * x
@@ -180,21 +199,23 @@ class OneStepImg2Img:
         embeds: torch.Tensor,
         added: dict[str, torch.Tensor] | None,
         guidance_scale: torch.Tensor | None,
+        control: _RowControl | None = None,
     ) -> torch.Tensor:
         """One UNet call; with guidance every row gets an unconditional twin in the same batch."""
         model_input = x.to(self.dtype)
-        if guidance_scale is None:
-            return self.unet(
-                model_input, t, encoder_hidden_states=embeds.to(self.dtype), added_cond_kwargs=added, return_dict=False
-            )[0].float()
-        both = self.unet(
-            torch.cat((model_input, model_input)),
-            torch.cat((t, t)),
-            encoder_hidden_states=embeds.to(self.dtype),
-            added_cond_kwargs=added,
-            return_dict=False,
+        if guidance_scale is not None:
+            model_input, t = torch.cat((model_input, model_input)), torch.cat((t, t))
+        hidden = embeds.to(self.dtype)
+        residuals = {}
+        if control is not None:
+            down, mid = control.residuals(model_input, t, hidden, added)
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        output = self.unet(
+            model_input, t, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False, **residuals
         )[0].float()
-        cond, uncond = both.chunk(2)
+        if guidance_scale is None:
+            return output
+        cond, uncond = output.chunk(2)
         scale = torch.where(guidance_scale > 1.0, guidance_scale, 1.0).to(self.device).view(-1, 1, 1, 1)
         return uncond + scale * (cond - uncond)
 
@@ -243,6 +264,23 @@ class OneStepImg2Img:
         else:
             raise AttributeError("could not access latents of the VAE's encoder output")
         return latents * self.scaling_factor
+
+
+class _RowControl:
+    """A batch's control images and per-row scales, twinned for guidance like the UNet's rows."""
+
+    def __init__(
+        self, nets: ControlNets, conditions: dict[int, torch.Tensor], scales: torch.Tensor, guided: bool
+    ) -> None:
+        self.nets = nets
+        twice = 2 if guided else 1
+        self.conditions = {k: torch.cat([image] * twice) for k, image in conditions.items()}
+        self.scales = torch.cat([scales] * twice)
+
+    def residuals(
+        self, sample: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, added: dict[str, torch.Tensor] | None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.nets.residuals(sample, t, embeds, added, self.conditions, self.scales)
 
 
 def right_aligned(timesteps: list[int], columns: int = MAX_STEPS) -> list[int]:

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.cached_attention import RING
 from pipeline.contract import FrameParams
+from pipeline.control import ControlNets
 from pipeline.families import MAX_STEPS
 from pipeline.models import ModelBundle
 from pipeline.onestep import right_aligned, row_timesteps
@@ -302,9 +303,49 @@ class AttentionWriteInput(RowNumber):
         return row.ring_at
 
 
-def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
+class ControlScaleInput(RowInput):
+    """Each row's scale per loaded ControlNet kind (its own kind's column, zeros elsewhere); the kinds
+    some row of the batch uses run (`control_kinds`, a bit per kind: part of the captured graph's key)."""
+
+    name = "control_scales"
+    header_dtype = np.float32
+    optional = True
+
+    def __init__(self, control: ControlNets, device: torch.device) -> None:
+        self._kinds = control.kinds
+        self._device = device
+
+    def _column(self, row: FrameParams) -> int | None:
+        on = row.control_scale > 0.0 and row.control_kind in self._kinds
+        return self._kinds.index(row.control_kind) if on else None
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return any(self._column(r) is not None for r in rows)
+
+    def statics(self, rows: Sequence[FrameParams]) -> dict[str, int]:
+        return {"control_kinds": sum({1 << c for r in rows if (c := self._column(r)) is not None})}
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        scales = np.zeros((len(rows), len(self._kinds)), dtype=np.float32)
+        for index, row in enumerate(rows):
+            column = self._column(row)
+            if column is not None:
+                scales[index, column] = row.control_scale
+        return scales
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, len(self._kinds)), device=self._device, dtype=torch.float32)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.float32).view(into.shape))
+
+
+def one_step_inputs(
+    model: ModelBundle, prompts: PromptEmbeddings, control: ControlNets | None = None
+) -> list[RowInput]:
     """What `OneStepImg2Img` takes beside the images, in the order of its arguments (SDXL's pooled
-    embeddings only for that family)."""
+    embeddings only for that family, the ControlNets' scales only with ControlNets loaded)."""
     parts: list[RowInput] = [
         PromptInput(prompts, model),
         TimestepInput(model),
@@ -318,4 +359,6 @@ def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowIn
     ]
     if model.family.pooled:
         parts += [PooledInput(prompts, model), NegativePooledInput(prompts, model)]
+    if control is not None:
+        parts.append(ControlScaleInput(control, model.device))
     return parts

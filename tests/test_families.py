@@ -62,12 +62,13 @@ def assert_rows_equal_diffusers(pipe: Any, images: torch.Tensor, rows: list[Fram
         torch.testing.assert_close(got[index : index + 1], expected, atol=1e-4, rtol=1e-4, msg=f"row {index}: {row}")
 
 
-def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams]) -> torch.Tensor:
-    """The rows through the engine's own per-row inputs and transform, as one batch."""
-    engine = Engine(model, max_batch=len(rows))
+def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams], **engine: Any) -> torch.Tensor:
+    """The rows through the engine's own per-row inputs and transform, as one batch (`engine`: the
+    Engine's other arguments, such as its ControlNets)."""
+    engine_ = Engine(model, max_batch=len(rows), **engine)
     inputs = {}
     statics: dict[str, int] = {}
-    for part in engine.runner.parts:
+    for part in engine_.runner.parts:
         if part.optional and not part.wanted(rows):
             continue
         tensor = part.allocate(len(rows))
@@ -75,7 +76,7 @@ def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams]) 
         part.fill(tensor, rows, header)
         inputs[part.name] = tensor
         statics |= part.statics(rows)
-    return engine.runner.transform(images * 2 - 1, **inputs, **statics) / 2 + 0.5
+    return engine_.runner.transform(images * 2 - 1, **inputs, **statics) / 2 + 0.5
 
 
 @pytest.mark.parametrize("spec", sorted(PIPELINES))
