@@ -25,20 +25,16 @@ from diffusers import ControlNetModel
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
 from pipeline.contract import CONTROL_KINDS as KINDS
+from pipeline.control_names import CONTROL_FIX, TINY, parse_models
 from pipeline.hub import Progress
 from pipeline.models import ARCH_PREFIX, TWINS, Files, ModelBundle, ModelUnavailableError, _load, _locate, _seeded
 
 logger = logging.getLogger(__name__)
 
-TINY = "tiny"  # `[control] models = ["tiny"]`: a random-weight ControlNet per kind (and depth twin) for a twin
-AUTO_DEPTH = "auto"  # the depth model: Depth Anything V2 Small, or its random twin beside a twin or arch: model
+AUTO_DEPTH = "auto"  # the depth model: Depth Anything V2 Small, or its random twin beside a tiny depth ControlNet
 DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 CONTROLNET_PATTERNS = ["config.json", "*.safetensors", "*.bin"]
 DEPTH_PATTERNS = ["config.json", "*.safetensors"]
-CONTROL_FIX = (
-    'List ControlNets for the model\'s family in [control] models as "kind=hub id or folder" '
-    f'(kinds: {", ".join(KINDS)}), or ["tiny"] with a tiny* or arch: model'
-)
 # Canny's thresholds on kornia's magnitude (an unnormalised Sobel of a [0, 1] image, about 8x a step):
 # near OpenCV's Canny(image, 100, 200) on 0..255 pixels, the thresholds ControlNet's canny models learnt on.
 CANNY_LOW, CANNY_HIGH = 0.4, 0.8
@@ -46,28 +42,6 @@ CANNY_LOW, CANNY_HIGH = 0.4, 0.8
 DEPTH_MEAN = (0.485, 0.456, 0.406)
 DEPTH_STD = (0.229, 0.224, 0.225)
 DEPTH_PATCH = 14
-
-
-class ControlError(ValueError):
-    """`[control]` names a kind that does not exist, or a ControlNet that does not fit the model."""
-
-
-def parse_models(entries: Sequence[str]) -> dict[str, str]:
-    """`["canny=lllyasviel/sd-controlnet-canny", ...]` (or `["tiny"]`) -> {kind: source}."""
-    if list(entries) == [TINY]:
-        return {kind: TINY for kind in KINDS}
-    models: dict[str, str] = {}
-    for entry in entries:
-        kind, equals, source = entry.partition("=")
-        kind, source = kind.strip(), source.strip()
-        if not equals or not source:
-            raise ControlError(f"[control] models entry {entry!r} is not kind=source. {CONTROL_FIX}")
-        if kind not in KINDS:
-            raise ControlError(f"[control] models entry {entry!r}: unknown kind {kind!r}. {CONTROL_FIX}")
-        if kind in models:
-            raise ControlError(f"[control] models names kind {kind!r} twice")
-        models[kind] = source
-    return models
 
 
 @dataclass
@@ -87,7 +61,11 @@ class ControlNets:
         made = {}
         for column in running:
             kind = self.kinds[column]
-            image = canny(pixels) if kind == "canny" else depth_map(self._depth(), pixels)
+            if kind == "depth":
+                assert self.depth is not None  # loaded with the depth ControlNet
+                image = depth_map(self.depth, pixels)
+            else:
+                image = canny(pixels)
             made[column] = image.to(images.dtype)
         return made
 
@@ -122,11 +100,6 @@ class ControlNets:
                 down = [d + r * scale for d, r in zip(down, net_down, strict=True)]
                 mid = mid + net_mid * scale
         return down, mid
-
-    def _depth(self) -> DepthAnythingForDepthEstimation:
-        if self.depth is None:
-            raise ControlError("a depth ControlNet runs without a depth model")
-        return self.depth
 
 
 def canny(pixels: torch.Tensor) -> torch.Tensor:
@@ -188,9 +161,28 @@ def load_controlnets(
         nets.append(net.to(device=model.device, dtype=model.dtype, memory_format=torch.channels_last).eval())
     depth = None
     if "depth" in models:
-        depth = _depth_model(model, depth_model, data_dir, progress).to(device=model.device, dtype=model.dtype).eval()
+        source = depth_source(models, depth_model)
+        depth = _depth_model(model, source, data_dir, progress).to(device=model.device, dtype=model.dtype).eval()
     logger.info("ControlNets loaded kinds=%s depth=%s", ",".join(models), depth_model if depth is not None else "-")
     return ControlNets(tuple(models), nets, depth)
+
+
+def depth_source(models: dict[str, str], depth_model: str) -> str:
+    """The depth model a depth ControlNet runs with: `[control] depth_model`, or for "auto" the twin
+    beside a twin ControlNet and Depth Anything V2 Small beside a real one."""
+    if depth_model != AUTO_DEPTH:
+        return depth_model
+    return TINY if models.get("depth") == TINY else DEPTH_MODEL
+
+
+def fetch_controlnets(entries: Sequence[str], depth_model: str, *, fp16: bool, progress: Progress | None) -> None:
+    """Every hub file `[control]` needs into the hub cache (`python -m server download`); twins are built at load."""
+    models = parse_models(entries)
+    for kind, source in models.items():
+        if source != TINY:
+            _locate(f"ControlNet {kind}", source, CONTROLNET_PATTERNS, fp16, progress)
+    if "depth" in models and depth_source(models, depth_model) != TINY:
+        _locate("depth model", depth_source(models, depth_model), DEPTH_PATTERNS, False, progress)
 
 
 def _hub_controlnet(model: ModelBundle, kind: str, source: str, progress: Progress | None) -> ControlNetModel:
@@ -249,8 +241,6 @@ def _check_fits(net: ControlNetModel, model: ModelBundle, kind: str, source: str
 def _depth_model(
     model: ModelBundle, source: str, data_dir: Path, progress: Progress | None
 ) -> DepthAnythingForDepthEstimation:
-    if source == AUTO_DEPTH:
-        source = TINY if model.spec in TWINS or model.spec.startswith(ARCH_PREFIX) else DEPTH_MODEL
     if source == TINY:
         if model.spec.startswith(ARCH_PREFIX):  # the real architecture, random weights, for speed figures
             with _seeded():

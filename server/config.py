@@ -251,6 +251,19 @@ class JobsConfig(_Section):
     video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
 
 
+class ControlConfig(_Section):
+    models: list[str] = []
+    depth_model: str = "auto"
+
+    @field_validator("models")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        from pipeline.control_names import parse_models
+
+        parse_models(value)  # a kind that does not exist is refused at start, naming it
+        return value
+
+
 class RecordingsConfig(_Section):
     dir: str = ""
     max_gb: float = Field(20.0, gt=0.0)
@@ -321,6 +334,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     presets: PresetsConfig = PresetsConfig()
     jobs: JobsConfig = JobsConfig()
+    control: ControlConfig = ControlConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     logging: LoggingConfig = LoggingConfig()
     cluster: ClusterConfig = ClusterConfig()

@@ -98,6 +98,8 @@ class EngineService:
             # Told from the model's config once loaded; until then what [model] family says ("auto").
             "family": engine.model.family.name if engine else self._config.model.family,
             "default_steps": engine.model.family.default_steps if engine else None,
+            # The ControlNet kinds loaded (`[control] models`): a stream's `control` may use these.
+            "control": list(engine.control.kinds) if engine and engine.control else [],
             "device": str(engine.model.device) if engine else None,
             "dtype": str(engine.model.dtype).removeprefix("torch.") if engine else None,
             "resolution": engine.model.width if engine else None,
@@ -127,6 +129,7 @@ class EngineService:
         import torch
 
         from pipeline import Engine, ModelUnavailableError, load_model
+        from pipeline.control import load_controlnets
         from pipeline.models import default_device, default_dtype
 
         quiet_libraries()
@@ -144,6 +147,13 @@ class EngineService:
                 lcm_lora=config.model.lcm_lora,
                 progress=self._downloaded,
             )
+            control = load_controlnets(
+                config.control.models,
+                model,
+                data_dir=Path(config.server.data_dir),
+                depth_model=config.control.depth_model,
+                progress=self._downloaded,
+            )
             self._set_download(None)
             engine = Engine(
                 model,
@@ -157,6 +167,7 @@ class EngineService:
                 cuda_graphs=config.engine.cuda_graphs,
                 cpu_threads=config.engine.cpu_threads,
                 warmup_steps=config.engine.warmup_steps,
+                control=control,
                 on_batch=self._on_batch,
             )
             with self._lock:
@@ -232,6 +243,7 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
     Returns where the files are. Raises `ModelNotFetched`.
     """
     from pipeline import ModelUnavailableError
+    from pipeline.control import fetch_controlnets
     from pipeline.families import FamilyError
     from pipeline.models import ARCH_PREFIX, fetch_lora, fetch_model
 
@@ -251,6 +263,7 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
             )
         if config.model.lcm_lora:
             fetch_lora(config.model.lcm_lora, progress)
+        fetch_controlnets(config.control.models, config.control.depth_model, fp16=True, progress=progress)
     except ModelUnavailableError as e:
         raise ModelNotFetched(e.problem) from e
     except FamilyError as e:

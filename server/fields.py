@@ -8,10 +8,11 @@ Whichever path finds a bad field (HTTP, the data channel), it reports `{"field",
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
 
+from pipeline.contract import CONTROL_KINDS, MAX_CONTROL_SCALE
 from pipeline.families import MAX_STEPS, MIN_STEPS
 
 MAX_PROMPT = 500
@@ -46,6 +47,9 @@ Feedback = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 FlickerTarget = Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]
 # Cached attention: how many of a stream's own last frames its self-attention also sees (0 = off).
 PastFrames = Annotated[int, Field(ge=0, le=4)]
+# ControlNet: the kind of control image made from each frame, and how strongly it steers (0 = off).
+ControlKind = Literal[CONTROL_KINDS]  # type: ignore[valid-type]
+ControlScale = Annotated[float, Field(ge=0.0, le=MAX_CONTROL_SCALE, allow_inf_nan=False)]
 # A model a new stream asks for: a model id as `[model] id` names it (hub id, folder, `tiny`...) or a
 # family (`sd-turbo`, `sd15`, `sdxl`); a cluster's front places the stream on a worker running it.
 ModelAsk = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(one_line)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -22,7 +22,8 @@ from diffusers import (
 )
 
 from pipeline import FrameParams, ModelUnavailableError, load_model
-from pipeline.control import ControlError, ControlNets, canny, load_controlnets, parse_models
+from pipeline.control import ControlNets, canny, load_controlnets
+from pipeline.control_names import ControlError, parse_models
 from pipeline.onestep import row_timesteps
 from tests.test_families import PIPELINES, _batched, _images, assert_rows_equal_diffusers
 
@@ -50,7 +51,7 @@ CONTROL_PIPELINES = {
 class _KeptSchedule(LCMScheduler):
     """LCM with the row's own timesteps, whatever number of steps the pipeline asks for."""
 
-    schedule: list[int] = []
+    schedule: ClassVar[list[int]] = []
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **_: Any) -> None:
         super().set_timesteps(device=device, timesteps=self.schedule)

@@ -96,6 +96,7 @@ async def test_video_job_keeps_frames_rate_duration_and_audio(
             strength="0.7",
             seed="7",
             num_inference_steps="2",
+            control='{"kind": "canny", "scale": 0.6}',
         )
         assert job["status"] == "pending"
         assert job["kind"] == "video"
@@ -103,6 +104,7 @@ async def test_video_job_keeps_frames_rate_duration_and_audio(
         assert job["params"]["strength"] == 0.7
         assert job["params"]["seed"] == 7
         assert job["params"]["num_inference_steps"] == 2
+        assert (job["params"]["control_kind"], job["params"]["control_scale"]) == ("canny", 0.6)
         assert job["media"]["audio"] == audio_codec
         assert job["frames_total"] == 20
         actions = []
@@ -183,6 +185,9 @@ async def test_bad_uploads_are_refused_with_the_right_status(server: RunningServ
     assert (status, body["detail"][0]["field"]) == (422, "seed")
     status, body = await upload(server, clip, "clip.mp4", num_inference_steps="5")
     assert (status, body["detail"][0]["field"]) == (422, "num_inference_steps")
+    for control in ('{"kind": "pose", "scale": 1}', '{"kind": "canny", "scale": 2.5}', "canny"):
+        status, body = await upload(server, clip, "clip.mp4", control=control)
+        assert (status, body["detail"][0]["field"].split(".")[0]) == (422, "control"), control
     status, body = await upload(server, clip, "clip.mp4", colour="red")
     assert (status, body["detail"][0]["field"]) == (422, "colour")
     status, body = await upload(server, clip, "clip.mp4", preset="noir")

@@ -136,6 +136,7 @@ async def test_python_oscquery_reads_the_namespace_and_its_addresses_work(server
     for node in methods:
         kind = python_type_list_to_osc_type(node.type)
         value = ids[0] if node.full_path.endswith("/preset") else sample[kind]
+        value = "depth" if node.full_path.endswith("/control/kind") else value
         panel.send(node.full_path, value)
     await eventually(lambda: listener.accepted == len(methods), what="every listed method to be taken")
     assert listener.rejected == 0

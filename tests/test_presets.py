@@ -45,6 +45,7 @@ def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
         "seed": 5,
         "temporal": {"feedback": 0.25, "frames": 0, "target": None},  # a look may bring its temporal memory
         "num_inference_steps": 2,
+        "control": {"kind": "depth", "scale": 0.7},  # and its ControlNet
         **changes,
     }
 

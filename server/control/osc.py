@@ -9,8 +9,9 @@ Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/n
 and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
 0 on release: only a press steps), `/stylize/temporal/feedback f`, `/stylize/temporal/frames i`,
 `/stylize/temporal/target f` (each sets one field of `temporal`, keeping the others; a target of 0
-is none). Ints pass where floats are expected; 0/1 floats
-and ints pass where an on/off is expected (buttons and toggles send floats). Anything malformed,
+is none), `/stylize/control/kind s`, `/stylize/control/scale f` (each one field of `control`).
+Ints pass where floats are expected; 0/1 floats and ints pass where an on/off is expected (buttons
+and toggles send floats). Anything malformed,
 out of range, unknown or from a source not on the allow-list is dropped, logged once per address
 and counted by reason; nothing raises into the loop. Datagrams are taken apart by
 `osc_datagram.split_datagram` (bounded in size, depth and count) before python-osc reads a single
@@ -205,14 +206,19 @@ class OscListener(asyncio.DatagramProtocol):
     def _patch_part(self, leaf: Leaf, value: Any, stream_id: str | None) -> SettingsPatch:
         """One field of an object setting: the scope's object now, with that field changed."""
         assert leaf.part is not None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise OscRejected(f"{leaf.field}/{leaf.part} takes a number, got {value!r}")
-        number: float | int = round(float(value), 6)  # OSC floats are 32-bit
-        if leaf.osc_type == "i" and float(number).is_integer():
-            number = int(number)
         settings = self._settings.global_settings if stream_id is None else self._settings.effective(stream_id)
         whole = getattr(settings, leaf.field).model_dump()
-        whole[leaf.part] = None if leaf.part == "target" and number == 0.0 else number
+        if leaf.osc_type == "s":
+            if not isinstance(value, str):
+                raise OscRejected(f"{leaf.field}/{leaf.part} takes a string, got {value!r}")
+            whole[leaf.part] = value
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise OscRejected(f"{leaf.field}/{leaf.part} takes a number, got {value!r}")
+            number: float | int = round(float(value), 6)  # OSC floats are 32-bit
+            if leaf.osc_type == "i" and float(number).is_integer():
+                number = int(number)
+            whole[leaf.part] = None if leaf.part == "target" and number == 0.0 else number
         try:
             return SettingsPatch.model_validate({leaf.field: whole})
         except ValidationError as e:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from pipeline.contract import CONTROL_KINDS, MAX_CONTROL_SCALE
 from server.control.settings import SettingsChange, SettingsStore, StyleSettings, name_scope, scope_name
 from server.fields import MAX_GUIDANCE, MAX_SEED, MAX_STEPS
 
@@ -31,7 +32,7 @@ class Leaf:
     description: str
     minimum: float | None = None
     maximum: float | None = None
-    part: str | None = None  # a field of a setting that is an object (`temporal`), set alone over OSC
+    part: str | None = None  # a field of a setting that is an object (`temporal`, `control`), set alone over OSC
 
     def value(self, settings: StyleSettings) -> Any:
         """The setting as an OSC argument: pause as 0/1, no preset as "", no target as 0."""
@@ -74,6 +75,17 @@ LEAVES: dict[str, Leaf] = {
     "temporal/frames": Leaf("temporal", "i", "past frames self-attention also sees; 0 = off", 0, 4, "frames"),
     "temporal/target": Leaf(
         "temporal", "f", "a flicker figure to hold by moving feedback; 0 = none", 0.0, 100.0, "target"
+    ),
+    "control/kind": Leaf(
+        "control", "s", "the ControlNet's control image made from each frame: canny or depth", part="kind"
+    ),
+    "control/scale": Leaf(
+        "control",
+        "f",
+        "how strongly the ControlNet keeps the frame's structure; 0 = off",
+        0.0,
+        MAX_CONTROL_SCALE,
+        "scale",
     ),
 }
 
@@ -201,6 +213,8 @@ def _leaf_node(path: str, leaf: Leaf, settings: StyleSettings, preset_ids: list[
         node["RANGE"] = [{"MIN": leaf.minimum, "MAX": leaf.maximum}]
     if leaf.field == "preset":
         node["RANGE"] = [{"VALS": preset_ids}]
+    if (leaf.field, leaf.part) == ("control", "kind"):
+        node["RANGE"] = [{"VALS": list(CONTROL_KINDS)}]
     return node
 
 

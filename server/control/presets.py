@@ -21,7 +21,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from server.config import CONFIGS
 from server.control.events import EventHub, PresetEvent
-from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, Temporal, UnknownStreamError
+from server.control.settings import (
+    Control,
+    SettingsPatch,
+    SettingsStore,
+    StyleSettings,
+    Temporal,
+    UnknownStreamError,
+)
 from server.db import AddedColumn, Database
 from server.fields import Guidance, Prompt, Seed, Steps, Strength, one_line
 
@@ -56,12 +63,19 @@ CREATE TABLE IF NOT EXISTS preset_usage (
     last_applied REAL NOT NULL
 );
 """
-# Columns added since the table first shipped (NULL in presets saved before them): temporal, the
-# preset's `Temporal` as JSON; num_inference_steps, the steps it sets.
-ADDED_COLUMNS: list[AddedColumn] = [("presets", "temporal", "TEXT"), ("presets", "num_inference_steps", "INTEGER")]
-_COLUMNS = (
-    "id, name, category, template, negative_prompt, strength, guidance_scale, seed, temporal, num_inference_steps"
-)
+# Columns added since the table first shipped (NULL in presets saved before them): temporal and
+# control, the preset's `Temporal` and `Control` as JSON; num_inference_steps, the steps it sets.
+ADDED_COLUMNS: list[AddedColumn] = [
+    ("presets", "temporal", "TEXT"),
+    ("presets", "num_inference_steps", "INTEGER"),
+    ("presets", "control", "TEXT"),
+]
+_JSON_COLUMNS = ("temporal", "control")
+_FIELDS = [
+    "id", "name", "category", "template", "negative_prompt", "strength", "guidance_scale", "seed", "temporal",
+    "num_inference_steps", "control",
+]  # fmt: skip
+_COLUMNS = ", ".join(_FIELDS)
 
 
 class UnknownPresetError(LookupError):
@@ -123,6 +137,7 @@ class PresetFields(BaseModel):
     seed: Seed = 42
     temporal: Temporal | None = Field(None, description="temporal memory the look brings; null: leaves it as it is")
     num_inference_steps: Steps | None = Field(None, description="steps it sets; null leaves the steps as they are")
+    control: Control | None = Field(None, description="the ControlNet the look brings; null: leaves it as it is")
     prompt_template: str | None = Field(None, exclude=True, description="the seed systems' name for template")
     parameters: PresetParameters | None = Field(None, exclude=True, description="the seed systems' parameters")
 
@@ -183,6 +198,8 @@ def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
         look["temporal"] = preset.temporal.model_dump()
     if preset.num_inference_steps is not None:  # a preset without steps leaves them as they are
         look["num_inference_steps"] = preset.num_inference_steps
+    if preset.control is not None:
+        look["control"] = preset.control.model_dump()
     return SettingsPatch.model_validate(look)
 
 
@@ -262,8 +279,7 @@ class SqlitePresets:
             try:
                 conn.execute(
                     f"INSERT INTO presets ({_COLUMNS}, created, updated) "
-                    "VALUES (:id, :name, :category, :template, :negative_prompt, :strength, :guidance_scale, :seed, "
-                    ":temporal, :num_inference_steps, :created, :updated)",
+                    f"VALUES ({', '.join(f':{field}' for field in _FIELDS)}, :created, :updated)",
                     {**values, "created": now, "updated": now},
                 )
             except sqlite3.IntegrityError:
@@ -277,9 +293,7 @@ class SqlitePresets:
         changed = await self._db.run(
             lambda conn: (
                 conn.execute(
-                    "UPDATE presets SET name = :name, category = :category, template = :template, "
-                    "negative_prompt = :negative_prompt, strength = :strength, guidance_scale = :guidance_scale, "
-                    "seed = :seed, temporal = :temporal, num_inference_steps = :num_inference_steps, "
+                    f"UPDATE presets SET {', '.join(f'{field} = :{field}' for field in _FIELDS[1:])}, "
                     "updated = :updated WHERE id = :id",
                     values,
                 ).rowcount
@@ -459,13 +473,15 @@ def _read_customs(conn: sqlite3.Connection) -> list[Preset]:
 
 def _to_row(preset: Preset) -> dict[str, Any]:
     values = preset.model_dump(exclude={"builtin"})
-    values["temporal"] = json.dumps(values["temporal"]) if values["temporal"] is not None else None
+    for column in _JSON_COLUMNS:
+        values[column] = json.dumps(values[column]) if values[column] is not None else None
     return values
 
 
 def _from_row(row: sqlite3.Row) -> Preset:
     values = dict(row)
-    values["temporal"] = json.loads(values["temporal"]) if values["temporal"] is not None else None
+    for column in _JSON_COLUMNS:
+        values[column] = json.loads(values[column]) if values[column] is not None else None
     return Preset.model_validate(values)
 
 

@@ -24,6 +24,8 @@ from server.fields import (
     LATEST,
     NAME_PATTERN,
     Blend,
+    ControlKind,
+    ControlScale,
     Feedback,
     FlickerTarget,
     Guidance,
@@ -68,6 +70,15 @@ class Temporal(BaseModel):
     )
 
 
+class Control(BaseModel):
+    """ControlNet for a stream (`pipeline.control`): structure from its camera; set as a whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ControlKind = Field("canny", description="the control image made from each frame: canny edges or depth")
+    scale: ControlScale = Field(0.0, description="how strongly it steers the picture, 0..2; 0 = off")
+
+
 class StyleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +93,7 @@ class StyleSettings(BaseModel):
     preset: PresetId | None = None
     paused: bool = False
     temporal: Temporal = Temporal()
+    control: Control = Control()
     # Not a look: what a name's (or every) new stream asks to run on (`server.control.model_ask`).
     model: ModelAsk | None = None
 
@@ -98,6 +110,8 @@ class StyleSettings(BaseModel):
             flicker_target=self.temporal.target,
             frames=self.temporal.frames,
             num_inference_steps=self.num_inference_steps or 0,
+            control_kind=self.control.kind,
+            control_scale=self.control.scale,
         )
 
 
@@ -121,6 +135,7 @@ class SettingsPatch(BaseModel):
     preset: PresetId | None = None
     paused: bool | None = None
     temporal: Temporal | None = None
+    control: Control | None = None
     model: ModelAsk | None = None
 
     def values(self) -> dict[str, Any]:

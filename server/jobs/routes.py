@@ -19,11 +19,11 @@ from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, Json
 
 from server import keys
 from server.control.presets import UnknownPresetError
-from server.control.settings import StyleSettings
+from server.control.settings import Control, StyleSettings
 from server.fields import Prompt, Seed, Steps, Strength, field_error
 from server.http.errors import ApiError, invalid, validate
 from server.http.inputs import read_model, read_query
@@ -54,6 +54,7 @@ class JobForm(BaseModel):
     strength: Strength | None = None
     seed: Seed | None = None
     num_inference_steps: Steps | None = None
+    control: Json[Control] | None = Field(None, description='the ControlNet, as JSON: {"kind": "depth", "scale": 0.8}')
 
 
 class JobUpload(JobForm):
