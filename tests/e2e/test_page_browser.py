@@ -601,6 +601,7 @@ async def test_the_page_names_the_model_and_its_family_and_sets_steps(browser: A
     under_test = await open_page(browser, server)
     page = under_test.page
     await page.wait_for_function("document.getElementById('model-name').textContent === 'tiny (sd-turbo)'")
+    assert await page.is_hidden("#control-group")  # no ControlNet loaded: no structure control offered
     assert await page.input_value("#steps") == ""  # the family's default
     await page.select_option("#steps", "3")
     await eventually(lambda: _steps_are(server, 3), 5, what="the page's steps in the global settings")
@@ -643,3 +644,37 @@ async def test_the_record_button_records_the_pages_name_and_follows_a_recording_
         assert response.status == 200
     await page.wait_for_function("document.getElementById('record').textContent === 'Record'")
     assert under_test.unexpected_errors() == []
+
+
+async def test_the_structure_control_sets_the_controlnet_kind_and_scale_and_follows_changes(
+    browser: Any, make_config: Callable[..., Config]
+) -> None:
+    running = await start_server(make_config(engine={"max_batch": 1}, control={"models": ["canny=tiny"]}))
+    try:
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        await page.wait_for_selector("#control-group", state="visible", timeout=10_000)
+        # Only the kinds the server loaded are offered.
+        assert await page.eval_on_selector("#control-kind option[value=depth]", "o => o.disabled")
+        await page.focus("#control-scale")
+        for _ in range(4):
+            await page.keyboard.press("ArrowRight")
+
+        async def sent() -> bool:
+            return bool((await get_json(running, "/api/settings"))["control"] == {"kind": "canny", "scale": 0.2})
+
+        await eventually(sent, 10, interval=0.1, what="canny at 0.2 in /api/settings")
+        await page.click("h1")
+        await page.wait_for_timeout(1500)  # the page's hold on a control the user just touched
+        async with running.http.patch(
+            running.url("/api/settings"), json={"control": {"kind": "canny", "scale": 1.5}}
+        ) as response:
+            assert response.status == 200
+        await page.wait_for_function(
+            """() => document.getElementById('control-scale').value === '1.5'
+                     && document.getElementById('control-scale-value').textContent === '1.50'""",
+            timeout=5_000,
+        )
+        assert under_test.unexpected_errors() == []
+    finally:
+        await stop_server(running)

@@ -1,4 +1,4 @@
-// The style controls (prompt, presets, strength, steps, temporal memory, seed, pause). Changes go to
+// The style controls (prompt, presets, strength, steps, temporal memory, ControlNet, seed, pause). Changes go to
 // PATCH /api/settings
 // (global); changes made elsewhere (OSC, HTTP, other pages) arrive as settings and move them here.
 //
@@ -73,8 +73,20 @@ export class StyleControls {
       if (document.activeElement !== ui.flickerTarget) ui.flickerTarget.value = temporal.target === null ? "" : String(temporal.target);
     }
     ui.feedbackValue.textContent = Number(ui.feedback.value).toFixed(2);
+    if (!this.#held("control")) {
+      ui.controlKind.value = settings.control.kind;
+      ui.controlScale.value = String(settings.control.scale);
+    }
+    ui.controlScaleValue.textContent = Number(ui.controlScale.value).toFixed(2);
     this.#showPreset(settings.preset);
     this.#showPaused(settings.paused, settings.paused !== wasPaused ? source : this.pausedBy);
+  }
+
+  // The ControlNet kinds the server loaded ([control] models): only those are offered; none hides the control.
+  setControlKinds(kinds) {
+    const ui = this.ui;
+    ui.controlGroup.hidden = kinds.length === 0;
+    for (const option of ui.controlKind.options) option.disabled = !kinds.includes(option.value);
   }
 
   setPresets(presets) {
@@ -136,6 +148,12 @@ export class StyleControls {
       this.#sendTemporal();
     });
     ui.flickerTarget.addEventListener("change", () => this.#sendTemporal());
+    // `control` is set as a whole too.
+    ui.controlScale.addEventListener("input", () => {
+      ui.controlScaleValue.textContent = Number(ui.controlScale.value).toFixed(2);
+      this.#sendControl();
+    });
+    ui.controlKind.addEventListener("change", () => this.#sendControl());
     ui.pastFrames.addEventListener("change", () => this.#sendTemporal());
     ui.steps.addEventListener("change", () => {
       this.#touch("steps");
@@ -166,6 +184,12 @@ export class StyleControls {
     this.#touch("temporal");
     const frames = Number(ui.pastFrames.value);
     this.patcher.send({ temporal: { feedback: Number(ui.feedback.value), frames, target } });
+  }
+
+  #sendControl() {
+    const ui = this.ui;
+    this.#touch("control");
+    this.patcher.send({ control: { kind: ui.controlKind.value, scale: Number(ui.controlScale.value) } });
   }
 
   #sendPrompt() {

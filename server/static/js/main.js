@@ -36,6 +36,10 @@ const ui = {
   feedbackValue: $("feedback-value"),
   flickerTarget: $("flicker-target"),
   pastFrames: $("past-frames"),
+  controlGroup: $("control-group"),
+  controlKind: $("control-kind"),
+  controlScale: $("control-scale"),
+  controlScaleValue: $("control-scale-value"),
   seed: $("seed"),
   steps: $("steps"),
   dice: $("dice"),
@@ -159,8 +163,9 @@ const scoped = [namePause, streamPause, nameOverrides, recordButton];
 
 // The server's state, shown before Start and acted on after it: a failed model is permanent (stop,
 // release the camera, say why); a server that stops answering drops the stream, which reconnects.
-function onServerState({ state, text, reason, model }) {
+function onServerState({ state, text, reason, model, control }) {
   ui.modelName.textContent = model;
+  controls.setControlKinds(control || []);
   ui.serverState.textContent = text;
   ui.serverState.dataset.state = state;
   ui.serverState.title = reason;

@@ -29,14 +29,16 @@ export class ServerState {
     try {
       const response = await fetch("/readyz", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
       const body = await response.json();
-      next = { ...describe(response.ok ? "ready" : body.state, body), model: modelName(body) };
+      next = { ...describe(response.ok ? "ready" : body.state, body), model: modelName(body), control: body.control || [] };
     } catch {
-      next = { state: "unreachable", text: "server unreachable", reason: "", model: this.model };
+      next = { state: "unreachable", text: "server unreachable", reason: "", model: this.model, control: this.control };
     }
-    if (next.state !== this.state || next.text !== this.text || next.model !== this.model) {
+    const control = String(next.control);
+    if (next.state !== this.state || next.text !== this.text || next.model !== this.model || control !== String(this.control)) {
       this.state = next.state;
       this.text = next.text;
       this.model = next.model;
+      this.control = next.control;
       this.onChange(next);
     }
     this.timer = setTimeout(() => this.#poll(), INTERVAL_MS);
