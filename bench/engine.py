@@ -5,13 +5,17 @@ pipeline (the model's family's, with the LCM scheduler and the same timesteps) p
     python -m bench.engine --model tiny,tiny-sd15,tiny-sdxl --steps 1,2,4 --seconds 3      # every family, CPU
     python -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10   # on a GPU
     python -m bench.engine --model arch:sdxl-turbo,arch:sd15 --steps 1,2,4 --batch-sizes 1,4 --seconds 10
+    python -m bench.engine --model tiny-sd15 --control tiny --batch-sizes 8 --seconds 5      # ControlNet costs
 
 Runs from the source tree with any Python that has torch, diffusers and transformers (no venv, no
 network): it imports nothing else but numpy and `pipeline/`. Each batch size is measured twice:
 "lockstep" (every stream sends a frame, waits for all of them: one batch at a time, the figure
 earlier runs reported) and "streaming" (every stream sends a new frame whenever a batch comes back,
 as cameras faster than the engine do: the next batch is always waiting, so batches are pipelined).
-On CUDA both run with the engine's CUDA graphs on and off. Writes JSON (command line, device,
+On CUDA both run with the engine's CUDA graphs on and off. With `--control` (`[control] models`
+entries, comma-separated, or `tiny`) the largest batch also runs with ControlNet off, one kind on
+every row, and two kinds mixed (alternate rows), and the model stage's time against off is reported.
+Writes JSON (command line, device,
 versions, results) under bench/results/.
 """
 
@@ -34,22 +38,34 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
 from pipeline.contract import BatchReport, FrameParams
+from pipeline.control import ControlNets, load_controlnets
 from pipeline.engine import Engine
 from pipeline.models import ModelBundle, default_device, default_dtype, load_model
 from pipeline.onestep import row_timesteps
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The ControlNet runs: label -> the kinds rows take in turn (none: off).
+CONTROL_RUNS = {"off": (), "one kind on every row": ("canny",), "two kinds mixed": ("canny", "depth")}
 
 
 class _Streams:
     """`streams` keys sending one frame each per round; records latency from submit to result."""
 
-    def __init__(self, engine: Engine, streams: int, frame: np.ndarray, steps: int) -> None:
+    def __init__(
+        self, engine: Engine, streams: int, frame: np.ndarray, steps: int, kinds: tuple[str, ...] = ()
+    ) -> None:
         self._engine = engine
         self._frame = frame
         self.count = streams
         self._params = [
-            FrameParams(prompt="a watercolor painting", strength=0.5, seed=i, num_inference_steps=steps)
+            FrameParams(
+                prompt="a watercolor painting",
+                strength=0.5,
+                seed=i,
+                num_inference_steps=steps,
+                control_kind=kinds[i % len(kinds)] if kinds else "",
+                control_scale=1.0 if kinds else 0.0,
+            )
             for i in range(streams)
         ]
         self._lock = threading.Lock()
@@ -85,7 +101,16 @@ class _Feeder:
 
 
 def bench_engine(
-    model: ModelBundle, batch: int, steps: int, seconds: float, frame: np.ndarray, *, graphs: bool, compile_mode: str
+    model: ModelBundle,
+    batch: int,
+    steps: int,
+    seconds: float,
+    frame: np.ndarray,
+    *,
+    graphs: bool,
+    compile_mode: str,
+    control: ControlNets | None = None,
+    kinds: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     feeder = _Feeder()
     engine = Engine(
@@ -94,6 +119,7 @@ def bench_engine(
         max_wait_ms=50.0,
         compile_mode=compile_mode,
         cuda_graphs=graphs,
+        control=control,
         on_batch=feeder.on_batch,
     )
     began = time.perf_counter()
@@ -103,7 +129,7 @@ def bench_engine(
     rows = []
     try:
         # Lockstep: one round at a time.
-        streams = _Streams(engine, batch, frame, steps)
+        streams = _Streams(engine, batch, frame, steps, kinds)
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or not streams.latencies:
             for future in streams.send_round():
@@ -112,7 +138,7 @@ def bench_engine(
 
         # Streaming: every batch that comes back sends the next round; two rounds go in at the start
         # so one is always waiting behind the one in flight.
-        streams = _Streams(engine, batch, frame, steps)
+        streams = _Streams(engine, batch, frame, steps, kinds)
         feeder.reports = []
         start = time.perf_counter()
         feeder.streams = streams
@@ -202,6 +228,30 @@ def bench_diffusers(model: ModelBundle, steps: int, seconds: float) -> dict[str,
     }
 
 
+def bench_control(
+    model: ModelBundle,
+    nets: ControlNets | None,
+    batch: int,
+    steps: int,
+    seconds: float,
+    frame: np.ndarray,
+    graphs: bool,
+) -> dict[str, Any]:
+    """One batch size with ControlNet off, one kind on every row and two kinds mixed; each streaming run's
+    model stage (the UNet and ControlNet calls, control images included) against off."""
+    runs = {}
+    for label, kinds in CONTROL_RUNS.items():
+        rows = bench_engine(
+            model, batch, steps, seconds, frame, graphs=graphs, compile_mode="none", control=nets, kinds=kinds
+        )
+        runs[label] = next(row for row in rows if row["mode"] == "streaming")
+    off = runs["off"]
+    for row in runs.values():
+        row["model_time_vs_off"] = round(row["stage_ms_p50"]["model"] / off["stage_ms_p50"]["model"], 3)
+        row["frames_per_s_vs_off"] = round(row["frames_per_s"] / off["frames_per_s"], 3)
+    return {"kinds": list(nets.kinds) if nets else [], "batch": batch, "steps": steps, "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", help="a spec, or several separated by commas (one JSON each)")
@@ -226,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.compile mode",
     )
     parser.add_argument("--no-graphs", action="store_true", help="on CUDA, skip the runs with CUDA graphs")
+    parser.add_argument(
+        "--control", default="", help="ControlNets to measure, as [control] models entries joined by commas, or tiny"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -257,6 +310,11 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
     ]
     for row in engine:
         row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baselines[row["steps"]]["frames_per_s"], 2)
+    control = None
+    if args.control:
+        nets = load_controlnets(args.control.split(","), model, data_dir=args.data_dir)
+        batch = max(int(size) for size in args.batch_sizes.split(","))
+        control = bench_control(model, nets, batch, step_counts[0], args.seconds, frame, graph_modes[0])
     result = {
         "command": " ".join(["python -m bench.engine", *argv]),
         "model": spec,
@@ -274,6 +332,7 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         },
         "diffusers_baseline": {str(steps): row for steps, row in baselines.items()},
         "engine": engine,
+        "control": control,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ def load_controlnets(
             else _hub_controlnet(model, kind, source, progress)
         )
         _check_fits(net, model, kind, source)
-        nets.append(net.to(device=model.device, dtype=model.dtype, memory_format=torch.channels_last).eval())
+        nets.append(net.to(device=model.device, memory_format=torch.channels_last).eval())
     depth = None
     if "depth" in models:
         source = depth_source(models, depth_model)
@@ -208,7 +208,9 @@ def _twin_controlnet(model: ModelBundle, kind: str, data_dir: Path) -> ControlNe
         _random_controlnet(model, kind).save_pretrained(partial)
         partial.rename(folder)
     files = Files(f"ControlNet {kind}", TINY, "built-in", folder, None)
-    net: ControlNetModel = _load(files, lambda f, s, v: ControlNetModel.from_pretrained(f), model.dtype)
+    net: ControlNetModel = _load(
+        files, lambda f, s, v: ControlNetModel.from_pretrained(f, torch_dtype=model.dtype), model.dtype
+    )
     return net
 
 
@@ -222,7 +224,7 @@ def _random_controlnet(model: ModelBundle, kind: str) -> ControlNetModel:
             for conv in zero_convs:
                 conv.weight.normal_(0.0, 0.05)
                 conv.bias.normal_(0.0, 0.05)
-    return net
+    return net.to(model.dtype)
 
 
 def _check_fits(net: ControlNetModel, model: ModelBundle, kind: str, source: str) -> None:
@@ -253,7 +255,9 @@ def _depth_model(
     else:
         files = _locate("depth model", source, DEPTH_PATTERNS, False, progress)
     depth: DepthAnythingForDepthEstimation = _load(
-        files, lambda f, s, v: DepthAnythingForDepthEstimation.from_pretrained(f, subfolder=s or ""), model.dtype
+        files,
+        lambda f, s, v: DepthAnythingForDepthEstimation.from_pretrained(f, subfolder=s or "", dtype=model.dtype),
+        model.dtype,
     )
     return depth
 
