@@ -1,9 +1,11 @@
 """One call proves the engine on a GPU and measures it: the CUDA tests, the engine benchmark of every
 `arch:` model against diffusers (`arch:sdxl-turbo` and `arch:sd15` at 1, 2 and 4 steps), the live
-benchmark with client processes and the temporal techniques' cost, into one JSON.
+benchmark with client processes, the temporal techniques' cost and the per-person looks' cost
+(ControlNet off, on every row, two kinds mixed), into one JSON.
 
     python -m bench.gpu_check --only tests,engine,live    # on a CUDA machine: about 8 minutes
     python -m bench.gpu_check --only families,flicker     # then about 8 more (a device call is 10 at most)
+    python -m bench.gpu_check --only looks                # then about 3 more
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
 
 Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
@@ -49,6 +51,8 @@ class Plan:
     # The temporal techniques' cost (frames/s each against off; random weights make the figures
     # themselves meaningless there: those come from the CPU run with the tiny model).
     flicker_args: list[str]
+    # The looks' cost: a ControlNet per kind with random weights on the SD 1.5 architecture.
+    looks_args: list[str]
     limits: dict[str, float]
 
 
@@ -65,8 +69,9 @@ def plan_for(device: str) -> Plan:
                 *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
             ],
             flicker_args=["--model", "arch:sd-turbo", "--size", "512", "--frames", "60", "--streams", "8"],
+            looks_args=[*("--model", "arch:sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "8")],
             # families: building SDXL's 2.6 B random weights on the CPU alone takes about a minute
-            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120},
+            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120, "looks": 200},
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
@@ -79,12 +84,13 @@ def plan_for(device: str) -> Plan:
             *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
         ],
         flicker_args=["--model", "tiny", "--size", "64", "--frames", "6", "--streams", "2"],
-        limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120},
+        looks_args=[*("--model", "tiny-sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "2")],
+        limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120, "looks": 120},
     )
 
 
 # The parts of a run, in order; `--only` picks some (two calls when one would pass a call's limit).
-PARTS = ("tests", "engine", "families", "live", "flicker")
+PARTS = ("tests", "engine", "families", "live", "flicker", "looks")
 
 # What a GPU run should show (README, Benchmarks): name -> (what, the target).
 TARGETS = {
@@ -99,6 +105,10 @@ TARGETS = {
     "feedback_speed_vs_off": ("latent feedback 0.6, 8 streams of 512²: frames/s against off", 0.95),
     # Batch time at most 1.15x the plain one.
     "cached_attention_speed_vs_off": ("cached attention 2 frames, 8 streams of 512²: frames/s against off", 0.87),
+    "controlnet_model_time_vs_off_x": (
+        "arch:sd15 batch 8, one ControlNet on every row: the model stage against none (x, at most)",
+        1.6,
+    ),
 }
 
 
@@ -166,7 +176,10 @@ def _driver() -> str | None:
 
 
 def figures(
-    engine: dict[str, dict[str, Any]], live: dict[str, Any] | None, flicker: dict[str, Any] | None = None
+    engine: dict[str, dict[str, Any]],
+    live: dict[str, Any] | None,
+    flicker: dict[str, Any] | None = None,
+    looks: dict[str, Any] | None = None,
 ) -> dict[str, float | None]:
     """The targets' figures from the benchmarks' JSON (None where a step did not give one)."""
     sd = engine.get("arch:sd-turbo")
@@ -194,7 +207,13 @@ def figures(
         "live_12_peers_p50_over_floor_ms": over_floor,
         "feedback_speed_vs_off": _speed(flicker, "feedback 0.6"),
         "cached_attention_speed_vs_off": _speed(flicker, "cached attention 2 frames"),
+        "controlnet_model_time_vs_off_x": _look(looks, "one kind on every row"),
     }
+
+
+def _look(looks: dict[str, Any] | None, run: str) -> float | None:
+    row = ((looks or {}).get("control") or {}).get("runs", {}).get(run)
+    return row["model_time_vs_off"] if row else None
 
 
 def _speed(flicker: dict[str, Any] | None, technique: str) -> float | None:
@@ -206,7 +225,7 @@ def judged(values: dict[str, float | None]) -> dict[str, dict[str, Any]]:
     out = {}
     for key, (what, target) in TARGETS.items():
         value = values.get(key)
-        at_most = key.endswith("_ms")
+        at_most = key.endswith(("_ms", "_x"))
         met = None if value is None else (value <= target if at_most else value >= target)
         out[key] = {"what": what, "target": target, "value": value, "met": met}
     return out
@@ -263,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         if "flicker" in only:
             steps.append(run_step("flicker", [*command, "--out", str(flicker_out)], plan.limits["flicker"], env))
         flicker = newest(flicker_out, "flicker-")
+        looks_out = work / "looks"
+        command = [sys.executable, "-m", "bench.engine", *plan.looks_args, "--data-dir", str(data), "--seconds"]
+        command += ["4" if args.device == "cuda" else "0.2", "--out", str(looks_out)]
+        if "looks" in only:
+            steps.append(run_step("looks", command, plan.limits["looks"], env))
+        looks = newest(looks_out, "engine-")
     facts = device_facts(args.device)
     report = {
         "command": " ".join(["python -m bench.gpu_check", *(sys.argv[1:] if argv is None else argv)]),
@@ -271,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine,
         "live": live,
         "flicker": flicker,
-        "targets": judged(figures(engine, live, flicker)) if args.device == "cuda" else {},
+        "looks": looks,
+        "targets": judged(figures(engine, live, flicker, looks)) if args.device == "cuda" else {},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
         "engine tiny-sdxl,tiny-sd15",
         "live",
         "flicker",
+        "looks",
     ]
     assert all(step["rc"] == 0 for step in report["steps"]), report["steps"]
     assert report["steps"][0]["counts"]["tests"] > 0  # the CUDA tests were collected (and skipped here)
@@ -39,6 +40,9 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     assert {(run["peers"], run["strength"]) for run in report["live"]["runs"]} == {(1, 0.0), (1, 0.5)}
     techniques = report["flicker"]["techniques"]
     assert techniques[0]["technique"] == "off" and all(row["frames_per_s"] > 0 for row in techniques)
+    runs = report["looks"]["control"]["runs"]
+    assert list(runs) == ["off", "one kind on every row", "two kinds mixed"]
+    assert runs["off"]["model_time_vs_off"] == 1.0 and all(run["frames_per_s"] > 0 for run in runs.values())
 
 
 def test_targets_are_read_from_the_figures_and_judged() -> None:
@@ -64,7 +68,8 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
             {"technique": "cached attention 2 frames", "speed_vs_off": 0.8},
         ]
     }
-    verdict = judged(figures(engine, live, flicker))
+    looks = {"control": {"runs": {"one kind on every row": {"model_time_vs_off": 1.45}}}}
+    verdict = judged(figures(engine, live, flicker, looks))
     assert verdict.keys() == TARGETS.keys()
     assert verdict["sd_turbo_batch1_fps"] == {**verdict["sd_turbo_batch1_fps"], "value": 130.0, "met": True}
     assert (verdict["sd_turbo_batch8_fps"]["value"], verdict["sd_turbo_batch8_fps"]["met"]) == (300.0, False)
@@ -74,4 +79,8 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
     assert verdict["live_12_peers_p50_over_floor_ms"]["met"] is True
     assert (verdict["feedback_speed_vs_off"]["value"], verdict["feedback_speed_vs_off"]["met"]) == (0.97, True)
     assert verdict["cached_attention_speed_vs_off"]["met"] is False
+    assert (verdict["controlnet_model_time_vs_off_x"]["value"], verdict["controlnet_model_time_vs_off_x"]["met"]) == (
+        1.45,
+        True,
+    )
     assert all(entry["met"] is None for entry in judged(figures({}, None)).values())
