@@ -8,7 +8,9 @@ does with one scale per net). Running a kind on the whole batch keeps the shapes
 batch stays one CUDA graph per set of kinds that run; a batch where no row uses a kind never runs it.
 
 The control images are made on the device from the batch's own images, once per frame (not per
-step): edges with kornia's Canny, depth with Depth Anything through transformers.
+step): edges with kornia's Canny, depth with Depth Anything through transformers. They are made
+before the transform, outside its CUDA graph (`pipeline.row_inputs.ControlImageInput`): kornia builds
+its Sobel kernel from Python numbers on every call, a copy to the device that no graph can hold.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ DEPTH_PATTERNS = ["config.json", "*.safetensors"]
 # Canny's thresholds on kornia's magnitude (an unnormalised Sobel of a [0, 1] image, about 8x a step):
 # near OpenCV's Canny(image, 100, 200) on 0..255 pixels, the thresholds ControlNet's canny models learnt on.
 CANNY_LOW, CANNY_HIGH = 0.4, 0.8
+CANNY_SIGMA = 1.0  # the blur before the gradient: kornia's default
 # Depth Anything's input: ImageNet's normalisation and a side that is a multiple of its 14-pixel patches.
 DEPTH_MEAN = (0.485, 0.456, 0.406)
 DEPTH_STD = (0.229, 0.224, 0.225)
@@ -51,6 +54,13 @@ class ControlNets:
     kinds: tuple[str, ...]
     nets: list[ControlNetModel]
     depth: DepthAnythingForDepthEstimation | None
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        # Made once on the device: built from Python numbers per call they would be a copy up each time.
+        self._mean = torch.tensor(DEPTH_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(DEPTH_STD, device=self.device).view(1, 3, 1, 1)
+        self._sigma = torch.tensor([[CANNY_SIGMA, CANNY_SIGMA]], device=self.device)
 
     def column(self, kind: str) -> int:
         return self.kinds.index(kind)
@@ -63,9 +73,9 @@ class ControlNets:
             kind = self.kinds[column]
             if kind == "depth":
                 assert self.depth is not None  # loaded with the depth ControlNet
-                image = depth_map(self.depth, pixels)
+                image = depth_map(self.depth, pixels, self._mean, self._std)
             else:
-                image = canny(pixels)
+                image = canny(pixels, self._sigma.expand(pixels.shape[0], -1))
             made[column] = image.to(images.dtype)
         return made
 
@@ -102,20 +112,24 @@ class ControlNets:
         return down, mid
 
 
-def canny(pixels: torch.Tensor) -> torch.Tensor:
-    """Canny edges of images in [0, 1] as a 3-channel [0, 1] image, on the device.
+def canny(pixels: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """Canny edges of images in [0, 1] as a 3-channel [0, 1] image, on the device (`sigma`: the blur's,
+    (B, 2) on the device; None: kornia's own default of 1).
 
-    kornia's full hysteresis repeats until nothing changes, which asks the host after every round (no
-    CUDA graph could hold it): one round is run here, keeping the weak edges next to a strong one.
+    kornia's full hysteresis repeats until nothing changes, which asks the host after every round: one
+    round is run here, keeping the weak edges next to a strong one.
     """
-    _, edges = kornia.filters.canny(pixels, CANNY_LOW, CANNY_HIGH, hysteresis=False)
+    blur: tuple[float, float] | torch.Tensor = (CANNY_SIGMA, CANNY_SIGMA) if sigma is None else sigma
+    _, edges = kornia.filters.canny(pixels, CANNY_LOW, CANNY_HIGH, sigma=blur, hysteresis=False)
     strong = (edges == 1.0).float()
     near_strong = F.max_pool2d(strong, kernel_size=3, stride=1, padding=1) > 0
     kept = torch.where((edges == 0.5) & near_strong, 1.0, strong)
     return kept.expand(-1, 3, -1, -1)
 
 
-def depth_map(model: DepthAnythingForDepthEstimation, pixels: torch.Tensor) -> torch.Tensor:
+def depth_map(
+    model: DepthAnythingForDepthEstimation, pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """Relative depth of images in [0, 1], each normalised to [0, 1] and given as 3 channels, as
     diffusers' depth ControlNet examples make it (the model's output resized back, min to max)."""
     height, width = pixels.shape[-2:]
@@ -124,8 +138,6 @@ def depth_map(model: DepthAnythingForDepthEstimation, pixels: torch.Tensor) -> t
         max(DEPTH_PATCH, round(width / DEPTH_PATCH) * DEPTH_PATCH),
     )
     resized = F.interpolate(pixels, size=side, mode="bicubic", align_corners=False)
-    mean = torch.tensor(DEPTH_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(DEPTH_STD, device=pixels.device).view(1, 3, 1, 1)
     dtype = next(model.parameters()).dtype
     predicted = model(pixel_values=((resized - mean) / std).to(dtype)).predicted_depth.float()
     depth = F.interpolate(predicted.unsqueeze(1), size=(height, width), mode="bicubic", align_corners=False)
@@ -164,7 +176,7 @@ def load_controlnets(
         source = depth_source(models, depth_model)
         depth = _depth_model(model, source, data_dir, progress).to(device=model.device, dtype=model.dtype).eval()
     logger.info("ControlNets loaded kinds=%s depth=%s", ",".join(models), depth_model if depth is not None else "-")
-    return ControlNets(tuple(models), nets, depth)
+    return ControlNets(tuple(models), nets, depth, model.device)
 
 
 def depth_source(models: dict[str, str], depth_model: str) -> str:

@@ -220,7 +220,7 @@ class DeviceRunner:
 
         # 3. Each per-row input into the bucket's static tensors.
         for part in running:
-            part.fill(bucket.inputs[part.name], padded, views.get(part.name))
+            part.fill_from(bucket.inputs[part.name], padded, views.get(part.name), bucket.images)
         conditioned = self._mark()
 
         # 4. The transform: the bucket's captured graph for the parts that run, or eager.

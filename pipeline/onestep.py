@@ -94,6 +94,7 @@ class OneStepImg2Img:
         feedback: torch.Tensor | None = None,
         attention_visible: torch.Tensor | None = None,
         attention_write: torch.Tensor | None = None,
+        control_images: torch.Tensor | None = None,
         control_scales: torch.Tensor | None = None,
         num_steps: int = 1,
         control_kinds: int = 0,
@@ -110,10 +111,10 @@ class OneStepImg2Img:
         its stream's previous clean latent read from its slot, and leaves its new one there
         (`pipeline.temporal`). With `attention_visible` (B, RING) and `attention_write` (B,) too, each
         row's self-attention also sees its own past frames at every UNet call
-        (`pipeline.cached_attention`). With `control_scales` (B, kinds) and `control_kinds` (a bit per
-        kind that runs) each UNet call adds the running ControlNets' residuals, times each row's scale
-        (`pipeline.control`). The caller decides on the host, so nothing here waits for the
-        device and the whole call can be captured in a CUDA graph.
+        (`pipeline.cached_attention`). With `control_images` (kinds, B, 3, H, W), `control_scales`
+        (B, kinds) and `control_kinds` (a bit per kind that runs) each UNet call adds the running
+        ControlNets' residuals, times each row's scale (`pipeline.control`). The caller decides on the
+        host, so nothing here waits for the device and the whole call can be captured in a CUDA graph.
         """
         self.check_inputs(images, prompt_embeds, timesteps, noise, negative_embeds, guidance_scale, num_steps)
         table = timesteps[:, -num_steps:].to(self.device)
@@ -136,9 +137,8 @@ class OneStepImg2Img:
             self.attention.rows = AttentionRows(memory_slots.to(self.device), attention_visible, attention_write)
 
         control = None
-        if self.control is not None and control_scales is not None and control_kinds:
-            running = [k for k in range(len(self.control.kinds)) if control_kinds >> k & 1]
-            conditions = self.control.conditions(images.to(self.device, self.dtype), running)
+        if self.control is not None and control_images is not None and control_scales is not None and control_kinds:
+            conditions = {k: control_images[k] for k in range(len(self.control.kinds)) if control_kinds >> k & 1}
             control = _RowControl(self.control, conditions, control_scales.to(self.device), guided)
 
         # 2. Noise the latents to each row's first timestep (the largest of its schedule).

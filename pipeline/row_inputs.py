@@ -62,6 +62,12 @@ class RowInput:
         device view of what `header(rows)` sent up."""
         raise NotImplementedError
 
+    def fill_from(
+        self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None, images: torch.Tensor
+    ) -> None:
+        """`fill`, given the batch's images too (B, 3, H, W) in [-1, 1]: the few parts made from them override it."""
+        self.fill(into, rows, header)
+
 
 def negative(model: ModelBundle, embed: Callable[[str], torch.Tensor], prompt: str) -> torch.Tensor:
     """A negative prompt's embedding; for SDXL no negative prompt is zeros, as diffusers' SDXL pipelines
@@ -303,38 +309,68 @@ class AttentionWriteInput(RowNumber):
         return row.ring_at
 
 
-class ControlScaleInput(RowInput):
+class _ControlPart(RowInput):
+    """A ControlNet part: it runs in batches where some row uses a loaded kind."""
+
+    optional = True
+
+    def __init__(self, control: ControlNets, model: ModelBundle) -> None:
+        self._control = control
+        self._kinds = control.kinds
+        self._model = model
+
+    def column(self, row: FrameParams) -> int | None:
+        on = row.control_scale > 0.0 and row.control_kind in self._kinds
+        return self._kinds.index(row.control_kind) if on else None
+
+    def running(self, rows: Sequence[FrameParams]) -> set[int]:
+        return {c for r in rows if (c := self.column(r)) is not None}
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return bool(self.running(rows))
+
+
+class ControlImageInput(_ControlPart):
+    """Each running kind's control image of every row, made from the batch's images on the device
+    before the transform (outside its graph: see `pipeline.control`); kinds not running keep stale rows."""
+
+    name = "control_images"
+
+    def allocate(self, size: int) -> torch.Tensor:
+        model = self._model
+        shape = (len(self._kinds), size, 3, model.height, model.width)
+        return torch.zeros(shape, device=model.device, dtype=model.dtype)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        raise TypeError("control images are made from the batch's images: call fill_from")
+
+    def fill_from(
+        self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None, images: torch.Tensor
+    ) -> None:
+        for column, image in self._control.conditions(images, sorted(self.running(rows))).items():
+            into[column].copy_(image)
+
+
+class ControlScaleInput(_ControlPart):
     """Each row's scale per loaded ControlNet kind (its own kind's column, zeros elsewhere); the kinds
     some row of the batch uses run (`control_kinds`, a bit per kind: part of the captured graph's key)."""
 
     name = "control_scales"
     header_dtype = np.float32
-    optional = True
-
-    def __init__(self, control: ControlNets, device: torch.device) -> None:
-        self._kinds = control.kinds
-        self._device = device
-
-    def _column(self, row: FrameParams) -> int | None:
-        on = row.control_scale > 0.0 and row.control_kind in self._kinds
-        return self._kinds.index(row.control_kind) if on else None
-
-    def wanted(self, rows: Sequence[FrameParams]) -> bool:
-        return any(self._column(r) is not None for r in rows)
 
     def statics(self, rows: Sequence[FrameParams]) -> dict[str, int]:
-        return {"control_kinds": sum({1 << c for r in rows if (c := self._column(r)) is not None})}
+        return {"control_kinds": sum(1 << column for column in self.running(rows))}
 
     def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
         scales = np.zeros((len(rows), len(self._kinds)), dtype=np.float32)
         for index, row in enumerate(rows):
-            column = self._column(row)
+            column = self.column(row)
             if column is not None:
                 scales[index, column] = row.control_scale
         return scales
 
     def allocate(self, size: int) -> torch.Tensor:
-        return torch.zeros((size, len(self._kinds)), device=self._device, dtype=torch.float32)
+        return torch.zeros((size, len(self._kinds)), device=self._model.device, dtype=torch.float32)
 
     def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
         assert header is not None
@@ -360,5 +396,5 @@ def one_step_inputs(
     if model.family.pooled:
         parts += [PooledInput(prompts, model), NegativePooledInput(prompts, model)]
     if control is not None:
-        parts.append(ControlScaleInput(control, model.device))
+        parts += [ControlImageInput(control, model), ControlScaleInput(control, model)]
     return parts

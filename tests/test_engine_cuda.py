@@ -16,6 +16,7 @@ import torch
 
 from pipeline import Engine, FrameParams, load_model
 from pipeline.contract import BatchReport
+from pipeline.control import load_controlnets
 from pipeline.device import DeviceRunner
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img
@@ -194,6 +195,39 @@ def test_mixed_step_counts_replay_one_graph_per_longest_count(model_cache: Path,
     # The 1-step rows of the mixed batch equal the same rows run alone at 1 step.
     for index in (0, 3):
         assert _levels(results[True, 3][index], results[True, 1][index]).max() <= 2
+
+
+def test_controlnet_kinds_replay_one_graph_per_set_of_kinds(model_cache: Path) -> None:
+    # Rows with canny, depth, none and canny again at another scale: the control images are made before
+    # the graph (eager), the batch's graph is keyed by the kinds that run; replays give what eager gives.
+    sd15 = load_model("tiny-sd15", data_dir=model_cache.parent, device=torch.device("cuda"), dtype=torch.float16)
+    nets = load_controlnets(["tiny"], sd15, data_dir=model_cache.parent)
+    frames = [_frame(60 + i) for i in range(4)]
+    looks = [("canny", 1.0), ("depth", 0.5), ("", 0.0), ("canny", 2.0)]
+    both = [
+        FrameParams(prompt=f"row {i}", strength=0.7, seed=i, num_inference_steps=1, control_kind=k, control_scale=s)
+        for i, (k, s) in enumerate(looks)
+    ]
+    canny_only = [replace(row, control_scale=0.0) if row.control_kind == "depth" else row for row in both]
+    results = {}
+    for graphs in (False, True):
+        runner = DeviceRunner(
+            sd15,
+            OneStepImg2Img(sd15, control=nets),
+            one_step_inputs(sd15, PromptEmbeddings(sd15), nets),
+            cuda_graphs=graphs,
+        )
+        with torch.inference_mode(), runner.streams():
+            for name, params in (("both", both), ("canny", canny_only)):
+                runner.collect(runner.launch(frames, params, 4))
+                results[graphs, name] = runner.collect(runner.launch(frames, params, 4))
+            assert runner.graph_count() == (2 if graphs else 0)
+    for name in ("both", "canny"):
+        for eager, graphed in zip(results[False, name], results[True, name], strict=True):
+            assert _levels(eager, graphed).max() <= 2
+    # The row without control is the same in both batches; the depth row is not.
+    assert _levels(results[True, "both"][2], results[True, "canny"][2]).max() <= 2
+    assert _levels(results[True, "both"][1], results[True, "canny"][1]).mean() > 1
 
 
 def test_pipelined_batches_equal_serial_ones(model: ModelBundle) -> None:

@@ -73,7 +73,7 @@ def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams], 
             continue
         tensor = part.allocate(len(rows))
         header = torch.from_numpy(part.header(rows).view(np.uint8)) if part.header_dtype is not None else None
-        part.fill(tensor, rows, header)
+        part.fill_from(tensor, rows, header, (images * 2 - 1).to(model.dtype))
         inputs[part.name] = tensor
         statics |= part.statics(rows)
     return engine_.runner.transform(images * 2 - 1, **inputs, **statics) / 2 + 0.5
