@@ -19,6 +19,7 @@ import torch
 from pipeline.cached_attention import RING
 from pipeline.contract import FrameParams
 from pipeline.families import MAX_STEPS
+from pipeline.lora_bank import LoraBank
 from pipeline.models import ModelBundle
 from pipeline.onestep import right_aligned, row_timesteps
 from pipeline.prompts import PromptEmbeddings
@@ -302,9 +303,57 @@ class AttentionWriteInput(RowNumber):
         return row.ring_at
 
 
-def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowInput]:
+def wants_loras(rows: Sequence[FrameParams]) -> bool:
+    """The LoRA slots are read for a batch when one of its rows wears a LoRA (a batch where none does
+    runs the plain UNet, under a graph of its own)."""
+    return any(r.loras for r in rows)
+
+
+class LoraColumnsInput(RowInput):
+    """The slot rows each row's LoRAs take in every covered layer (`LoraBank.columns`)."""
+
+    name = "lora_columns"
+    header_dtype = np.int64
+    optional = True
+
+    def __init__(self, bank: LoraBank, device: torch.device) -> None:
+        self._bank = bank
+        self._device = device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return wants_loras(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([self._bank.columns(r)[0] for r in rows], dtype=np.int64)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, self._bank.max_rank), device=self._device, dtype=torch.int64)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.int64).view(into.shape))
+
+
+class LoraScalesInput(LoraColumnsInput):
+    """Each of those slot rows' scale: its LoRA's scale, 0 for padding."""
+
+    name = "lora_scales"
+    header_dtype = np.float32
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([self._bank.columns(r)[1] for r in rows], dtype=np.float32)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, self._bank.max_rank), device=self._device, dtype=torch.float32)
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(torch.float32).view(into.shape))
+
+
+def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings, loras: LoraBank | None = None) -> list[RowInput]:
     """What `OneStepImg2Img` takes beside the images, in the order of its arguments (SDXL's pooled
-    embeddings only for that family)."""
+    embeddings only for that family, the LoRA rows only with a bank)."""
     parts: list[RowInput] = [
         PromptInput(prompts, model),
         TimestepInput(model),
@@ -318,4 +367,6 @@ def one_step_inputs(model: ModelBundle, prompts: PromptEmbeddings) -> list[RowIn
     ]
     if model.family.pooled:
         parts += [PooledInput(prompts, model), NegativePooledInput(prompts, model)]
+    if loras is not None:
+        parts += [LoraColumnsInput(loras, model.device), LoraScalesInput(loras, model.device)]
     return parts
