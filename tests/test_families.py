@@ -62,9 +62,11 @@ def assert_rows_equal_diffusers(pipe: Any, images: torch.Tensor, rows: list[Fram
         torch.testing.assert_close(got[index : index + 1], expected, atol=1e-4, rtol=1e-4, msg=f"row {index}: {row}")
 
 
-def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams]) -> torch.Tensor:
-    """The rows through the engine's own per-row inputs and transform, as one batch."""
-    engine = Engine(model, max_batch=len(rows))
+def _batched(
+    model: ModelBundle, images: torch.Tensor, rows: list[FrameParams], engine: Engine | None = None
+) -> torch.Tensor:
+    """The rows through the engine's own per-row inputs and transform (a new engine's, or `engine`'s), as one batch."""
+    engine = engine or Engine(model, max_batch=len(rows))
     inputs = {}
     statics: dict[str, int] = {}
     for part in engine.runner.parts:
