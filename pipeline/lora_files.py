@@ -118,7 +118,7 @@ def read_lora(source: str, model: ModelBundle) -> LoraWeights:
         )
     except (ValueError, KeyError, RuntimeError) as e:
         raise LoraError(source, f"does not fit this {model.family.name} model's UNet ({_first_line(e)})") from e
-    lora_layers = {name: m for name, m in twin.named_modules() if isinstance(m, LoraLayer)}
+    lora_layers: dict[str, Any] = {name: m for name, m in twin.named_modules() if isinstance(m, LoraLayer)}
     missing = sorted(expected - set(lora_layers))
     if missing:
         raise LoraError(source, f"has weights for layers this {model.family.name} UNet lacks, e.g. {missing[0]!r}")

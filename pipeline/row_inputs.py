@@ -313,7 +313,7 @@ class LoraColumnsInput(RowInput):
     """The slot rows each row's LoRAs take in every covered layer (`LoraBank.columns`)."""
 
     name = "lora_columns"
-    header_dtype = np.int64
+    header_dtype: type[np.generic] = np.int64
     optional = True
 
     def __init__(self, bank: LoraBank, device: torch.device) -> None:

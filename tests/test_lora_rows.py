@@ -7,6 +7,7 @@ an error naming them."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,9 @@ def _rows(loras: dict[str, Path]) -> list[FrameParams]:
         FrameParams(prompt="neon city", strength=0.5, seed=22, num_inference_steps=1, loras=((kohya, -1.5),)),
         FrameParams(prompt="ink", strength=1.0, seed=44, num_inference_steps=3, loras=((d, 1.3),)),
         FrameParams(prompt="dusk", strength=0.6, seed=55, num_inference_steps=2),
-        FrameParams(prompt="a watercolor fox", strength=0.8, seed=66, num_inference_steps=1, loras=((a, 0.6), (b, 1.2))),
+        FrameParams(
+            prompt="a watercolor fox", strength=0.8, seed=66, num_inference_steps=1, loras=((a, 0.6), (b, 1.2))
+        ),
     ]
 
 
@@ -144,7 +147,7 @@ def test_changing_loras_and_scales_moves_no_slot_and_adds_no_graph_key(
     assert all(found == addresses[0] for found in addresses)
     assert all(found == keys[0] for found in keys)
     # ...and the look did change each time.
-    for before, after in zip(outputs, outputs[1:], strict=False):
+    for before, after in itertools.pairwise(outputs):
         assert np.abs(before[0].astype(int) - after[0].astype(int)).mean() > 0.5
 
 
@@ -187,12 +190,16 @@ def test_loras_that_cannot_be_worn_fail_their_rows_naming_them(
     # Another family's LoRA: an SDXL-like UNet, cross-attention twice as wide (the shapes differ).
     config = dict(UNet2DConditionModel.load_config(model_cache / "tiny-sd15", subfolder="unet"))
     wide = UNet2DConditionModel.from_config({**config, "cross_attention_dim": 64})
-    StableDiffusionPipeline.save_lora_weights(tmp_path / "wide", unet_lora_layers=_random_lora(wide, 4, 4, ATTENTION, 1))
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "wide", unet_lora_layers=_random_lora(wide, 4, 4, ATTENTION, 1)
+    )
     with pytest.raises(LoraError, match=r"wide'.*does not fit this sd15 model's UNet"):
         engine.load_lora(str(tmp_path / "wide"))
     # A LoCon: weights on the resnets' 3x3 convolutions, which slots do not cover.
     unet = UNet2DConditionModel.from_config(config)
-    StableDiffusionPipeline.save_lora_weights(tmp_path / "locon", unet_lora_layers=_random_lora(unet, 4, 4, ["conv1"], 1))
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "locon", unet_lora_layers=_random_lora(unet, 4, 4, ["conv1"], 1)
+    )
     with pytest.raises(LoraError, match=r"resnets.0.conv1', a layer LoRA slots do not cover"):
         engine.load_lora(str(tmp_path / "locon"))
     # Rank 8 in slots of max_rank 4.
