@@ -230,3 +230,41 @@ def test_frame_params_check_their_loras() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             FrameParams(prompt="", strength=0.5, loras=loras)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_new_loras_and_scales_replay_the_same_graphs(model_cache: Path, loras: dict[str, Path]) -> None:
+    """The captured graphs read the slots in place: after the first batch with LoRAs, other LoRAs and
+    scales record no graph, change the picture, and give what the eager transform gives."""
+    cuda = load_model("tiny-sd15", data_dir=model_cache.parent, device=torch.device("cuda"), dtype=torch.float16)
+    frame = np.random.default_rng(0).integers(16, 236, (cuda.height * 3 // 2, cuda.width), dtype=np.uint8)
+    a, b, kohya, d = (str(loras[k]) for k in ("a", "b", "kohya", "d"))
+    looks = [((a, 1.0), (b, 0.5)), ((kohya, 1.0), (d, 0.5)), ((a, -0.7), (d, 2.0)), ((b, 1.0), (kohya, 0.3))]
+
+    def run(graphs: bool) -> tuple[list[list[np.ndarray]], list[int]]:
+        # A long max_wait: once both streams are known (after the first round) each round is one batch.
+        engine = Engine(cuda, max_batch=2, max_wait_ms=2000, lora_slots=2, lora_max_rank=16, cuda_graphs=graphs)
+        outputs, counts = [], []
+        engine.start()
+        try:
+            for first, second in [looks[0], *looks]:
+                rows = [
+                    FrameParams(prompt="fox", strength=0.7, seed=1, num_inference_steps=2, loras=(first,)),
+                    FrameParams(prompt="fox", strength=0.7, seed=1, num_inference_steps=2, loras=(second,)),
+                ]
+                futures = [engine.submit(f"s{i}", frame, row) for i, row in enumerate(rows)]
+                outputs.append([f.result(timeout=120) for f in futures])
+                counts.append(engine.runner.graph_count())
+        finally:
+            engine.stop()
+        return outputs[1:], counts[1:]
+
+    captured, counts = run(graphs=True)
+    eager, _ = run(graphs=False)
+    assert counts[0] >= 1 and all(count == counts[0] for count in counts), counts
+    for got, expected in zip(captured, eager, strict=True):
+        for row_got, row_expected in zip(got, expected, strict=True):
+            assert np.abs(row_got.astype(int) - row_expected.astype(int)).max() <= 2
+    for before, after in itertools.pairwise(captured):
+        assert np.abs(before[0].astype(int) - after[0].astype(int)).mean() > 0.5
