@@ -415,8 +415,11 @@ class Engine:
                 flicker = self.flicker.of(request.key)
                 feedback = self.temporal.feedback(request.key, asked.feedback, asked.flicker_target, flicker, first)
                 past, ring_at = self.temporal.ring(request.key, asked.frames)
-            now = replace(request.params, feedback_now=feedback, memory_slot=slot, past=past, ring_at=ring_at)
-            params.append(replace(now, lora_slots=worn))
+            params.append(
+                replace(
+                    request.params, feedback_now=feedback, memory_slot=slot, past=past, ring_at=ring_at, lora_slots=worn
+                )
+            )
             fresh.append(first)
         return params, fresh
 
