@@ -6,6 +6,7 @@ pipeline (the model's family's, with the LCM scheduler and the same timesteps) p
     python -m bench.engine --model arch:sd-turbo --batch-sizes 1,2,4,8,16 --seconds 10   # on a GPU
     python -m bench.engine --model arch:sdxl-turbo,arch:sd15 --steps 1,2,4 --batch-sizes 1,4 --seconds 10
     python -m bench.engine --model tiny-sd15 --control tiny --batch-sizes 8 --seconds 5      # ControlNet costs
+    python -m bench.engine --model arch:sd15 --batch-sizes 16 --loras 0,1,4,16 --seconds 10  # LoRAs per row
 
 Runs from the source tree with any Python that has torch, diffusers and transformers (no venv, no
 network): it imports nothing else but numpy and `pipeline/`. Each batch size is measured twice:
@@ -17,6 +18,10 @@ entries, comma-separated, or `tiny`) the largest batch also runs with ControlNet
 every row, and two kinds mixed (alternate rows), and the model stage's time against off is reported.
 Writes JSON (command line, device,
 versions, results) under bench/results/.
+
+With `--loras 0,1,4,16` each configuration also runs with that many different random LoRAs (rank
+`--lora-rank`, on the attention layers, made here and read through the engine's `load_lora`) worn
+round-robin by the streams (0: none), and `lora_vs_none` gives each count's frames/s over none's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -36,10 +42,12 @@ import diffusers
 import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+from safetensors.torch import save_file
 
 from pipeline.contract import BatchReport, FrameParams
 from pipeline.control import ControlNets, load_controlnets
 from pipeline.engine import Engine
+from pipeline.lora_files import covered_layers
 from pipeline.models import ModelBundle, default_device, default_dtype, load_model
 from pipeline.onestep import row_timesteps
 
@@ -52,7 +60,13 @@ class _Streams:
     """`streams` keys sending one frame each per round; records latency from submit to result."""
 
     def __init__(
-        self, engine: Engine, streams: int, frame: np.ndarray, steps: int, kinds: tuple[str, ...] = ()
+        self,
+        engine: Engine,
+        streams: int,
+        frame: np.ndarray,
+        steps: int,
+        loras: tuple[str, ...] = (),
+        kinds: tuple[str, ...] = (),
     ) -> None:
         self._engine = engine
         self._frame = frame
@@ -63,6 +77,7 @@ class _Streams:
                 strength=0.5,
                 seed=i,
                 num_inference_steps=steps,
+                loras=((loras[i % len(loras)], 0.8),) if loras else (),
                 control_kind=kinds[i % len(kinds)] if kinds else "",
                 control_scale=1.0 if kinds else 0.0,
             )
@@ -100,6 +115,23 @@ class _Feeder:
             self.streams.send_round()
 
 
+def random_loras(model: ModelBundle, count: int, rank: int, folder: Path) -> list[str]:
+    """`count` random LoRAs of `rank` on the model's attention layers, as .safetensors files in PEFT's
+    layout (which diffusers' loaders read as they read a trained one)."""
+    generator = torch.Generator().manual_seed(0)
+    layers = {name: shape for name, shape in covered_layers(model.unet).items() if ".to_" in name}
+    sources = []
+    for index in range(count):
+        state = {}
+        for name, (width_in, width_out) in layers.items():
+            state[f"unet.{name}.lora_A.weight"] = torch.randn((rank, width_in), generator=generator) / width_in**0.5
+            state[f"unet.{name}.lora_B.weight"] = torch.randn((width_out, rank), generator=generator) * 0.01
+        path = folder / f"lora-{index}.safetensors"
+        save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, path)
+        sources.append(str(path))
+    return sources
+
+
 def bench_engine(
     model: ModelBundle,
     batch: int,
@@ -111,6 +143,8 @@ def bench_engine(
     compile_mode: str,
     control: ControlNets | None = None,
     kinds: tuple[str, ...] = (),
+    loras: tuple[str, ...] = (),
+    lora_max_rank: int = 64,
 ) -> list[dict[str, Any]]:
     feeder = _Feeder()
     engine = Engine(
@@ -121,15 +155,23 @@ def bench_engine(
         cuda_graphs=graphs,
         control=control,
         on_batch=feeder.on_batch,
+        lora_slots=max(8, len(loras)),
+        lora_max_rank=lora_max_rank,
     )
+    for source in loras:
+        engine.load_lora(source)  # read off the engine thread, as the server does when a LoRA is picked
     began = time.perf_counter()
     engine.start(warmup=True)
     engine.wait_ready()
+    if loras:  # the LoRA graphs are recorded (and slots filled) on first use: not in the figures
+        for future in _Streams(engine, batch, frame, steps, loras).send_round():
+            future.result()
+        feeder.reports = []
     warmup_s = time.perf_counter() - began
     rows = []
     try:
         # Lockstep: one round at a time.
-        streams = _Streams(engine, batch, frame, steps, kinds)
+        streams = _Streams(engine, batch, frame, steps, loras, kinds)
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or not streams.latencies:
             for future in streams.send_round():
@@ -138,7 +180,7 @@ def bench_engine(
 
         # Streaming: every batch that comes back sends the next round; two rounds go in at the start
         # so one is always waiting behind the one in flight.
-        streams = _Streams(engine, batch, frame, steps, kinds)
+        streams = _Streams(engine, batch, frame, steps, loras, kinds)
         feeder.reports = []
         start = time.perf_counter()
         feeder.streams = streams
@@ -155,6 +197,7 @@ def bench_engine(
         engine.stop()
     for row in rows:
         row.update(steps=steps, graphs=engine.cuda_graphs, warmup_s=round(warmup_s, 3), cpu_threads=engine.cpu_threads)
+        row.update(loras=len(loras))
     return rows
 
 
@@ -279,11 +322,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--control", default="", help="ControlNets to measure, as [control] models entries joined by commas, or tiny"
     )
+    parser.add_argument(
+        "--loras", default="0", help="numbers of different LoRAs the streams wear, e.g. 0,1,4,16 (0: none)"
+    )
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the random LoRAs made for --loras")
+    parser.add_argument("--lora-max-rank", type=int, default=64, help="the engine's [lora] max_rank")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     for spec in args.model.split(","):
         _bench_model(spec, args, sys.argv[1:] if argv is None else argv)
+
+
+def _lora_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row with LoRAs gets `lora_vs_none`: its frames/s over the same configuration's without."""
+    plain = {(r["mode"], r["batch"], r["steps"], r["graphs"]): r for r in rows if r["loras"] == 0}
+    for row in rows:
+        base = plain.get((row["mode"], row["batch"], row["steps"], row["graphs"]))
+        if base is not None and base["frames_per_s"]:
+            row["lora_vs_none"] = round(row["frames_per_s"] / base["frames_per_s"], 3)
 
 
 def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
@@ -301,13 +358,27 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
     graph_modes = [True, False] if device.type == "cuda" and not args.no_graphs else [False]
     step_counts = [int(n) for n in args.steps.split(",")] if args.steps else [model.family.default_steps]
     baselines = {steps: bench_diffusers(model, steps, args.seconds) for steps in step_counts}
-    engine = [
-        row
-        for steps in step_counts
-        for graphs in graph_modes
-        for size in args.batch_sizes.split(",")
-        for row in bench_engine(model, int(size), steps, args.seconds, frame, graphs=graphs, compile_mode=args.compile)
-    ]
+    lora_counts = [int(n) for n in args.loras.split(",")]
+    with tempfile.TemporaryDirectory() as folder:
+        made = random_loras(model, max(lora_counts), args.lora_rank, Path(folder))
+        engine = [
+            row
+            for steps in step_counts
+            for graphs in graph_modes
+            for size in args.batch_sizes.split(",")
+            for count in lora_counts
+            for row in bench_engine(
+                model,
+                int(size),
+                steps,
+                args.seconds,
+                frame,
+                graphs=graphs,
+                compile_mode=args.compile,
+                loras=tuple(made[:count]),
+                lora_max_rank=args.lora_max_rank,
+            )
+        ]
     for row in engine:
         row["speedup_vs_diffusers"] = round(row["frames_per_s"] / baselines[row["steps"]]["frames_per_s"], 2)
     control = None
@@ -315,6 +386,8 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         nets = load_controlnets(args.control.split(","), model, data_dir=args.data_dir)
         batch = max(int(size) for size in args.batch_sizes.split(","))
         control = bench_control(model, nets, batch, step_counts[0], args.seconds, frame, graph_modes[0])
+    if lora_counts != [0]:
+        _lora_ratios(engine)
     result = {
         "command": " ".join(["python -m bench.engine", *argv]),
         "model": spec,
@@ -324,6 +397,8 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).removeprefix("torch."),
         "compile": args.compile,
+        "lora_rank": args.lora_rank,
+        "lora_max_rank": args.lora_max_rank,
         "threads": torch.get_num_threads(),  # the baseline's; each engine row has its own
         "versions": {
             "torch": torch.__version__,

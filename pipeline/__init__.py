@@ -15,11 +15,13 @@ from pipeline.contract import BatchReport, EngineClosed, FrameParams, FrameRepla
 
 if TYPE_CHECKING:
     from pipeline.engine import Engine
+    from pipeline.lora_files import LoraError
     from pipeline.models import ModelBundle, ModelUnavailableError, load_model
 
 # Names that need torch, and the module each lives in.
 _LAZY = {
     "Engine": "pipeline.engine",
+    "LoraError": "pipeline.lora_files",
     "ModelBundle": "pipeline.models",
     "ModelUnavailableError": "pipeline.models",
     "load_model": "pipeline.models",
@@ -31,6 +33,7 @@ __all__ = [
     "EngineClosed",
     "FrameParams",
     "FrameReplaced",
+    "LoraError",
     "ModelBundle",
     "ModelUnavailableError",
     "Priority",

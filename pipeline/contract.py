@@ -4,6 +4,7 @@ batch reports, and the two ways a frame's future can fail."""
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from pipeline.families import MAX_STEPS
@@ -11,6 +12,10 @@ from pipeline.families import MAX_STEPS
 # ControlNet kinds (`pipeline.control`) and the largest scale a row may give one.
 CONTROL_KINDS = ("canny", "depth")
 MAX_CONTROL_SCALE = 2.0
+# LoRAs one row may wear at once, and the largest |scale| each may have (diffusers takes any scale; past
+# 4 a LoRA trained for 1 only burns the picture, and a bound keeps a typo from doing that).
+MAX_LORAS_PER_ROW = 4
+MAX_LORA_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class FrameParams:
     # ControlNet: the kind of control image made from the frame, and how strongly it steers (0: off).
     control_kind: str = ""
     control_scale: float = 0.0
+    # LoRAs (`pipeline.lora_bank`): (source, scale) pairs, the source a hub id, folder or .safetensors
+    # file as the caller resolved it; set by the engine when it takes the frame, each one's device slot.
+    loras: tuple[tuple[str, float], ...] = ()
+    lora_slots: tuple[int, ...] = ()
 
     @property
     def remembers(self) -> bool:
@@ -65,6 +74,21 @@ class FrameParams:
             raise ValueError(f"control scale must be in [0, {MAX_CONTROL_SCALE}], got {self.control_scale!r}")
         if not 0.0 <= self.blend <= 1.0:
             raise ValueError(f"blend must be in [0, 1], got {self.blend!r}")
+        self._check_loras()
+
+    def _check_loras(self) -> None:
+        if len(self.loras) > MAX_LORAS_PER_ROW:
+            raise ValueError(f"loras: at most {MAX_LORAS_PER_ROW} per frame, got {len(self.loras)}")
+        sources = [source for source, _ in self.loras]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"loras: each source at most once, got {sources!r}")
+        for source, scale in self.loras:
+            if not source:
+                raise ValueError("loras: a source must not be empty")
+            if not (math.isfinite(scale) and abs(scale) <= MAX_LORA_SCALE):
+                raise ValueError(
+                    f"loras: scale of {source!r} must be in [-{MAX_LORA_SCALE}, {MAX_LORA_SCALE}], got {scale!r}"
+                )
 
 
 class Priority(enum.IntEnum):

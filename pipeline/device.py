@@ -68,6 +68,9 @@ class Mark:
         return self._event.elapsed_time(later._event) / 1000.0
 
 
+GraphKey = tuple[frozenset[str], tuple[tuple[str, int], ...]]
+
+
 class CapturedTransform:
     """The whole transform recorded once as a CUDA graph over a bucket's static inputs; a replay reads
     them and writes `output`. Record it on the serving thread: a graph belongs to the thread that
@@ -105,7 +108,10 @@ class Bucket:
         )
         self.inputs = {part.name: part.allocate(size) for part in parts}
         # keyed by the optional inputs that run and the plain-number arguments (the steps a batch runs)
-        self.graphs: dict[tuple[frozenset[str], tuple[tuple[str, int], ...]], CapturedTransform] = {}
+        self.graphs: dict[GraphKey, CapturedTransform] = {}
+        # Every key a batch of this size has run under, captured or eager: what a CUDA graph would be
+        # recorded for, so the CPU too can tell a change of look that would re-capture from one that would not.
+        self.keys: set[GraphKey] = set()
 
 
 @dataclass
@@ -275,6 +281,10 @@ class DeviceRunner:
     def graph_count(self) -> int:
         return sum(len(bucket.graphs) for bucket in self.buckets.values())
 
+    def graph_keys(self) -> set[tuple[int, GraphKey]]:
+        """(bucket size, key) of every transform a batch has run under (recorded or not)."""
+        return {(size, key) for size, bucket in self.buckets.items() for key in bucket.keys}
+
     def _upload(
         self, headers: dict[str, np.ndarray], frames: Sequence[np.ndarray]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
@@ -335,9 +345,10 @@ class DeviceRunner:
         return bucket
 
     def _transform(self, bucket: Bucket, inputs: dict[str, torch.Tensor], statics: dict[str, int]) -> torch.Tensor:
+        key = (frozenset(inputs), tuple(sorted(statics.items())))
+        bucket.keys.add(key)
         if not self.cuda_graphs:
             return self.transform(bucket.images, **inputs, **statics)
-        key = (frozenset(inputs), tuple(sorted(statics.items())))
         graph = bucket.graphs.get(key)
         if graph is None:
             graph = bucket.graphs[key] = CapturedTransform(

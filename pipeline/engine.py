@@ -31,6 +31,9 @@ from pipeline.control import ControlNets
 from pipeline.device import DeviceFlight, DeviceRunner
 from pipeline.families import MAX_STEPS
 from pipeline.flicker import FlickerFigures
+from pipeline.lora_bank import LoraBank
+from pipeline.lora_files import LoraCache, LoraError, LoraWeights
+from pipeline.lora_slots import LoraSlots
 from pipeline.models import ModelBundle
 from pipeline.onestep import OneStepImg2Img
 from pipeline.prompts import PromptEmbeddings
@@ -93,6 +96,9 @@ class Engine:
         similarity_threshold: float = 0.0,
         similarity_max_skip: int = 10,
         memory_slots: int = 32,
+        lora_slots: int = 8,
+        lora_max_rank: int = 64,
+        lora_cache_size: int = 4,
         prompt_cache_size: int = 64,
         compile_mode: str = "none",
         cuda_graphs: bool = True,
@@ -112,9 +118,13 @@ class Engine:
         self.temporal = TemporalControl()  # per stream: `temporal.describe(key)`
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
         attention = AttentionBank.of(model.unet, memory_slots + 1)
+        # LoRAs per row: read on the host (`load_lora`, any thread), copied into device slots here.
+        self.lora_cache = LoraCache(model, lora_cache_size)
+        self.lora_slots = LoraSlots(lora_slots)
+        self.lora_bank = LoraBank.of(model.unet, lora_slots, lora_max_rank) if lora_slots else None
         self.control = control  # the ControlNets loaded, one per kind (`pipeline.control`)
         memory = LatentMemory(model, memory_slots + 1)
-        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, memory, attention, control)
+        transform: Callable[..., torch.Tensor] = OneStepImg2Img(model, memory, attention, self.lora_bank, control)
         if compile_mode != "none":
             # The transform is compiled, not the model's modules: those are shared (the text encoder
             # and the VAE with whoever else holds the bundle) and stay as loaded.
@@ -126,7 +136,7 @@ class Engine:
         self.runner = DeviceRunner(
             model,
             transform,
-            one_step_inputs(model, self.prompts, control),
+            one_step_inputs(model, self.prompts, self.lora_bank, control),
             cuda_graphs=graphs,
             memory_slots=memory_slots,
         )
@@ -235,6 +245,57 @@ class Engine:
     def pending(self) -> int:
         return self.scheduler.pending
 
+    def load_lora(self, source: str) -> LoraWeights:
+        """Read (and keep on the host) the LoRA at `source`, from any thread: call it off the engine thread
+        when a person picks a LoRA, so their first frame with it only copies it into a slot. Raises
+        `LoraError` naming the source and why it cannot be worn with this model."""
+        return self.lora_cache.get(source)
+
+    def place_loras(self, params: Sequence[FrameParams]) -> list[FrameParams | LoraError]:
+        """Each row with the device slots of its LoRAs (copied in now where not there yet, evicting the
+        least recently used not worn in this batch), or the `LoraError` that keeps it out of the batch:
+        its LoRA cannot be read, more different LoRAs than slots in one batch, or its LoRAs' ranks
+        together above `max_rank`. Engine thread only (or before `start`)."""
+        busy: set[int] = set()
+        placed: list[FrameParams | LoraError] = []
+        for row in params:
+            if not row.loras:
+                placed.append(row)
+                continue
+            try:
+                slots = tuple(self._lora_slot(source, busy) for source, _ in row.loras)
+            except LoraError as error:
+                placed.append(error)
+                continue
+            assert self.lora_bank is not None
+            rank = self.lora_bank.rank_of(slots)
+            if rank > self.lora_bank.max_rank:
+                sources = ", ".join(source for source, _ in row.loras)
+                problem = f"ranks together {rank}, above the slots' max_rank {self.lora_bank.max_rank}"
+                placed.append(LoraError(sources, problem))
+                continue
+            placed.append(replace(row, lora_slots=slots))
+        return placed
+
+    def _lora_slot(self, source: str, busy: set[int]) -> int:
+        if self.lora_bank is None:
+            raise LoraError(source, "LoRAs are off on this server ([lora] slots = 0)")
+        slot = self.lora_slots.find(source)
+        if slot is None:
+            weights = self.lora_cache.get(source)  # read now when the caller did not read it first
+            slot = self.lora_slots.claim(source, busy)
+            if slot is None:
+                raise LoraError(
+                    source, f"more than {self.lora_slots.capacity} different LoRAs in one batch ([lora] slots)"
+                )
+            try:
+                self.lora_bank.load(slot, weights)
+            except LoraError:
+                self.lora_slots.drop(source)
+                raise
+        busy.add(slot)
+        return slot
+
     # -- the worker thread -------------------------------------------------------------------
 
     def _run(self, warmup: bool, progress: Callable[[int, int], None] | None) -> None:
@@ -324,9 +385,19 @@ class Engine:
         rows = sorted((i for i, a in enumerate(answers) if a is None), key=lambda i: batch[i].frame.shape)
         if not rows:
             return _Flight(batch, answers, skipped, rows, None)
+        placed = self.place_loras([batch[i].params for i in rows])
+        for index, row in zip(rows, placed, strict=True):
+            if isinstance(row, LoraError):  # only this frame fails; the batch goes on without it
+                fail(batch[index].future, row)
+                answers[index] = batch[index].frame
+                self.frames_failed += 1
+        loras = {i: row.lora_slots for i, row in zip(rows, placed, strict=True) if isinstance(row, FrameParams)}
+        rows = [i for i in rows if i in loras]
+        if not rows:
+            return _Flight(batch, answers, skipped, rows, None)
         work = [batch[i] for i in rows]
         size = next(b for b in self.buckets if b >= len(work))
-        params, fresh = self._with_memory(work)
+        params, fresh = self._with_memory(work, [loras[i] for i in rows])
         device = self.runner.launch([r.frame for r in work], params, size, measure=True)
         self.temporal.wrote([r.key for r in work], good=uses_memory(params), cached=attends(params))
         for request in work:
@@ -334,10 +405,12 @@ class Engine:
                 self._drop_state(request.key)
         return _Flight(batch, answers, skipped, rows, device, fresh)
 
-    def _with_memory(self, work: list[Request]) -> tuple[list[FrameParams], list[bool]]:
-        """Each row's params with its stream's memory slot and the feedback it runs with now."""
+    def _with_memory(
+        self, work: list[Request], lora_slots: list[tuple[int, ...]]
+    ) -> tuple[list[FrameParams], list[bool]]:
+        """Each row's params with its stream's memory slot, the feedback it runs with now and its LoRAs' slots."""
         params, fresh = [], []
-        for request in work:
+        for request, worn in zip(work, lora_slots, strict=True):
             slot, first = self.slots.take(request.key)
             feedback, past, ring_at = 0.0, 0, 0
             if slot != self.slots.scratch:
@@ -345,7 +418,11 @@ class Engine:
                 flicker = self.flicker.of(request.key)
                 feedback = self.temporal.feedback(request.key, asked.feedback, asked.flicker_target, flicker, first)
                 past, ring_at = self.temporal.ring(request.key, asked.frames)
-            params.append(replace(request.params, feedback_now=feedback, memory_slot=slot, past=past, ring_at=ring_at))
+            params.append(
+                replace(
+                    request.params, feedback_now=feedback, memory_slot=slot, past=past, ring_at=ring_at, lora_slots=worn
+                )
+            )
             fresh.append(first)
         return params, fresh
 

@@ -21,6 +21,7 @@ import torch
 from pipeline.cached_attention import AttentionBank, AttentionRows
 from pipeline.control import ControlNets
 from pipeline.families import MAX_STEPS, MIN_STEPS
+from pipeline.lora_bank import LoraBank, LoraRows
 from pipeline.models import ModelBundle
 from pipeline.temporal import LatentMemory
 
@@ -56,10 +57,12 @@ class OneStepImg2Img:
         model: ModelBundle,
         memory: LatentMemory | None = None,
         attention: AttentionBank | None = None,
+        loras: LoraBank | None = None,
         control: ControlNets | None = None,
     ) -> None:
         self.memory = memory  # each stream's last clean latent, for latent feedback
         self.attention = attention  # each stream's last frames' keys and values (installed in the UNet)
+        self.loras = loras  # LoRA weights in device slots (hooked into the UNet's covered layers)
         self.control = control  # the ControlNets per kind (`pipeline.control`)
         self.unet = model.unet
         self.vae = model.vae
@@ -96,6 +99,8 @@ class OneStepImg2Img:
         attention_write: torch.Tensor | None = None,
         control_images: torch.Tensor | None = None,
         control_scales: torch.Tensor | None = None,
+        lora_columns: torch.Tensor | None = None,
+        lora_scales: torch.Tensor | None = None,
         num_steps: int = 1,
         control_kinds: int = 0,
     ) -> torch.Tensor:
@@ -111,10 +116,12 @@ class OneStepImg2Img:
         its stream's previous clean latent read from its slot, and leaves its new one there
         (`pipeline.temporal`). With `attention_visible` (B, RING) and `attention_write` (B,) too, each
         row's self-attention also sees its own past frames at every UNet call
-        (`pipeline.cached_attention`). With `control_images` (kinds, B, 3, H, W), `control_scales`
-        (B, kinds) and `control_kinds` (a bit per kind that runs) each UNet call adds the running
-        ControlNets' residuals, times each row's scale (`pipeline.control`). The caller decides on the
-        host, so nothing here waits for the device and the whole call can be captured in a CUDA graph.
+        (`pipeline.cached_attention`). With `lora_columns` (B, R) int64 and `lora_scales` (B, R) each row
+        adds the LoRAs in the slots those columns name at those scales (`pipeline.lora_bank`). With
+        `control_images` (kinds, B, 3, H, W), `control_scales` (B, kinds) and `control_kinds` (a bit per
+        kind that runs) each UNet call adds the running ControlNets' residuals, times each row's scale
+        (`pipeline.control`). The caller decides on the host, so nothing here waits for the device and
+        the whole call can be captured in a CUDA graph.
         """
         self.check_inputs(images, prompt_embeds, timesteps, noise, negative_embeds, guidance_scale, num_steps)
         table = timesteps[:, -num_steps:].to(self.device)
@@ -135,6 +142,10 @@ class OneStepImg2Img:
         if self.attention is not None and attention_visible is not None and attention_write is not None:
             assert memory_slots is not None
             self.attention.rows = AttentionRows(memory_slots.to(self.device), attention_visible, attention_write)
+        if self.loras is not None and lora_columns is not None and lora_scales is not None:
+            twins = 2 if guided else 1  # guidance's unconditional rows wear the same LoRAs
+            scales = lora_scales.to(self.device, self.dtype).repeat(twins, 1)
+            self.loras.rows = LoraRows(lora_columns.to(self.device).repeat(twins, 1), scales)
 
         control = None
         if self.control is not None and control_images is not None and control_scales is not None and control_kinds:
@@ -154,6 +165,8 @@ class OneStepImg2Img:
         finally:
             if self.attention is not None:
                 self.attention.rows = None
+            if self.loras is not None:
+                self.loras.rows = None
         if remembering:
             assert self.memory is not None and memory_slots is not None
             self.memory.remember(x, memory_slots)

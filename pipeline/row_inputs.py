@@ -20,6 +20,7 @@ from pipeline.cached_attention import RING
 from pipeline.contract import FrameParams
 from pipeline.control import ControlNets
 from pipeline.families import MAX_STEPS
+from pipeline.lora_bank import LoraBank
 from pipeline.models import ModelBundle
 from pipeline.onestep import right_aligned, row_timesteps
 from pipeline.prompts import PromptEmbeddings
@@ -67,6 +68,16 @@ class RowInput:
     ) -> None:
         """`fill`, given the batch's images too (B, 3, H, W) in [-1, 1]: the few parts made from them override it."""
         self.fill(into, rows, header)
+
+
+class HeaderTable(RowInput):
+    """Numbers per row sent in the batch's one copy up and copied into the static tensor as they came."""
+
+    tensor_dtype = torch.float32
+
+    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
+        assert header is not None
+        into.copy_(header.view(self.tensor_dtype).view(into.shape))
 
 
 def negative(model: ModelBundle, embed: Callable[[str], torch.Tensor], prompt: str) -> torch.Tensor:
@@ -163,12 +174,13 @@ class GuidanceInput(RowNumber):
         return row.guidance_scale
 
 
-class TimestepInput(RowInput):
+class TimestepInput(HeaderTable):
     """Each row's schedule (`row_timesteps`) right-aligned in `MAX_STEPS` columns, -1 before it; the
     batch runs as many UNet calls as its longest schedule (`num_steps`, a key of the captured graphs)."""
 
     name = "timesteps"
     header_dtype = np.int64
+    tensor_dtype = torch.int64
 
     def __init__(self, model: ModelBundle) -> None:
         self._model = model
@@ -185,10 +197,6 @@ class TimestepInput(RowInput):
 
     def allocate(self, size: int) -> torch.Tensor:
         return torch.zeros((size, MAX_STEPS), device=self._model.device, dtype=torch.int64)
-
-    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        assert header is not None
-        into.copy_(header.view(torch.int64).view(into.shape))
 
 
 class NoiseInput(RowInput):
@@ -351,7 +359,7 @@ class ControlImageInput(_ControlPart):
             into[column].copy_(image)
 
 
-class ControlScaleInput(_ControlPart):
+class ControlScaleInput(_ControlPart, HeaderTable):
     """Each row's scale per loaded ControlNet kind (its own kind's column, zeros elsewhere); the kinds
     some row of the batch uses run (`control_kinds`, a bit per kind: part of the captured graph's key)."""
 
@@ -372,16 +380,58 @@ class ControlScaleInput(_ControlPart):
     def allocate(self, size: int) -> torch.Tensor:
         return torch.zeros((size, len(self._kinds)), device=self._model.device, dtype=torch.float32)
 
-    def fill(self, into: torch.Tensor, rows: Sequence[FrameParams], header: torch.Tensor | None) -> None:
-        assert header is not None
-        into.copy_(header.view(torch.float32).view(into.shape))
+
+def wants_loras(rows: Sequence[FrameParams]) -> bool:
+    """The LoRA slots are read for a batch when one of its rows wears a LoRA (a batch where none does
+    runs the plain UNet, under a graph of its own)."""
+    return any(r.loras for r in rows)
+
+
+class LoraColumnsInput(HeaderTable):
+    """The slot rows each row's LoRAs take in every covered layer (`LoraBank.columns`)."""
+
+    name = "lora_columns"
+    header_dtype: type[np.generic] = np.int64
+    tensor_dtype = torch.int64
+    optional = True
+
+    def __init__(self, bank: LoraBank, device: torch.device) -> None:
+        self._bank = bank
+        self._device = device
+
+    def wanted(self, rows: Sequence[FrameParams]) -> bool:
+        return wants_loras(rows)
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([self._bank.columns(r)[0] for r in rows], dtype=np.int64)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, self._bank.max_rank), device=self._device, dtype=torch.int64)
+
+
+class LoraScalesInput(LoraColumnsInput):
+    """Each of those slot rows' scale: its LoRA's scale, 0 for padding."""
+
+    name = "lora_scales"
+    header_dtype = np.float32
+    tensor_dtype = torch.float32
+
+    def header(self, rows: Sequence[FrameParams]) -> np.ndarray:
+        return np.array([self._bank.columns(r)[1] for r in rows], dtype=np.float32)
+
+    def allocate(self, size: int) -> torch.Tensor:
+        return torch.zeros((size, self._bank.max_rank), device=self._device, dtype=torch.float32)
 
 
 def one_step_inputs(
-    model: ModelBundle, prompts: PromptEmbeddings, control: ControlNets | None = None
+    model: ModelBundle,
+    prompts: PromptEmbeddings,
+    loras: LoraBank | None = None,
+    control: ControlNets | None = None,
 ) -> list[RowInput]:
     """What `OneStepImg2Img` takes beside the images, in the order of its arguments (SDXL's pooled
-    embeddings only for that family, the ControlNets' scales only with ControlNets loaded)."""
+    embeddings only for that family, the LoRA rows only with a bank, the ControlNets' parts only with
+    ControlNets loaded)."""
     parts: list[RowInput] = [
         PromptInput(prompts, model),
         TimestepInput(model),
@@ -397,4 +447,6 @@ def one_step_inputs(
         parts += [PooledInput(prompts, model), NegativePooledInput(prompts, model)]
     if control is not None:
         parts += [ControlImageInput(control, model), ControlScaleInput(control, model)]
+    if loras is not None:
+        parts += [LoraColumnsInput(loras, model.device), LoraScalesInput(loras, model.device)]
     return parts

@@ -181,6 +181,12 @@ class EngineConfig(_Section):
     cpu_threads: int = Field(0, ge=0, le=256)
 
 
+class LoraConfig(_Section):
+    slots: int = Field(8, ge=0, le=64)
+    max_rank: int = Field(64, ge=1, le=256)
+    cache_size: int = Field(4, ge=1, le=64)
+
+
 class DefaultsConfig(_Section):
     prompt: Prompt = ""
     negative_prompt: Prompt = ""
@@ -329,6 +335,7 @@ class Config(_Section):
     outputs: OutputsConfig = OutputsConfig()
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
+    lora: LoraConfig = LoraConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     osc: OscConfig = OscConfig()
     security: SecurityConfig = SecurityConfig()

@@ -62,13 +62,15 @@ def assert_rows_equal_diffusers(pipe: Any, images: torch.Tensor, rows: list[Fram
         torch.testing.assert_close(got[index : index + 1], expected, atol=1e-4, rtol=1e-4, msg=f"row {index}: {row}")
 
 
-def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams], **engine: Any) -> torch.Tensor:
-    """The rows through the engine's own per-row inputs and transform, as one batch (`engine`: the
-    Engine's other arguments, such as its ControlNets)."""
-    engine_ = Engine(model, max_batch=len(rows), **engine)
+def _batched(
+    model: ModelBundle, images: torch.Tensor, rows: list[FrameParams], engine: Engine | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """The rows through the engine's own per-row inputs and transform (a new engine's, made with `kwargs`
+    such as its ControlNets, or `engine`'s), as one batch."""
+    engine = engine or Engine(model, max_batch=len(rows), **kwargs)
     inputs = {}
     statics: dict[str, int] = {}
-    for part in engine_.runner.parts:
+    for part in engine.runner.parts:
         if part.optional and not part.wanted(rows):
             continue
         tensor = part.allocate(len(rows))
@@ -76,7 +78,7 @@ def _batched(model: ModelBundle, images: torch.Tensor, rows: list[FrameParams], 
         part.fill_from(tensor, rows, header, (images * 2 - 1).to(model.dtype))
         inputs[part.name] = tensor
         statics |= part.statics(rows)
-    return engine_.runner.transform(images * 2 - 1, **inputs, **statics) / 2 + 0.5
+    return engine.runner.transform(images * 2 - 1, **inputs, **statics) / 2 + 0.5
 
 
 @pytest.mark.parametrize("spec", sorted(PIPELINES))
