@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,6 +100,7 @@ class Engine:
         lora_slots: int = 8,
         lora_max_rank: int = 64,
         lora_cache_size: int = 4,
+        lora_dir: Path | None = None,
         prompt_cache_size: int = 64,
         compile_mode: str = "none",
         cuda_graphs: bool = True,
@@ -119,7 +121,7 @@ class Engine:
         self.prompts = PromptEmbeddings(model, prompt_cache_size)
         attention = AttentionBank.of(model.unet, memory_slots + 1)
         # LoRAs per row: read on the host (`load_lora`, any thread), copied into device slots here.
-        self.lora_cache = LoraCache(model, lora_cache_size)
+        self.lora_cache = LoraCache(model, lora_cache_size, lora_dir)
         self.lora_slots = LoraSlots(lora_slots)
         self.lora_bank = LoraBank.of(model.unet, lora_slots, lora_max_rank) if lora_slots else None
         self.control = control  # the ControlNets loaded, one per kind (`pipeline.control`)

@@ -54,9 +54,9 @@ def fetch(repo: str, patterns: list[str], *, fp16: bool, progress: Progress | No
 
     Raises `HubUnavailable`.
     """
-    cached = _cached(repo, patterns)
-    if cached is not None:
-        return cached
+    found = cached(repo, patterns)
+    if found is not None:
+        return found
     if not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
         raise HubUnavailable(f"offline ({why}) and not in the hub cache {constants.HF_HUB_CACHE}")
@@ -72,7 +72,7 @@ def fetch(repo: str, patterns: list[str], *, fp16: bool, progress: Progress | No
     return Path(str(folder))
 
 
-def _cached(repo: str, patterns: list[str]) -> Path | None:
+def cached(repo: str, patterns: list[str]) -> Path | None:
     """The cached snapshot, when every folder the patterns name holds files (weights where wanted)."""
     try:
         folder = Path(str(snapshot_download(repo, allow_patterns=patterns, local_files_only=True)))

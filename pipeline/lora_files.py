@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from safetensors import SafetensorError
 
+from pipeline.lora_names import LoraNameError, lora_source
 from pipeline.models import ModelBundle, ModelUnavailableError, fetch_lora
 
 # The names PEFT's LoRA layers get while one is read into the twin.
@@ -156,11 +158,20 @@ class LoraCache:
     """The last few LoRAs read, on the host (LRU), safe to use from any thread: the server reads a LoRA
     here off the engine thread when a person picks it, so the engine thread only copies it into a slot."""
 
-    def __init__(self, model: ModelBundle, size: int) -> None:
+    def __init__(self, model: ModelBundle, size: int, folder: Path | None = None) -> None:
         self._model = model
         self._size = size
+        self._folder = folder  # names resolve under it (`pipeline.lora_names`); None: names are sources
         self._entries: OrderedDict[str, LoraWeights] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _source(self, name: str) -> str:
+        if self._folder is None:
+            return name
+        try:
+            return lora_source(name, self._folder)
+        except LoraNameError as e:
+            raise LoraError(name, str(e)) from e
 
     def get(self, source: str) -> LoraWeights:
         """`source`'s weights, read now if not kept (outside the lock: reads of other sources go on)."""
@@ -169,7 +180,7 @@ class LoraCache:
             if found is not None:
                 self._entries.move_to_end(source)
                 return found
-        weights = read_lora(source, self._model)
+        weights = read_lora(self._source(source), self._model)
         with self._lock:
             self._entries[source] = weights
             self._entries.move_to_end(source)

@@ -36,6 +36,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from pipeline import hub
 from pipeline.families import AUTO, Family, FamilyError, detect_family, family_named
 from pipeline.hub import Progress
+from pipeline.lora_names import LORA_PATTERNS
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ SDXL_PATTERNS = [
     "text_encoder_2/*.bin",
     "tokenizer_2/*",
 ]
-# A LoRA repository: its weights (diffusers' or kohya's layout, in one .safetensors file).
-LORA_PATTERNS = ["*.safetensors"]
 LORA_FIX = (
     "Pass a LoRA diffusers can load (`[model] lcm_lora`: a hub id such as latent-consistency/lcm-lora-sdv1-5, "
     "a folder or a .safetensors file), or leave it empty"

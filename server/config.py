@@ -182,6 +182,7 @@ class EngineConfig(_Section):
 
 
 class LoraConfig(_Section):
+    dir: str = ""
     slots: int = Field(8, ge=0, le=64)
     max_rank: int = Field(64, ge=1, le=256)
     cache_size: int = Field(4, ge=1, le=64)

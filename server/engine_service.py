@@ -100,6 +100,8 @@ class EngineService:
             "default_steps": engine.model.family.default_steps if engine else None,
             # The ControlNet kinds loaded (`[control] models`): a stream's `control` may use these.
             "control": list(engine.control.kinds) if engine and engine.control else [],
+            # Different LoRAs the device holds at once (`[lora] slots`; 0: LoRAs off).
+            "lora_slots": self._config.lora.slots,
             "device": str(engine.model.device) if engine else None,
             "dtype": str(engine.model.dtype).removeprefix("torch.") if engine else None,
             "resolution": engine.model.width if engine else None,
@@ -171,6 +173,7 @@ class EngineService:
                 cpu_threads=config.engine.cpu_threads,
                 warmup_steps=config.engine.warmup_steps,
                 control=control,
+                lora_dir=lora_folder(config),
                 on_batch=self._on_batch,
             )
             with self._lock:
@@ -237,6 +240,13 @@ class EngineService:
         assert self._loop is not None
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(apply)
+
+
+def lora_folder(config: Config) -> Path:
+    """Where LoRA names resolve (`[lora] dir`, or `<data dir>/loras`), made at start so it is there to fill."""
+    folder = Path(config.lora.dir) if config.lora.dir else Path(config.server.data_dir) / "loras"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def download_model(config: Config, *, full_precision: bool, progress: Callable[[int, int], None]) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
 
-from pipeline.contract import CONTROL_KINDS, MAX_CONTROL_SCALE
+from pipeline.contract import CONTROL_KINDS, MAX_CONTROL_SCALE, MAX_LORA_SCALE
 from pipeline.families import MAX_STEPS, MIN_STEPS
 
 MAX_PROMPT = 500
@@ -50,6 +50,10 @@ PastFrames = Annotated[int, Field(ge=0, le=4)]
 # ControlNet: the kind of control image made from each frame, and how strongly it steers (0 = off).
 ControlKind = Literal[CONTROL_KINDS]  # type: ignore[valid-type]
 ControlScale = Annotated[float, Field(ge=0.0, le=MAX_CONTROL_SCALE, allow_inf_nan=False)]
+# A LoRA: a .safetensors file or folder under `[lora] dir`, or a hub id (`pipeline.lora_names`), and the
+# scale it is worn at (1 = as trained; negative pushes away from it).
+LoraName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(one_line)]
+LoraScale = Annotated[float, Field(ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False)]
 # A model a new stream asks for: a model id as `[model] id` names it (hub id, folder, `tiny`...) or a
 # family (`sd-turbo`, `sd15`, `sdxl`); a cluster's front places the stream on a worker running it.
 ModelAsk = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(one_line)]

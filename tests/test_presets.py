@@ -33,6 +33,10 @@ async def server(make_config: Callable[..., Config]) -> AsyncIterator[RunningSer
     await stop_server(running)
 
 
+# How a preset that can be applied here is listed.
+AVAILABLE = {"available": True, "unavailable_reason": None}
+
+
 def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
     return {
         "id": preset_id,
@@ -45,7 +49,8 @@ def custom(preset_id: str = "my-look", **changes: Any) -> dict[str, Any]:
         "seed": 5,
         "temporal": {"feedback": 0.25, "frames": 0, "target": None},  # a look may bring its temporal memory
         "num_inference_steps": 2,
-        "control": {"kind": "depth", "scale": 0.7},  # and its ControlNet
+        "control": {"kind": "depth", "scale": 0.0},  # and its ControlNet (off: none is loaded here)
+        "loras": [],  # and its LoRAs (none)
         **changes,
     }
 
@@ -103,7 +108,7 @@ async def test_custom_preset_create_read_replace_delete(server: RunningServer) -
     status, replaced = await call(server, "PUT", "/api/presets/my-look", replacement)
     assert status == 200 and replaced["name"] == "Renamed" and replaced["strength"] == 0.6
     status, read = await call(server, "GET", "/api/presets/my-look")
-    assert (status, read) == (200, replaced)
+    assert (status, read) == (200, {**replaced, **AVAILABLE})
 
     status, body = await call(server, "POST", "/api/presets", custom())
     assert status == 409 and body["error"] == "preset exists"
@@ -318,7 +323,7 @@ async def test_custom_preset_and_usage_survive_a_restart(make_config: Callable[.
     second = await start_server(config)
     try:
         status, read = await call(second, "GET", "/api/presets/my-look")
-        assert (status, read) == (200, {**custom(), "builtin": False})
+        assert (status, read) == (200, {**custom(), "builtin": False, **AVAILABLE})
         usage = await second.app[control_keys.PRESETS].usage()
         assert (usage["my-look"], usage["anime"], usage["watercolor"]) == (1, 1, 0)
     finally:

@@ -56,7 +56,7 @@ async def test_the_seed_preset_example_is_created(server: RunningServer) -> None
     assert (preset["guidance_scale"], preset["strength"], preset["seed"]) == (1.5, 0.7, 9)
     assert "prompt_template" not in preset and "parameters" not in preset
     status, body = await server.call("GET", "/api/presets/my_cyberpunk")
-    assert status == 200 and body == preset
+    assert status == 200 and body == {**preset, "available": True, "unavailable_reason": None}
     for bad in (
         {**example, "id": "other", "template": "{prompt}"},  # both names for the template
         {**example, "id": "other2", "parameters": {"cfg_scale": 99}},

@@ -13,8 +13,6 @@ from typing import Any
 
 from server.http.errors import ApiError
 
-NOT_LOADED = {409: "a control kind [control] models did not load"}
-
 
 def unloaded_kind(described: Mapping[str, Any], control: Mapping[str, Any] | None) -> str | None:
     """The kind `control` asks for that the engine (its `describe()`) has not loaded, or None."""

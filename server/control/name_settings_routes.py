@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server import keys
-from server.control.control_ask import NOT_LOADED, refuse_unloaded_control
+from server.control.lora_ask import LOOK_ERRORS, refuse_look
 from server.control.settings import SettingsPatch, SettingsStore, StyleSettings, name_scope
 from server.http.inputs import read_model
 from server.http.names import path_name
@@ -46,12 +46,12 @@ async def get_name_settings(request: web.Request) -> web.Response:
     tag="settings",
     body=SettingsPatch,
     response=NameSettings,
-    errors=NOT_LOADED,
+    errors=LOOK_ERRORS,
 )
 async def patch_name_settings(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     patch = await read_model(request, SettingsPatch)
-    refuse_unloaded_control(request.app[keys.ENGINE].describe(), patch.values())
+    await refuse_look(request.app, patch.values())
     store = request.app[keys.SETTINGS]
     store.update_stream(name_scope(name), patch, "http")
     return _describe(store, name)

@@ -9,7 +9,8 @@ Addresses (the same under `/stylize/stream/<id>/...` for one stream, `/stylize/n
 and `/stylize/preset_prev`, as OSCQuery lists them; with no argument, or a button's 1 on press and
 0 on release: only a press steps), `/stylize/temporal/feedback f`, `/stylize/temporal/frames i`,
 `/stylize/temporal/target f` (each sets one field of `temporal`, keeping the others; a target of 0
-is none), `/stylize/control/kind s`, `/stylize/control/scale f` (each one field of `control`).
+is none), `/stylize/control/kind s`, `/stylize/control/scale f` (each one field of `control`),
+`/stylize/lora/scale i f` (the scale of the scope's i-th LoRA, 0-based; LoRAs are picked by name over HTTP).
 Ints pass where floats are expected; 0/1 floats and ints pass where an on/off is expected (buttons
 and toggles send floats). Anything malformed,
 out of range, unknown or from a source not on the allow-list is dropped, logged once per address
@@ -31,7 +32,8 @@ from pythonosc.osc_message import OscMessage
 
 from server.config import OscConfig, address_in, networks
 from server.control.osc_datagram import DatagramRejected, FramingReason, split_datagram
-from server.control.osc_namespace import LEAVES, PREFIX, STEPS, Leaf
+from server.control.osc_namespace import LEAVES, LORA_SCALE, PREFIX, STEPS, Leaf
+from server.control.presets import PresetUnavailableError
 from server.control.settings import SettingsPatch, SettingsStore, UnknownStreamError
 
 logger = logging.getLogger(__name__)
@@ -168,6 +170,9 @@ class OscListener(asyncio.DatagramProtocol):
         if name in ("preset", "preset/next", "preset/prev"):
             self._preset(name, args, stream_id)
             return
+        if name == LORA_SCALE:
+            self._apply(self._lora_scale(args, stream_id), stream_id)
+            return
         field = FIELDS.get(name)
         if field is None:
             raise OscRejected("unknown address", "address")
@@ -177,6 +182,9 @@ class OscListener(asyncio.DatagramProtocol):
             raise OscRejected(f"{name} takes a value, got nil")
         leaf = LEAVES[name]
         patch = self._patch(field, args[0]) if leaf.part is None else self._patch_part(leaf, args[0], stream_id)
+        self._apply(patch, stream_id)
+
+    def _apply(self, patch: SettingsPatch, stream_id: str | None) -> None:
         try:
             if stream_id is None:
                 self._settings.update_global(patch, "osc")
@@ -185,6 +193,24 @@ class OscListener(asyncio.DatagramProtocol):
         except UnknownStreamError as e:
             raise OscRejected(f"unknown stream {stream_id!r}", "address") from e
         self.accepted += 1
+
+    def _lora_scale(self, args: list[Any], stream_id: str | None) -> SettingsPatch:
+        """`lora/scale i f`: the scope's LoRAs now, with the i-th one's scale changed (no new LoRA comes
+        this way: picking one is a read the HTTP API checks first)."""
+        if len(args) != 2 or isinstance(args[0], bool) or not isinstance(args[0], int | float):
+            raise OscRejected(f"{LORA_SCALE} takes an index and a scale, got {args!r}")
+        index, scale = args
+        settings = self._settings.global_settings if stream_id is None else self._settings.effective(stream_id)
+        loras = [lora.model_dump() for lora in settings.loras]
+        if not float(index).is_integer() or not 0 <= int(index) < len(loras):
+            raise OscRejected(f"{LORA_SCALE}: no LoRA at index {index!r} (it wears {len(loras)})")
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise OscRejected(f"{LORA_SCALE} takes a number for the scale, got {scale!r}")
+        loras[int(index)]["scale"] = round(float(scale), 6)  # OSC floats are 32-bit
+        try:
+            return SettingsPatch.model_validate({"loras": loras})
+        except ValidationError as e:
+            raise OscRejected(f"{LORA_SCALE} {index} {scale!r}: {e.errors(include_url=False)[0]['msg']}") from e
 
     @staticmethod
     def _patch(field: str, value: Any) -> SettingsPatch:
@@ -263,6 +289,8 @@ class OscListener(asyncio.DatagramProtocol):
             self.accepted += 1
         except LookupError as e:
             self._reject(address, "preset", f"unknown preset ({e})")
+        except PresetUnavailableError as e:  # its LoRA or ControlNet cannot be had here
+            self._reject(address, "preset", str(e))
         except OSError as e:  # a recording refused: the recordings' disk share is full
             self._reject(address, "value", str(e))
         except Exception:

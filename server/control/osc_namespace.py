@@ -15,11 +15,12 @@ from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from pipeline.contract import CONTROL_KINDS, MAX_CONTROL_SCALE
+from pipeline.contract import CONTROL_KINDS, MAX_CONTROL_SCALE, MAX_LORA_SCALE, MAX_LORAS_PER_ROW
 from server.control.settings import SettingsChange, SettingsStore, StyleSettings, name_scope, scope_name
 from server.fields import MAX_GUIDANCE, MAX_SEED, MAX_STEPS
 
 PREFIX = "/stylize"
+LORA_SCALE = "lora/scale"  # two arguments (which LoRA, its scale): not a leaf of one setting
 ACCESS_NONE, ACCESS_WRITE, ACCESS_READ_WRITE = 0, 2, 3
 
 
@@ -198,7 +199,21 @@ def _scope_node(path: str, settings: StyleSettings, preset_ids: list[str], descr
         holder["CONTENTS"][part] = node
     for osc, (step, direction) in STEPS.items():
         contents[osc] = _button_node(f"{path}/{osc}", f"apply the {direction} preset ({PREFIX}/preset/{step} too)")
+    worn = {"scale": _lora_scale(path)}
+    contents["lora"] = _container(f"{path}/lora", "the LoRAs worn (set by name over HTTP)", worn)
     return _container(path, description, contents)
+
+
+def _lora_scale(path: str) -> dict[str, Any]:
+    """`lora/scale i f`: the scale of the i-th LoRA worn (0-based), write-only (a LoRA is picked by name over HTTP)."""
+    return {
+        "FULL_PATH": f"{path}/{LORA_SCALE}",
+        "TYPE": "if",
+        "ACCESS": ACCESS_WRITE,
+        "VALUE": [0, 1.0],  # write-only: only its types, for clients that type a method by its VALUE
+        "RANGE": [{"MIN": 0, "MAX": MAX_LORAS_PER_ROW - 1}, {"MIN": -MAX_LORA_SCALE, "MAX": MAX_LORA_SCALE}],
+        "DESCRIPTION": "the scale of the LoRA worn at this index (0 first): 1 as trained, 0 not at all",
+    }
 
 
 def _leaf_node(path: str, leaf: Leaf, settings: StyleSettings, preset_ids: list[str]) -> dict[str, Any]:

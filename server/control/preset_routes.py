@@ -7,10 +7,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from server import keys
 from server.control import keys as control_keys
+from server.control.lora_ask import LOOK_ERRORS, refuse_bad_loras
 from server.control.presets import (
     CATEGORY,
     MAX_SUBJECT,
@@ -19,10 +20,12 @@ from server.control.presets import (
     NewPreset,
     Preset,
     PresetFields,
+    PresetLibrary,
+    PresetUnavailableError,
     UnknownPresetError,
 )
-from server.control.settings import StyleSettings, UnknownStreamError
-from server.fields import OneLine
+from server.control.settings import StyleSettings, UnknownStreamError, name_scope
+from server.fields import OneLine, PublishName
 from server.http.errors import ApiError
 from server.http.inputs import read_model, read_query
 from server.http.openapi import operation
@@ -45,6 +48,18 @@ class ApplyBody(BaseModel):
         description="fills the {prompt} slot (user_prompt: the seed systems' name, as preview takes)",
     )
     stream_id: str | None = Field(None, min_length=1, max_length=64, description="apply to this stream only")
+    name: PublishName | None = Field(None, description="apply to this name (its every stream, saved) only")
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> ApplyBody:
+        if self.stream_id is not None and self.name is not None:
+            raise ValueError("send stream_id or name, not both")
+        return self
+
+    @property
+    def scope(self) -> str | None:
+        """The scope the preset goes to: a stream id, a name's scope, or None for global."""
+        return name_scope(self.name) if self.name is not None else self.stream_id
 
 
 class PreviewBody(BaseModel):
@@ -58,8 +73,17 @@ class PreviewBody(BaseModel):
     )
 
 
+class ListedPreset(Preset):
+    available: bool = Field(
+        description="whether it can be applied here: its LoRAs can be had, its ControlNet is loaded"
+    )
+    unavailable_reason: str | None = Field(description="why not, when it cannot")
+
+
 class PresetList(BaseModel):
-    presets: list[dict[str, Any]] = Field(description="each preset with its usage count")
+    presets: list[dict[str, Any]] = Field(
+        description="each preset with its usage count, and whether it can be applied here (available, and if not why)"
+    )
 
 
 class Deleted(BaseModel):
@@ -103,6 +127,14 @@ def _domain_errors() -> Iterator[None]:
         raise ApiError(403, "built-in presets are read-only", str(e)) from e
     except DuplicatePresetError as e:
         raise ApiError(409, "preset exists", str(e)) from e
+    except PresetUnavailableError as e:
+        raise ApiError(409, "preset unavailable", str(e)) from e
+
+
+def _listed(library: PresetLibrary, preset: Preset) -> dict[str, Any]:
+    """A preset as listed: with whether it can be applied here, and why not (its LoRA or ControlNet)."""
+    why = library.unavailable(preset)
+    return {**preset.model_dump(), "available": why is None, "unavailable_reason": why}
 
 
 @routes.get("/api/presets")
@@ -113,15 +145,16 @@ async def list_presets(request: web.Request) -> web.Response:
     library = request.app[control_keys.PRESETS]
     usage = await library.usage()
     presets = await library.presets(query.category)
-    return web.json_response({"presets": [{**p.model_dump(), "usage": usage.get(p.id, 0)} for p in presets]})
+    return web.json_response({"presets": [{**_listed(library, p), "usage": usage.get(p.id, 0)} for p in presets]})
 
 
 @routes.get("/api/presets/{preset_id}")
-@operation("One preset", tag="presets", response=Preset, errors=PRESET_ERRORS)
+@operation("One preset", tag="presets", response=ListedPreset, errors=PRESET_ERRORS)
 async def get_preset(request: web.Request) -> web.Response:
+    library = request.app[control_keys.PRESETS]
     with _domain_errors():
-        preset = await request.app[control_keys.PRESETS].get(request.match_info["preset_id"])
-    return web.json_response(preset.model_dump())
+        preset = await library.get(request.match_info["preset_id"])
+    return web.json_response(_listed(library, preset))
 
 
 @routes.post("/api/presets")
@@ -182,15 +215,17 @@ async def delete_preset(request: web.Request) -> web.Response:
     body=ApplyBody,
     body_required=False,
     response=Applied,
-    errors={404: "unknown preset or stream"},
+    errors={404: "unknown preset or stream", 409: "the preset's LoRA or ControlNet cannot be had here"} | LOOK_ERRORS,
     description="Without a prompt the subject of the current prompt is kept (else [presets] default_subject).",
 )
 async def apply_preset(request: web.Request) -> web.Response:
     body = await read_model(request, ApplyBody) if request.body_exists else ApplyBody()
+    library = request.app[control_keys.PRESETS]
     with _domain_errors():
-        applied = await request.app[control_keys.PRESETS].apply(
-            request.match_info["preset_id"], body.prompt, body.stream_id
-        )
+        preset = await library.get(request.match_info["preset_id"])
+        if preset.loras and library.unavailable(preset) is None:  # read before it is worn: a broken one is a 422
+            await refuse_bad_loras(request.app, {"loras": [lora.model_dump() for lora in preset.loras]})
+        applied = await library.apply(preset.id, body.prompt, body.scope)
     return web.json_response(
         {
             "preset": applied.preset.model_dump(),

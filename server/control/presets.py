@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -23,6 +24,7 @@ from server.config import CONFIGS
 from server.control.events import EventHub, PresetEvent
 from server.control.settings import (
     Control,
+    Loras,
     SettingsPatch,
     SettingsStore,
     StyleSettings,
@@ -64,16 +66,17 @@ CREATE TABLE IF NOT EXISTS preset_usage (
 );
 """
 # Columns added since the table first shipped (NULL in presets saved before them): temporal and
-# control, the preset's `Temporal` and `Control` as JSON; num_inference_steps, the steps it sets.
+# control and loras, the preset's `Temporal`, `Control` and LoRAs as JSON; num_inference_steps, its steps.
 ADDED_COLUMNS: list[AddedColumn] = [
     ("presets", "temporal", "TEXT"),
     ("presets", "num_inference_steps", "INTEGER"),
     ("presets", "control", "TEXT"),
+    ("presets", "loras", "TEXT"),
 ]
-_JSON_COLUMNS = ("temporal", "control")
+_JSON_COLUMNS = ("temporal", "control", "loras")
 _FIELDS = [
     "id", "name", "category", "template", "negative_prompt", "strength", "guidance_scale", "seed", "temporal",
-    "num_inference_steps", "control",
+    "num_inference_steps", "control", "loras",
 ]  # fmt: skip
 _COLUMNS = ", ".join(_FIELDS)
 
@@ -88,6 +91,14 @@ class BuiltinPresetError(Exception):
 
 class DuplicatePresetError(Exception):
     """A preset with that id exists already (built-in or custom)."""
+
+
+class PresetUnavailableError(Exception):
+    """The preset's LoRA or ControlNet cannot be had here; the message says which and why."""
+
+
+# Why a preset cannot be applied here (its LoRA is missing, its ControlNet kind not loaded), or None.
+Availability = Callable[["Preset"], str | None]
 
 
 def check_template(template: str) -> str:
@@ -138,6 +149,7 @@ class PresetFields(BaseModel):
     temporal: Temporal | None = Field(None, description="temporal memory the look brings; null: leaves it as it is")
     num_inference_steps: Steps | None = Field(None, description="steps it sets; null leaves the steps as they are")
     control: Control | None = Field(None, description="the ControlNet the look brings; null: leaves it as it is")
+    loras: Loras | None = Field(None, description="the LoRAs the look wears ([] none); null: leaves them as they are")
     prompt_template: str | None = Field(None, exclude=True, description="the seed systems' name for template")
     parameters: PresetParameters | None = Field(None, exclude=True, description="the seed systems' parameters")
 
@@ -200,6 +212,8 @@ def preset_patch(preset: Preset, subject: str) -> SettingsPatch:
         look["num_inference_steps"] = preset.num_inference_steps
     if preset.control is not None:
         look["control"] = preset.control.model_dump()
+    if preset.loras is not None:
+        look["loras"] = [lora.model_dump() for lora in preset.loras]
     return SettingsPatch.model_validate(look)
 
 
@@ -327,8 +341,10 @@ class PresetLibrary:
         settings: SettingsStore,
         events: EventHub,
         default_subject: str = "a person",
+        unavailable: Availability = lambda preset: None,
     ) -> None:
         self._builtins = {preset.id: preset for preset in builtins}  # keeps file order
+        self.unavailable = unavailable
         self._storage = storage
         self._settings = settings
         self._events = events
@@ -391,14 +407,20 @@ class PresetLibrary:
         """Apply a preset to the global settings, or to one stream's; `subject` fills its `{prompt}` slot.
 
         Without a subject, the one the current prompt was made with (when it came from a preset) is
-        kept, else the configured default. Raises `UnknownPresetError`, `UnknownStreamError`.
+        kept, else the configured default. Raises `UnknownPresetError`, `UnknownStreamError`,
+        `PresetUnavailableError`.
         """
         async with self._apply_lock:
             current = self._current(stream_id)
-            return await self._apply(await self.get(preset_id), subject, stream_id, current)
+            preset = await self.get(preset_id)
+            why = self.unavailable(preset)
+            if why is not None:
+                raise PresetUnavailableError(f"preset {preset_id!r} cannot be applied here: {why}")
+            return await self._apply(preset, subject, stream_id, current)
 
     async def step(self, direction: int, stream_id: str | None = None) -> AppliedPreset:
-        """Apply the preset `direction` places after the current one (-1: the previous), wrapping.
+        """Apply the preset `direction` places after the current one (-1: the previous), wrapping, among
+        the presets that can be applied here.
 
         With no current preset (or one since deleted), +1 gives the first preset and -1 the last.
         """
@@ -406,7 +428,7 @@ class PresetLibrary:
             raise ValueError("direction must be non-zero, got 0")
         async with self._apply_lock:
             current = self._current(stream_id)
-            ordered = await self.presets()
+            ordered = [preset for preset in await self.presets() if self.unavailable(preset) is None]
             ids = [preset.id for preset in ordered]
             if current.preset in ids:
                 index = (ids.index(current.preset) + direction) % len(ids)

@@ -14,11 +14,11 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.contract import FrameParams
+from pipeline.contract import MAX_LORAS_PER_ROW, FrameParams
 from server.fields import (
     DEFAULT_NAME,
     LATEST,
@@ -29,6 +29,8 @@ from server.fields import (
     Feedback,
     FlickerTarget,
     Guidance,
+    LoraName,
+    LoraScale,
     ModelAsk,
     PastFrames,
     PresetId,
@@ -79,6 +81,25 @@ class Control(BaseModel):
     scale: ControlScale = Field(0.0, description="how strongly it steers the picture, 0..2; 0 = off")
 
 
+class Lora(BaseModel):
+    """A LoRA a stream wears (`pipeline.lora_bank`): by name, at a scale."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: LoraName = Field(description="a .safetensors file or folder under [lora] dir, or a hub id (org/name)")
+    scale: LoraScale = Field(1.0, description="how strongly it is worn: 1 as trained, 0 not at all, negative away")
+
+
+def distinct_ids(loras: list[Lora]) -> list[Lora]:
+    names = [lora.id for lora in loras]
+    if len(set(names)) != len(names):
+        raise ValueError("names a LoRA twice: give each once, with its scale")
+    return loras
+
+
+Loras = Annotated[list[Lora], Field(max_length=MAX_LORAS_PER_ROW), AfterValidator(distinct_ids)]
+
+
 class StyleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -94,6 +115,7 @@ class StyleSettings(BaseModel):
     paused: bool = False
     temporal: Temporal = Temporal()
     control: Control = Control()
+    loras: Loras = []
     # Not a look: what a name's (or every) new stream asks to run on (`server.control.model_ask`).
     model: ModelAsk | None = None
 
@@ -112,6 +134,7 @@ class StyleSettings(BaseModel):
             num_inference_steps=self.num_inference_steps or 0,
             control_kind=self.control.kind,
             control_scale=self.control.scale,
+            loras=tuple((lora.id, lora.scale) for lora in self.loras),
         )
 
 
@@ -136,6 +159,7 @@ class SettingsPatch(BaseModel):
     paused: bool | None = None
     temporal: Temporal | None = None
     control: Control | None = None
+    loras: Loras | None = None
     model: ModelAsk | None = None
 
     def values(self) -> dict[str, Any]:
@@ -233,6 +257,10 @@ class SettingsStore:
 
     def stream_name(self, stream_id: str) -> str | None:
         return self._names.get(stream_id)
+
+    def stream_ids(self) -> list[str]:
+        """Every registered stream (not names' scopes)."""
+        return list(self._names)
 
     def names(self) -> list[str]:
         """Every name a registered stream has or that has overrides, sorted."""

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from server import keys
-from server.control.control_ask import NOT_LOADED, refuse_unloaded_control
+from server.control.lora_ask import LOOK_ERRORS, refuse_look
 from server.control.settings import (
     NullGlobalError,
     SettingsPatch,
@@ -65,12 +65,13 @@ async def get_settings(request: web.Request) -> web.Response:
     body=SettingsPatch,
     query=SourceQuery,
     response=StyleSettings,
-    errors=NOT_LOADED,
+    errors=LOOK_ERRORS,
     description="Only the fields sent change; every change is pushed to /api/events as a settings event.",
 )
 async def patch_settings(request: web.Request) -> web.Response:
     source = read_query(request, SourceQuery).source or "http"
     patch = await read_model(request, SettingsPatch)
+    await refuse_look(request.app, patch.values())
     return _apply_global(request, patch, source)
 
 
@@ -97,7 +98,6 @@ async def set_strength(request: web.Request) -> web.Response:
 
 
 def _apply_global(request: web.Request, patch: SettingsPatch, source: Source = "http") -> web.Response:
-    refuse_unloaded_control(request.app[keys.ENGINE].describe(), patch.values())
     try:
         settings = request.app[keys.SETTINGS].update_global(patch, source)
     except NullGlobalError as e:
@@ -127,7 +127,7 @@ async def get_stream_settings(request: web.Request) -> web.Response:
     body=StreamSettingsPatch,
     query=SourceQuery,
     response=StreamSettings,
-    errors=UNKNOWN_STREAM | NOT_LOADED,
+    errors=UNKNOWN_STREAM | LOOK_ERRORS,
     description="A field sent as null drops that override: the stream follows the global value again.",
 )
 async def patch_stream_settings(request: web.Request) -> web.Response:
@@ -136,6 +136,6 @@ async def patch_stream_settings(request: web.Request) -> web.Response:
     if not store.has_stream(stream_id):
         raise ApiError(404, "unknown stream", stream_id)
     patch = await read_model(request, StreamSettingsPatch)
-    refuse_unloaded_control(request.app[keys.ENGINE].describe(), patch.values())
+    await refuse_look(request.app, patch.values())
     settings = store.update_stream(stream_id, patch, read_query(request, SourceQuery).source or "http")
     return web.json_response({"settings": settings.model_dump(), "overrides": store.overrides(stream_id)})

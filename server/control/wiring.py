@@ -15,6 +15,7 @@ from server import keys
 from server.control import keys as control_keys
 from server.control import name_settings_routes, preset_routes, settings_routes, suggestion_routes
 from server.control.events import EVENT_TYPES, EventsQuery, SettingsEvent
+from server.control.lora_ask import preset_unavailable
 from server.control.osc import start_osc
 from server.control.osc_feedback import OscFeedback
 from server.control.oscquery import OscQueryServer
@@ -49,6 +50,7 @@ async def _presets_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.SETTINGS],
         app[keys.EVENTS],
         default_subject=app[keys.CONFIG].presets.default_subject,
+        unavailable=preset_unavailable(app),
     )
     yield
 

@@ -9,7 +9,7 @@ from aiortc import RTCSessionDescription
 from pydantic import BaseModel, ConfigDict, Field
 
 from server import keys
-from server.control.control_ask import refuse_unloaded_control
+from server.control.lora_ask import refuse_look
 from server.control.model_ask import asked_model, refuse_unless_runs
 from server.control.settings import StreamSettingsPatch
 from server.fields import DEFAULT_NAME, ModelAsk, PublishName
@@ -58,7 +58,8 @@ class HungUp(BaseModel):
     response=Answer,
     errors={
         400: "the offer is not SDP aiortc takes",
-        409: "no engine here runs the model asked for, or the control kind asked for is not loaded",
+        409: "no engine here runs the model asked for, the control kind asked for is not loaded, or too many LoRAs",
+        422: "a LoRA that cannot be worn with this model (or another bad field)",
         503: "server full, or the model not ready",
     },
 )
@@ -67,7 +68,7 @@ async def offer(request: web.Request) -> web.Response:
     asked = asked_model(request.app[keys.SETTINGS], body.name, body.model)
     refuse_unless_runs(request.app[keys.ENGINE].describe(), asked)
     if body.settings is not None:
-        refuse_unloaded_control(request.app[keys.ENGINE].describe(), body.settings.values())
+        await refuse_look(request.app, body.settings.values())
     peers = request.app[live_keys.PEERS]
     with refusals_as_http():
         description = RTCSessionDescription(sdp=body.sdp, type=body.type)
