@@ -115,17 +115,18 @@ class _Feeder:
             self.streams.send_round()
 
 
-def random_loras(model: ModelBundle, count: int, rank: int, folder: Path) -> list[str]:
+def random_loras(model: ModelBundle, count: int, rank: int, folder: Path, up: float = 0.01, seed: int = 0) -> list[str]:
     """`count` random LoRAs of `rank` on the model's attention layers, as .safetensors files in PEFT's
-    layout (which diffusers' loaders read as they read a trained one)."""
-    generator = torch.Generator().manual_seed(0)
+    layout (which diffusers' loaders read as they read a trained one); `up` sizes their up weights
+    (how much a LoRA changes the picture: a timing needs none to speak of, a test a visible one)."""
+    generator = torch.Generator().manual_seed(seed)
     layers = {name: shape for name, shape in covered_layers(model.unet).items() if ".to_" in name}
     sources = []
     for index in range(count):
         state = {}
         for name, (width_in, width_out) in layers.items():
             state[f"unet.{name}.lora_A.weight"] = torch.randn((rank, width_in), generator=generator) / width_in**0.5
-            state[f"unet.{name}.lora_B.weight"] = torch.randn((width_out, rank), generator=generator) * 0.01
+            state[f"unet.{name}.lora_B.weight"] = torch.randn((width_out, rank), generator=generator) * up
         path = folder / f"lora-{index}.safetensors"
         save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, path)
         sources.append(str(path))
