@@ -96,7 +96,7 @@ async def test_video_job_keeps_frames_rate_duration_and_audio(
             strength="0.7",
             seed="7",
             num_inference_steps="2",
-            control='{"kind": "canny", "scale": 0.6}',
+            control='{"kind": "depth", "scale": 0.0}',  # off: no ControlNet is loaded here
         )
         assert job["status"] == "pending"
         assert job["kind"] == "video"
@@ -104,7 +104,7 @@ async def test_video_job_keeps_frames_rate_duration_and_audio(
         assert job["params"]["strength"] == 0.7
         assert job["params"]["seed"] == 7
         assert job["params"]["num_inference_steps"] == 2
-        assert (job["params"]["control_kind"], job["params"]["control_scale"]) == ("canny", 0.6)
+        assert (job["params"]["control_kind"], job["params"]["control_scale"]) == ("depth", 0.0)
         assert job["media"]["audio"] == audio_codec
         assert job["frames_total"] == 20
         actions = []
@@ -188,6 +188,14 @@ async def test_bad_uploads_are_refused_with_the_right_status(server: RunningServ
     for control in ('{"kind": "pose", "scale": 1}', '{"kind": "canny", "scale": 2.5}', "canny"):
         status, body = await upload(server, clip, "clip.mp4", control=control)
         assert (status, body["detail"][0]["field"].split(".")[0]) == (422, "control"), control
+    # A LoRA that is not in the LoRA folder is refused naming it, as a live change of the look is.
+    status, body = await upload(server, clip, "clip.mp4", loras='[{"id": "nope.safetensors", "scale": 0.5}]')
+    assert (status, body["detail"][0]["field"]) == (422, "loras.0.id")
+    status, body = await upload(server, clip, "clip.mp4", loras='{"id": "x"}')
+    assert (status, body["detail"][0]["field"]) == (422, "loras")
+    # The ControlNet kind asked for is not loaded here: a 409 naming the kinds loaded (none).
+    status, body = await upload(server, clip, "clip.mp4", control='{"kind": "depth", "scale": 1}')
+    assert (status, body["detail"]) == (409, {"field": "control.kind", "kind": "depth", "loaded": []})
     status, body = await upload(server, clip, "clip.mp4", colour="red")
     assert (status, body["detail"][0]["field"]) == (422, "colour")
     status, body = await upload(server, clip, "clip.mp4", preset="noir")

@@ -22,8 +22,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, Json
 
 from server import keys
+from server.control.lora_ask import LOOK_ERRORS, refuse_look
 from server.control.presets import UnknownPresetError
-from server.control.settings import Control, StyleSettings
+from server.control.settings import Control, Loras, StyleSettings
 from server.fields import Prompt, Seed, Steps, Strength, field_error
 from server.http.errors import ApiError, invalid, validate
 from server.http.inputs import read_model, read_query
@@ -55,6 +56,7 @@ class JobForm(BaseModel):
     seed: Seed | None = None
     num_inference_steps: Steps | None = None
     control: Json[Control] | None = Field(None, description='the ControlNet, as JSON: {"kind": "depth", "scale": 0.8}')
+    loras: Json[Loras] | None = Field(None, description='the LoRAs, as JSON: [{"id": "ink.safetensors", "scale": 0.8}]')
 
 
 class JobUpload(JobForm):
@@ -108,7 +110,8 @@ class JobQuery(BaseModel):
     body_kind="multipart",
     response=JobOut,
     status=202,
-    errors={413: "upload too large", 415: "not multipart, or not a picture or clip taken", 422: "refused media"},
+    errors={413: "upload too large", 415: "not multipart, or not a picture or clip taken", 422: "refused media"}
+    | {409: LOOK_ERRORS[409]},
     description="Fields left out come from the global settings; a preset's {prompt} slot takes the prompt sent.",
 )
 async def create_job(request: web.Request) -> web.Response:
@@ -139,6 +142,7 @@ async def create_job(request: web.Request) -> web.Response:
             detail = f"{info.frames} frames, more than [jobs] max_frames ({config.max_frames})"
             raise invalid("file", detail)
         settings = await _job_settings(request.app, form)
+        await refuse_look(request.app, settings.model_dump(include={"control", "loras"}))
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, upload.parent, ignore_errors=True)
         raise
