@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from bench.engine import random_loras
+from pipeline import load_model
 from server.config import Config
 from server.testing.clips import make_image
 from server.testing.rtc_client import connect
@@ -675,6 +678,36 @@ async def test_the_structure_control_sets_the_controlnet_kind_and_scale_and_foll
                      && document.getElementById('control-scale-value').textContent === '1.50'""",
             timeout=5_000,
         )
+        assert under_test.unexpected_errors() == []
+    finally:
+        await stop_server(running)
+
+
+async def test_presets_show_their_loras_and_one_that_cannot_be_applied_here_is_disabled(
+    browser: Any, make_config: Callable[..., Config], model_cache: Path, tmp_path: Path
+) -> None:
+    tiny = load_model("tiny", data_dir=model_cache.parent, device=torch.device("cpu"))
+    [lora] = random_loras(tiny, 1, 4, tmp_path, up=0.5)
+    running = await start_server(make_config(engine={"max_batch": 1}, lora={"dir": str(tmp_path)}))
+    try:
+        look = {"category": "custom", "template": "an ink drawing of {prompt}"}
+        for preset_id, name in (("ink-look", Path(lora).name), ("gone-look", "gone.safetensors")):
+            body = {**look, "id": preset_id, "name": preset_id, "loras": [{"id": name, "scale": 0.7}]}
+            async with running.http.post(running.url("/api/presets"), json=body) as response:
+                assert response.status == 201
+        under_test = await open_page(browser, running)
+        page = under_test.page
+        gone = page.locator("#preset-chips .chip[data-preset=gone-look]")
+        await gone.wait_for()
+        assert await gone.is_disabled()
+        assert "unavailable here: no 'gone.safetensors' in the LoRA folder" in (await gone.get_attribute("title") or "")
+        assert "LoRAs: lora-0.safetensors 0.70" in (await page.get_attribute("[data-preset=ink-look]", "title") or "")
+        assert await page.is_hidden("#loras-worn")  # the look wears none yet
+        await page.click("#preset-chips .chip[data-preset=ink-look]")
+        await page.wait_for_function(
+            "document.getElementById('loras-worn').textContent === 'LoRAs: lora-0.safetensors 0.70'", timeout=5_000
+        )
+        assert (await get_json(running, "/api/settings"))["loras"] == [{"id": "lora-0.safetensors", "scale": 0.7}]
         assert under_test.unexpected_errors() == []
     finally:
         await stop_server(running)

@@ -78,6 +78,8 @@ export class StyleControls {
       ui.controlScale.value = String(settings.control.scale);
     }
     ui.controlScaleValue.textContent = Number(ui.controlScale.value).toFixed(2);
+    ui.lorasWorn.hidden = settings.loras.length === 0;
+    ui.lorasWorn.textContent = `LoRAs: ${describeLoras(settings.loras)}`;
     this.#showPreset(settings.preset);
     this.#showPaused(settings.paused, settings.paused !== wasPaused ? source : this.pausedBy);
   }
@@ -92,7 +94,14 @@ export class StyleControls {
   setPresets(presets) {
     this.presets = presets;
     const ui = this.ui;
-    ui.preset.replaceChildren(new Option("(none)", ""), ...presets.map((p) => new Option(p.name, p.id)));
+    ui.preset.replaceChildren(
+      new Option("(none)", ""),
+      ...presets.map((p) => {
+        const option = new Option(p.loras && p.loras.length ? `${p.name} (${describeLoras(p.loras)})` : p.name, p.id);
+        option.disabled = p.available === false;
+        return option;
+      }),
+    );
     ui.presetChips.replaceChildren(
       ...presets.map((p) => {
         const chip = document.createElement("button");
@@ -100,7 +109,13 @@ export class StyleControls {
         chip.className = "chip";
         chip.textContent = p.name;
         chip.dataset.preset = p.id;
-        chip.title = p.template;
+        // What the look brings besides its prompt: its LoRAs and ControlNet; why it cannot be applied here.
+        const brings = [p.template];
+        if (p.loras && p.loras.length) brings.push(`LoRAs: ${describeLoras(p.loras)}`);
+        if (p.control && p.control.scale > 0) brings.push(`structure: ${p.control.kind} ${p.control.scale}`);
+        if (p.available === false) brings.push(`unavailable here: ${p.unavailable_reason}`);
+        chip.title = brings.join("\n");
+        chip.disabled = p.available === false;
         chip.addEventListener("click", () => this.applyPreset(p.id));
         return chip;
       }),
@@ -235,4 +250,9 @@ export class StyleControls {
     ui.preset.value = value;
     for (const chip of ui.presetChips.children) chip.classList.toggle("active", chip.dataset.preset === value);
   }
+}
+
+// "ink.safetensors 0.80, org/style 1.00": the LoRAs a look wears, by name and scale.
+function describeLoras(loras) {
+  return loras.map((lora) => `${lora.id} ${Number(lora.scale).toFixed(2)}`).join(", ");
 }

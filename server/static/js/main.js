@@ -36,6 +36,7 @@ const ui = {
   feedbackValue: $("feedback-value"),
   flickerTarget: $("flicker-target"),
   pastFrames: $("past-frames"),
+  lorasWorn: $("loras-worn"),
   controlGroup: $("control-group"),
   controlKind: $("control-kind"),
   controlScale: $("control-scale"),
