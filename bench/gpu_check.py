@@ -1,11 +1,11 @@
 """One call proves the engine on a GPU and measures it: the CUDA tests, the engine benchmark of every
 `arch:` model against diffusers (`arch:sdxl-turbo` and `arch:sd15` at 1, 2 and 4 steps), the live
 benchmark with client processes, the temporal techniques' cost and the per-person looks' cost
-(ControlNet off, on every row, two kinds mixed), into one JSON.
+(ControlNet off, on every row, two kinds mixed; none and 16 different LoRAs), into one JSON.
 
     python -m bench.gpu_check --only tests,engine,live    # on a CUDA machine: about 8 minutes
     python -m bench.gpu_check --only families,flicker     # then about 8 more (a device call is 10 at most)
-    python -m bench.gpu_check --only looks                # then about 3 more
+    python -m bench.gpu_check --only looks                # then about 4 more
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
 
 Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
@@ -51,7 +51,7 @@ class Plan:
     # The temporal techniques' cost (frames/s each against off; random weights make the figures
     # themselves meaningless there: those come from the CPU run with the tiny model).
     flicker_args: list[str]
-    # The looks' cost: a ControlNet per kind with random weights on the SD 1.5 architecture.
+    # The looks' cost: a ControlNet per kind and random rank-16 LoRAs on the SD 1.5 architecture.
     looks_args: list[str]
     limits: dict[str, float]
 
@@ -69,9 +69,12 @@ def plan_for(device: str) -> Plan:
                 *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
             ],
             flicker_args=["--model", "arch:sd-turbo", "--size", "512", "--frames", "60", "--streams", "8"],
-            looks_args=[*("--model", "arch:sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "8")],
+            looks_args=[
+                *("--model", "arch:sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "16"),
+                *("--loras", "0,16"),
+            ],
             # families: building SDXL's 2.6 B random weights on the CPU alone takes about a minute
-            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120, "looks": 200},
+            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120, "looks": 300},
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
@@ -84,7 +87,9 @@ def plan_for(device: str) -> Plan:
             *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
         ],
         flicker_args=["--model", "tiny", "--size", "64", "--frames", "6", "--streams", "2"],
-        looks_args=[*("--model", "tiny-sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "2")],
+        looks_args=[
+            *("--model", "tiny-sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "2", "--loras", "0,2")
+        ],
         limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120, "looks": 120},
     )
 
@@ -106,9 +111,11 @@ TARGETS = {
     # Batch time at most 1.15x the plain one.
     "cached_attention_speed_vs_off": ("cached attention 2 frames, 8 streams of 512²: frames/s against off", 0.87),
     "controlnet_model_time_vs_off_x": (
-        "arch:sd15 batch 8, one ControlNet on every row: the model stage against none (x, at most)",
+        "arch:sd15 batch 16, one ControlNet on every row: the model stage against none (x, at most)",
         1.6,
     ),
+    # Batch time at most 1.2x none's.
+    "loras_16_speed_vs_none": ("arch:sd15 batch 16, 16 different LoRAs: frames/s against none", 0.83),
 }
 
 
@@ -208,7 +215,13 @@ def figures(
         "feedback_speed_vs_off": _speed(flicker, "feedback 0.6"),
         "cached_attention_speed_vs_off": _speed(flicker, "cached attention 2 frames"),
         "controlnet_model_time_vs_off_x": _look(looks, "one kind on every row"),
+        "loras_16_speed_vs_none": _loras(looks, 16),
     }
+
+
+def _loras(looks: dict[str, Any] | None, count: int) -> float | None:
+    rows = [r for r in (looks or {}).get("engine", []) if r.get("loras") == count and r["mode"] == "streaming"]
+    return rows[0].get("lora_vs_none") if rows else None
 
 
 def _look(looks: dict[str, Any] | None, run: str) -> float | None:
@@ -284,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         flicker = newest(flicker_out, "flicker-")
         looks_out = work / "looks"
         command = [sys.executable, "-m", "bench.engine", *plan.looks_args, "--data-dir", str(data), "--seconds"]
-        command += ["4" if args.device == "cuda" else "0.2", "--out", str(looks_out)]
+        command += ["3" if args.device == "cuda" else "0.2", "--out", str(looks_out)]
         if "looks" in only:
             steps.append(run_step("looks", command, plan.limits["looks"], env))
         looks = newest(looks_out, "engine-")

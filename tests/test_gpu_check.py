@@ -43,6 +43,7 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     runs = report["looks"]["control"]["runs"]
     assert list(runs) == ["off", "one kind on every row", "two kinds mixed"]
     assert runs["off"]["model_time_vs_off"] == 1.0 and all(run["frames_per_s"] > 0 for run in runs.values())
+    assert {row["loras"] for row in report["looks"]["engine"]} == {0, 2}
 
 
 def test_targets_are_read_from_the_figures_and_judged() -> None:
@@ -68,7 +69,10 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
             {"technique": "cached attention 2 frames", "speed_vs_off": 0.8},
         ]
     }
-    looks = {"control": {"runs": {"one kind on every row": {"model_time_vs_off": 1.45}}}}
+    looks = {
+        "control": {"runs": {"one kind on every row": {"model_time_vs_off": 1.45}}},
+        "engine": [{"loras": 16, "mode": "streaming", "lora_vs_none": 0.8}],
+    }
     verdict = judged(figures(engine, live, flicker, looks))
     assert verdict.keys() == TARGETS.keys()
     assert verdict["sd_turbo_batch1_fps"] == {**verdict["sd_turbo_batch1_fps"], "value": 130.0, "met": True}
@@ -83,4 +87,5 @@ def test_targets_are_read_from_the_figures_and_judged() -> None:
         1.45,
         True,
     )
+    assert (verdict["loras_16_speed_vs_none"]["value"], verdict["loras_16_speed_vs_none"]["met"]) == (0.8, False)
     assert all(entry["met"] is None for entry in judged(figures({}, None)).values())
