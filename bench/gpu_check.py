@@ -4,6 +4,7 @@ benchmark with client processes and the temporal techniques' cost, into one JSON
 
     python -m bench.gpu_check --only tests,engine,live    # on a CUDA machine: about 8 minutes
     python -m bench.gpu_check --only families,flicker     # then about 8 more (a device call is 10 at most)
+    python -m bench.gpu_check --only stream_batch         # StreamDiffusion's stream batch: about 3 more
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
 
 Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
@@ -49,6 +50,8 @@ class Plan:
     # The temporal techniques' cost (frames/s each against off; random weights make the figures
     # themselves meaningless there: those come from the CPU run with the tiny model).
     flicker_args: list[str]
+    # StreamDiffusion's stream batch against the engine's schedule (bench.stream_batch), per step count and streams.
+    stream_batch_args: list[str]
     limits: dict[str, float]
 
 
@@ -65,8 +68,18 @@ def plan_for(device: str) -> Plan:
                 *("--clients", "8", "--changes", "10", "--engine-batch", "8"),
             ],
             flicker_args=["--model", "arch:sd-turbo", "--size", "512", "--frames", "60", "--streams", "8"],
+            stream_batch_args=[
+                "--model",
+                "arch:sd15,arch:sdxl-turbo",
+                "--steps",
+                "2,4",
+                "--batch",
+                "1,4,8",
+                "--seconds",
+                "3",
+            ],
             # families: building SDXL's 2.6 B random weights on the CPU alone takes about a minute
-            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120},
+            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120, "stream_batch": 300},
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
@@ -79,12 +92,13 @@ def plan_for(device: str) -> Plan:
             *("--model", "tiny", "--size", "64", "--peers", "1", "--seconds", "1", "--clients", "1", "--changes", "0"),
         ],
         flicker_args=["--model", "tiny", "--size", "64", "--frames", "6", "--streams", "2"],
-        limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120},
+        stream_batch_args=["--model", "tiny-sd15", "--steps", "2", "--batch", "1", "--seconds", "0.2"],
+        limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120, "stream_batch": 120},
     )
 
 
 # The parts of a run, in order; `--only` picks some (two calls when one would pass a call's limit).
-PARTS = ("tests", "engine", "families", "live", "flicker")
+PARTS = ("tests", "engine", "families", "live", "flicker", "stream_batch")
 
 # What a GPU run should show (README, Benchmarks): name -> (what, the target).
 TARGETS = {
@@ -263,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         if "flicker" in only:
             steps.append(run_step("flicker", [*command, "--out", str(flicker_out)], plan.limits["flicker"], env))
         flicker = newest(flicker_out, "flicker-")
+        stream_out = work / "stream-batch"
+        command = [sys.executable, "-m", "bench.stream_batch", *plan.stream_batch_args, "--data-dir", str(data)]
+        if "stream_batch" in only:
+            steps.append(
+                run_step("stream batch", [*command, "--out", str(stream_out)], plan.limits["stream_batch"], env)
+            )
+        found = [json.loads(path.read_text()) for path in sorted(stream_out.glob("stream-batch-*.json"))]
+        stream_batch = {result["model"]: result for result in found}  # one JSON per model
     facts = device_facts(args.device)
     report = {
         "command": " ".join(["python -m bench.gpu_check", *(sys.argv[1:] if argv is None else argv)]),
@@ -271,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine,
         "live": live,
         "flicker": flicker,
+        "stream_batch": stream_batch,
         "targets": judged(figures(engine, live, flicker)) if args.device == "cuda" else {},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -124,17 +125,23 @@ class StreamBatch:
         return decoded.float().clamp(-1.0, 1.0)
 
 
-def _timed(tick: Callable[[torch.Tensor], torch.Tensor], frames: list[torch.Tensor], seconds: float) -> list[float]:
-    """Seconds per tick, ticking through `frames` over and over for `seconds` (3 ticks at least)."""
+def _timed(
+    ticks: list[Callable[[torch.Tensor], torch.Tensor]], frames: list[torch.Tensor], seconds: float
+) -> list[list[float]]:
+    """Seconds per tick of each schedule, taking turns tick by tick for `seconds` (3 turns at least), so a
+    load that comes and goes on the machine weighs on both alike."""
     cuda = frames[0].device.type == "cuda"
-    times: list[float] = []
+    times: list[list[float]] = [[] for _ in ticks]
     start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
-        began = time.perf_counter()
-        tick(frames[len(times) % len(frames)])
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - began)
+    turn = 0
+    while time.perf_counter() - start < seconds or turn < 3:
+        for tick, own in zip(ticks, times, strict=True):
+            began = time.perf_counter()
+            tick(frames[turn % len(frames)])
+            if cuda:
+                torch.cuda.synchronize()
+            own.append(time.perf_counter() - began)
+        turn += 1
     return times
 
 
@@ -152,8 +159,7 @@ def bench_pair(model: ModelBundle, steps: int, streams: int, seconds: float) -> 
     outputs = [stream.tick(frame) for frame in frames[:steps]]
     max_abs_diff = float((outputs[-1] - expected).abs().max())
 
-    plain_times = _timed(plain, frames, seconds)
-    stream_times = _timed(stream.tick, frames, seconds)
+    plain_times, stream_times = _timed([plain, stream.tick], frames, seconds)
     plain_s = statistics.median(plain_times)
     stream_s = statistics.median(stream_times)
     return {
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default="2,4", help="denoising steps per frame, e.g. 2,4")
     parser.add_argument("--batch", default="1,4", help="streams, e.g. 1,4,8")
     parser.add_argument("--resolution", type=int, default=0, help="0 = the model's native size")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per schedule and (steps, streams)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per (steps, streams), both schedules in turn")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -207,6 +213,7 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         dtype=default_dtype(device, args.dtype),
         resolution=args.resolution or None,
     )
+    load_before = os.getloadavg()[0]
     rows = [
         bench_pair(model, int(steps), int(streams), args.seconds)
         for steps in args.steps.split(",")
@@ -220,6 +227,8 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(model.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
+        # Anything else running skews CPU figures: the machine's 1-minute load average around the runs.
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,

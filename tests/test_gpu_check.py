@@ -28,6 +28,7 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
         "engine tiny-sdxl,tiny-sd15",
         "live",
         "flicker",
+        "stream batch",
     ]
     assert all(step["rc"] == 0 for step in report["steps"]), report["steps"]
     assert report["steps"][0]["counts"]["tests"] > 0  # the CUDA tests were collected (and skipped here)
@@ -39,6 +40,8 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     assert {(run["peers"], run["strength"]) for run in report["live"]["runs"]} == {(1, 0.0), (1, 0.5)}
     techniques = report["flicker"]["techniques"]
     assert techniques[0]["technique"] == "off" and all(row["frames_per_s"] > 0 for row in techniques)
+    [stream] = report["stream_batch"]["tiny-sd15"]["results"]
+    assert stream["stream"]["frames_behind"] == 1 and stream["max_abs_diff"] < 1e-4
 
 
 def test_targets_are_read_from_the_figures_and_judged() -> None:
