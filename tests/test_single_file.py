@@ -11,6 +11,7 @@ that script's tables, for this fixture only: the loader under test maps them bac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,10 +35,10 @@ RESNET = {
 }
 
 
-def _unet_prefixes(config: dict[str, object]) -> dict[str, str]:
+def _unet_prefixes(config: dict[str, Any]) -> dict[str, str]:
     """Each diffusers UNet block's prefix -> the original layout's (input_blocks, middle_block, output_blocks)."""
-    per = int(str(config["layers_per_block"]))
-    ups = list(config["up_block_types"])  # type: ignore[call-overload]
+    per = int(config["layers_per_block"])
+    ups = [str(kind) for kind in config["up_block_types"]]
     prefixes = {
         "conv_in.": "input_blocks.0.0.",
         "time_embedding.linear_1.": "time_embed.0.",
@@ -57,7 +58,7 @@ def _unet_prefixes(config: dict[str, object]) -> dict[str, str]:
             prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (per + 1) + j}.1."
         if i < len(ups) - 1:
             prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * (per + 1)}.0.op."
-            after = 2 if "CrossAttn" in str(ups[i]) else 1
+            after = 2 if "CrossAttn" in ups[i] else 1
             prefixes[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (per + 1) + per}.{after}."
     return prefixes
 
