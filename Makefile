@@ -95,11 +95,12 @@ bench-gpu: $(STAMP)
 	$(PY) -m bench.engine --model arch:sd-turbo --batch-sizes 1,8 --seconds 10 --compile reduce-overhead
 
 # Proves the engine on a GPU and measures it, one JSON under bench/results/ per call; a device call is
-# at most 10 minutes, so it runs as three: `make gpu-check ONLY=tests,engine,live`, ONLY=families,flicker, ONLY=looks.
+# at most 10 minutes, so it runs as three: `make gpu-check ONLY=tests,engine,live`, ONLY=families,flicker and
+# ONLY=looks,stream_batch (the looks' cost; StreamDiffusion's stream batch against the engine's schedule).
 # On a box without a venv (the lent GPU machine): the interpreter there, with the wheelhouse on its path.
 # `make gpu-check DEVICE=cpu` is the same script in seconds on tiny models (make test runs it).
 DEVICE ?= cuda
-ONLY ?= tests,engine,families,live,flicker,looks
+ONLY ?= tests,engine,families,live,flicker,looks,stream_batch
 GPU_OUT ?= bench/results
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:

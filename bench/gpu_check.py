@@ -5,7 +5,7 @@ benchmark with client processes, the temporal techniques' cost and the per-perso
 
     python -m bench.gpu_check --only tests,engine,live    # on a CUDA machine: about 8 minutes
     python -m bench.gpu_check --only families,flicker     # then about 8 more (a device call is 10 at most)
-    python -m bench.gpu_check --only looks                # then about 4 more
+    python -m bench.gpu_check --only looks,stream_batch   # then about 7 more: looks; StreamDiffusion's stream batch
     python -m bench.gpu_check --device cpu     # the same steps in seconds on tiny models (make test runs it)
 
 Runs from the source tree with `PYTHONPATH` (the `make wheelhouse` wheels for what the machine
@@ -53,6 +53,8 @@ class Plan:
     flicker_args: list[str]
     # The looks' cost: a ControlNet per kind and random rank-16 LoRAs on the SD 1.5 architecture.
     looks_args: list[str]
+    # StreamDiffusion's stream batch against the engine's schedule (bench.stream_batch), per step count and streams.
+    stream_batch_args: list[str]
     limits: dict[str, float]
 
 
@@ -73,8 +75,21 @@ def plan_for(device: str) -> Plan:
                 *("--model", "arch:sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "16"),
                 *("--loras", "0,16"),
             ],
+            stream_batch_args=[
+                "--model",
+                "arch:sd15,arch:sdxl-turbo",
+                "--steps",
+                "2,4",
+                "--batch",
+                "1,4,8",
+                "--seconds",
+                "3",
+            ],
             # families: building SDXL's 2.6 B random weights on the CPU alone takes about a minute
-            limits={"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120, "looks": 300},
+            limits={
+                **{"tests": 120, "engine": 200, "families": 420, "live": 240, "flicker": 120},
+                **{"looks": 300, "stream_batch": 300},
+            },
         )
     # The dry run: every step on the CPU with the tiny model, so the script itself never rots.
     return Plan(
@@ -90,12 +105,13 @@ def plan_for(device: str) -> Plan:
         looks_args=[
             *("--model", "tiny-sd15", "--control", "tiny", "--steps", "1", "--batch-sizes", "2", "--loras", "0,2")
         ],
-        limits={"tests": 120, "engine": 120, "families": 120, "live": 120, "flicker": 120, "looks": 120},
+        stream_batch_args=["--model", "tiny-sd15", "--steps", "2", "--batch", "1", "--seconds", "0.2"],
+        limits=dict.fromkeys(PARTS, 120.0),
     )
 
 
 # The parts of a run, in order; `--only` picks some (two calls when one would pass a call's limit).
-PARTS = ("tests", "engine", "families", "live", "flicker", "looks")
+PARTS = ("tests", "engine", "families", "live", "flicker", "looks", "stream_batch")
 
 # What a GPU run should show (README, Benchmarks): name -> (what, the target).
 TARGETS = {
@@ -301,6 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         if "looks" in only:
             steps.append(run_step("looks", command, plan.limits["looks"], env))
         looks = newest(looks_out, "engine-")
+        stream_out = work / "stream-batch"
+        command = [sys.executable, "-m", "bench.stream_batch", *plan.stream_batch_args, "--data-dir", str(data)]
+        if "stream_batch" in only:
+            steps.append(
+                run_step("stream batch", [*command, "--out", str(stream_out)], plan.limits["stream_batch"], env)
+            )
+        found = [json.loads(path.read_text()) for path in sorted(stream_out.glob("stream-batch-*.json"))]
+        stream_batch = {result["model"]: result for result in found}  # one JSON per model
     facts = device_facts(args.device)
     report = {
         "command": " ".join(["python -m bench.gpu_check", *(sys.argv[1:] if argv is None else argv)]),
@@ -310,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "live": live,
         "flicker": flicker,
         "looks": looks,
+        "stream_batch": stream_batch,
         "targets": judged(figures(engine, live, flicker, looks)) if args.device == "cuda" else {},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -29,6 +29,9 @@ class Family:
     default_steps: int  # what a frame runs when no setting asks for a number of steps
     tiny_vae: str  # the tiny VAE a hub model runs with by default ([model] vae = "auto")
     text_encoders: int  # 2 for SDXL: pooled embeddings and micro-conditioning come with the second
+    arch: str  # its architecture in `pipeline/archs/`: the configs a single-file checkpoint of it loads with
+    # The hub repository whose tokenizers a single-file checkpoint uses (CLIP's vocabulary is too big to ship).
+    reference: str
 
     @property
     def pooled(self) -> bool:
@@ -36,9 +39,9 @@ class Family:
 
 
 FAMILIES = {
-    "sd-turbo": Family("sd-turbo", 1, "madebyollin/taesd", 1),
-    "sd15": Family("sd15", 4, "madebyollin/taesd", 1),
-    SDXL: Family(SDXL, 1, "madebyollin/taesdxl", 2),
+    "sd-turbo": Family("sd-turbo", 1, "madebyollin/taesd", 1, "sd-turbo", "stabilityai/sd-turbo"),
+    "sd15": Family("sd15", 4, "madebyollin/taesd", 1, "sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    SDXL: Family(SDXL, 1, "madebyollin/taesdxl", 2, "sdxl-turbo", "stabilityai/sdxl-turbo"),
 }
 
 

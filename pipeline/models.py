@@ -8,7 +8,10 @@ Specs:
   `<data_dir>/models/<name>` in diffusers format and loaded back from there, so tests exercise the
   real loading path;
 - `arch:<name>` (`sd-turbo`, `sd15`, `sdxl-turbo`): the real architecture from `pipeline/archs/<name>/`
-  with random weights, for measuring speed where weights cannot be downloaded.
+  with random weights, for measuring speed where weights cannot be downloaded;
+- a single `.safetensors` file in the original layout (`pipeline.single_file`): its configs from `[model] config`
+  (a diffusers folder or hub id) or the family's architecture, its tokenizers from there or the family's
+  reference repository in the hub cache, its VAE its own unless `[model] vae` names one.
 
 Every model belongs to a family (`pipeline.families`), told from its own config unless `[model] family`
 says otherwise: it decides the text conditioning (one encoder, or SDXL's two with pooled embeddings and
@@ -24,7 +27,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +36,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, LCMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from pipeline import hub
+from pipeline import hub, single_file
 from pipeline.families import AUTO, Family, FamilyError, detect_family, family_named
 from pipeline.hub import Progress
 from pipeline.lora_names import LORA_PATTERNS
@@ -74,6 +77,10 @@ VAE_PATTERNS = ["vae/config.json", "vae/*.safetensors", "vae/*.bin"]
 OFFLINE_FIX = (
     "Fetch it where there is network with `python -m server download` (it lands in the hub cache), "
     "or run `--model tiny` (or STYLIZE_MODEL=tiny), or pass a local diffusers folder"
+)
+SINGLE_FILE_FIX = (
+    "Pass a .safetensors checkpoint in the original Stable Diffusion layout (SD 1.5, SD 2.x or SDXL), "
+    "with [model] config (STYLIZE_MODEL_CONFIG) naming its diffusers configs where they are not the family's own"
 )
 FOLDER_FIX = "Pass a diffusers folder (unet/, text_encoder/, tokenizer/, scheduler/, vae/), a hub id, or `--model tiny`"
 # Without accelerate, asking diffusers for low-memory loading only earns a warning: ask for what works.
@@ -142,12 +149,14 @@ def load_model(
     family: str = AUTO,
     resolution: int | None = None,
     lcm_lora: str = "",
+    config: str = "",
     progress: Progress | None = None,
 ) -> ModelBundle:
     """Load `spec` (see the module docstring); `vae` is `AUTO_VAE`, "" (the model's own) or a hub id/folder;
     `family` is `AUTO` (told from the model's config) or a family's name; `lcm_lora` (a hub id, a
     folder or a `.safetensors` file) is a LoRA fused into the weights at load, such as
-    `latent-consistency/lcm-lora-sdv1-5`, which makes an SD 1.5 checkpoint an LCM one.
+    `latent-consistency/lcm-lora-sdv1-5`, which makes an SD 1.5 checkpoint an LCM one; `config` (a diffusers
+    folder or hub id) holds the configs and tokenizers a single-file `spec` loads with, "" the family's own.
 
     Raises `ModelUnavailableError` naming the component that could not be had and why, or the family
     that is unknown or cannot be told.
@@ -159,9 +168,15 @@ def load_model(
             parts = _build_arch(spec[len(ARCH_PREFIX) :], dtype, family)
         else:
             files = fetch_model(
-                spec, vae, data_dir=data_dir, fp16=dtype != torch.float32, family=family, progress=progress
+                spec,
+                vae,
+                data_dir=data_dir,
+                fp16=dtype != torch.float32,
+                family=family,
+                config=config,
+                progress=progress,
             )
-            parts = _load_files(files, dtype)
+            parts = _load_single_file(files, dtype) if files.checkpoint is not None else _load_files(files, dtype)
     except FamilyError as e:
         raise ModelUnavailableError(str(e)) from e
     if lcm_lora:
@@ -200,7 +215,7 @@ class Files:
 
     component: str
     name: str  # a hub id or a folder, as given
-    kind: Literal["hub", "folder", "built-in"]
+    kind: Literal["hub", "folder", "built-in", "file"]
     folder: Path
     subfolder: str | None
 
@@ -213,6 +228,9 @@ class ModelFiles:
     model: Files  # the folder holding unet/, text_encoder/, tokenizer/, scheduler/ (and SDXL's *_2/)
     vae: Files
     family: Family
+    # A single-file checkpoint: the file; `model` then holds the configs it loads with, `tokenizer` its tokenizers.
+    checkpoint: Path | None = None
+    tokenizer: Files | None = None
 
 
 def fetch_model(
@@ -222,6 +240,7 @@ def fetch_model(
     data_dir: Path,
     fp16: bool,
     family: str = AUTO,
+    config: str = "",
     progress: Progress | None = None,
 ) -> ModelFiles:
     """Every file `spec` needs, on this machine: from its folder, the hub cache, or downloaded now.
@@ -232,6 +251,8 @@ def fetch_model(
     Raises `ModelUnavailableError`, or `FamilyError` for a family unknown or not to be told.
     """
     wanted = None if family == AUTO else family_named(family)
+    if single_file.is_single_file(spec):
+        return _fetch_single_file(spec, vae, wanted, config, fp16, progress)
     if spec in TWINS:
         folder = ensure_tiny_model(data_dir / "models" / spec, TWINS[spec])
         model = Files("model", spec, "built-in", folder, None)
@@ -254,6 +275,32 @@ def fetch_model(
         vae_files = _locate("vae", vae, [p.removeprefix("vae/") for p in VAE_PATTERNS], fp16, progress)
     # A folder's family is told last, so a part that cannot be had is named before a family that cannot be told.
     return ModelFiles(model, vae_files, told or _told_family(model))
+
+
+def _fetch_single_file(
+    spec: str, vae: str, wanted: Family | None, config: str, fp16: bool, progress: Progress | None
+) -> ModelFiles:
+    """A single file's own header (its family told from its keys), configs, tokenizers and VAE."""
+    path = Path(spec).expanduser()
+    try:
+        told = wanted or single_file.tell_family(spec, single_file.read_header(path))
+    except single_file.CheckpointError as e:
+        raise ModelUnavailableError(f"model {spec!r} (file): {e}", SINGLE_FILE_FIX) from e
+    if config:
+        patterns = single_file.CONFIG_PATTERNS + (single_file.SDXL_CONFIG_PATTERNS if told.pooled else [])
+        configs = _locate("configs", config, patterns, fp16, progress)
+        tokenizer = configs
+    else:
+        configs = Files("configs", told.name, "built-in", ARCH_DIR / told.arch, None)
+        tokenizer = _locate(
+            "tokenizer", told.reference, ["tokenizer/*"] + (["tokenizer_2/*"] if told.pooled else []), fp16, progress
+        )
+    # A file is loaded like a folder: its own VAE unless one is named.
+    if vae in (AUTO_VAE, ""):
+        vae_files = Files("vae", spec, "file", path.parent, None)
+    else:
+        vae_files = _locate("vae", vae, [p.removeprefix("vae/") for p in VAE_PATTERNS], fp16, progress)
+    return ModelFiles(configs, vae_files, told, path, tokenizer)
 
 
 def _told_family(model: Files) -> Family:
@@ -355,14 +402,7 @@ def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
     scheduler = _load(
         part("scheduler"), lambda f, s, v: _lcm_scheduler(LCMScheduler.load_config(f, subfolder=s)), dtype
     )
-    vae = _load(
-        files.vae,
-        lambda f, s, v: _vae_class(f, s).from_pretrained(
-            f, subfolder=s, variant=v, torch_dtype=dtype, low_cpu_mem_usage=_ACCELERATE
-        ),
-        dtype,
-    )
-    parts = _Parts(files.family, unet, vae, text_encoder, tokenizer, scheduler)
+    parts = _Parts(files.family, unet, _load_vae(files.vae, dtype), text_encoder, tokenizer, scheduler)
     if files.family.pooled:
         parts.text_encoder_2 = _load(
             part("text_encoder_2"),
@@ -373,6 +413,48 @@ def _load_files(files: ModelFiles, dtype: torch.dtype) -> _Parts:
             part("tokenizer_2"), lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype
         )
     return parts
+
+
+def _load_single_file(files: ModelFiles, dtype: torch.dtype) -> _Parts:
+    """The UNet and text encoders (and the file's own VAE) by diffusers' single-file loaders; tokenizers,
+    scheduler and a named VAE as for a folder."""
+    assert files.checkpoint is not None and files.tokenizer is not None
+    with ExitStack() as stack:
+        configs = files.model.folder
+        if files.model.kind == "built-in":
+            configs = stack.enter_context(single_file.arch_configs(configs))
+        try:
+            loaded = single_file.load(files.checkpoint, configs, files.family, dtype, own_vae=files.vae.kind == "file")
+        except single_file.CheckpointError as e:
+            raise ModelUnavailableError(f"model {str(files.checkpoint)!r} (file): {e}", SINGLE_FILE_FIX) from e
+        scheduler = _load(
+            replace(files.model, folder=configs, subfolder="scheduler"),
+            lambda f, s, v: _lcm_scheduler(LCMScheduler.load_config(f, subfolder=s)),
+            dtype,
+        )
+
+    def tokenizer(subfolder: str) -> CLIPTokenizer:
+        assert files.tokenizer is not None
+        where = replace(files.tokenizer, component=subfolder, subfolder=subfolder)
+        return _load(where, lambda f, s, v: CLIPTokenizer.from_pretrained(f, subfolder=s), dtype)
+
+    vae = loaded.vae if loaded.vae is not None else _load_vae(files.vae, dtype)
+    parts = _Parts(files.family, loaded.unet, vae, loaded.text_encoder, tokenizer("tokenizer"), scheduler)
+    if files.family.pooled:
+        parts.text_encoder_2 = loaded.text_encoder_2
+        parts.tokenizer_2 = tokenizer("tokenizer_2")
+    return parts
+
+
+def _load_vae(files: Files, dtype: torch.dtype) -> AutoencoderTiny | AutoencoderKL:
+    vae: AutoencoderTiny | AutoencoderKL = _load(
+        files,
+        lambda f, s, v: _vae_class(f, s).from_pretrained(
+            f, subfolder=s, variant=v, torch_dtype=dtype, low_cpu_mem_usage=_ACCELERATE
+        ),
+        dtype,
+    )
+    return vae
 
 
 def _lcm_scheduler(config: dict[str, Any]) -> LCMScheduler:

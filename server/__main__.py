@@ -39,7 +39,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="HTTP port")
     parser.add_argument(
         "--model",
-        help="model spec: hub id, local folder, a twin (tiny, tiny-sd15, tiny-sdxl) or arch:sd-turbo|sd15|sdxl-turbo",
+        help="model spec: hub id, local folder, a .safetensors checkpoint, a twin (tiny, tiny-sd15, tiny-sdxl) "
+        "or arch:sd-turbo|sd15|sdxl-turbo",
     )
     parser.add_argument("--data-dir", type=Path, help="where models, the database, jobs and logs live")
     parser.add_argument("--osc-port", type=int, help="UDP port for OSC control")

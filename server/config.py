@@ -165,6 +165,7 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     resolution: int = Field(0, ge=0, le=2048, multiple_of=8)
     lcm_lora: str = ""
+    config: str = ""
 
 
 class EngineConfig(_Section):

@@ -147,6 +147,7 @@ class EngineService:
                 family=config.model.family,
                 resolution=config.model.resolution or None,
                 lcm_lora=config.model.lcm_lora,
+                config=config.model.config,
                 progress=self._downloaded,
             )
             control = load_controlnets(
@@ -272,6 +273,7 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
                 data_dir=Path(config.server.data_dir),
                 fp16=fp16,
                 family=config.model.family,
+                config=config.model.config,
                 progress=progress,
             )
         if config.model.lcm_lora:
@@ -281,6 +283,9 @@ def download_model(config: Config, *, full_precision: bool, progress: Callable[[
         raise ModelNotFetched(e.problem) from e
     except FamilyError as e:
         raise ModelNotFetched(str(e)) from e
+    if files.checkpoint is not None and files.tokenizer is not None:
+        where = f"tokenizers in {files.tokenizer.folder}, vae in {files.vae.folder}"
+        return f"ready offline: model {files.checkpoint}, {where}"
     return f"ready offline: model in {files.model.folder}, vae in {files.vae.folder}"
 
 

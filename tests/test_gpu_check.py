@@ -29,6 +29,7 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
         "live",
         "flicker",
         "looks",
+        "stream batch",
     ]
     assert all(step["rc"] == 0 for step in report["steps"]), report["steps"]
     assert report["steps"][0]["counts"]["tests"] > 0  # the CUDA tests were collected (and skipped here)
@@ -44,6 +45,8 @@ def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Pa
     assert list(runs) == ["off", "one kind on every row", "two kinds mixed"]
     assert runs["off"]["model_time_vs_off"] == 1.0 and all(run["frames_per_s"] > 0 for run in runs.values())
     assert {row["loras"] for row in report["looks"]["engine"]} == {0, 2}
+    [stream] = report["stream_batch"]["tiny-sd15"]["results"]
+    assert stream["stream"]["frames_behind"] == 1 and stream["max_abs_diff"] < 1e-4
 
 
 def test_targets_are_read_from_the_figures_and_judged() -> None:
