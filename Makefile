@@ -80,7 +80,7 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
 test: $(DEV_STAMP) system-deps lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5
