@@ -16,7 +16,9 @@ its Sobel kernel from Python numbers on every call, a copy to the device that no
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,14 +218,26 @@ def _twin_controlnet(model: ModelBundle, kind: str, data_dir: Path) -> ControlNe
         raise ModelUnavailableError(f"ControlNet {kind} 'tiny': the model {model.spec!r} has no twin", CONTROL_FIX)
     folder = data_dir / "models" / f"{model.spec}-control-{kind}"
     if not (folder / "config.json").is_file():
-        partial = folder.with_name(f"{folder.name}.partial")
-        _random_controlnet(model, kind).save_pretrained(partial)
-        partial.rename(folder)
+        _built_once(folder, _random_controlnet(model, kind).save_pretrained)
     files = Files(f"ControlNet {kind}", TINY, "built-in", folder, None)
     net: ControlNetModel = _load(
         files, lambda f, s, v: ControlNetModel.from_pretrained(f, torch_dtype=model.dtype), model.dtype
     )
     return net
+
+
+def _built_once(folder: Path, save: Callable[[Path], object]) -> None:
+    """`save` into a folder of this process's own, then renamed into place: the workers of a cluster may
+    all build a twin at once on a fresh data dir (the same seeded weights: the first one in stays)."""
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    save(partial)
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not (folder / "config.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _random_controlnet(model: ModelBundle, kind: str) -> ControlNetModel:
@@ -262,7 +276,7 @@ def _depth_model(
         folder = data_dir / "models" / "tiny-depth"
         if not (folder / "config.json").is_file():
             with _seeded():
-                DepthAnythingForDepthEstimation(_tiny_depth_config()).save_pretrained(folder)
+                _built_once(folder, DepthAnythingForDepthEstimation(_tiny_depth_config()).save_pretrained)
         files = Files("depth model", TINY, "built-in", folder, None)
     else:
         files = _locate("depth model", source, DEPTH_PATTERNS, False, progress)
