@@ -119,6 +119,10 @@ async def test_peers_with_and_without_a_lora_share_batches_and_get_different_pic
         assert status == 409 and body["detail"]["slots"] == 2, body  # type: ignore[index]
         async with lora_server.http.get(lora_server.url(url)) as response:
             assert (await response.json())["settings"]["loras"] == []
+        # A switch frees the LoRA it replaces: lora-1, then lora-2 in its place, fit beside lora-0.
+        for name in ("lora-1.safetensors", "lora-2.safetensors"):
+            status, body = await _patch(lora_server, url, {"loras": [{"id": name}]})
+            assert status == 200, body
 
         # OSC moves a worn LoRA's scale; an index it does not wear is dropped and counted.
         osc = lora_server.app[control_keys.OSC]

@@ -21,7 +21,7 @@ from pipeline.lora_names import LoraNameError, lora_missing, lora_source
 from server import keys
 from server.control.control_ask import refuse_unloaded_control, unloaded_kind
 from server.control.presets import Preset
-from server.control.settings import SettingsStore
+from server.control.settings import SettingsStore, name_scope
 from server.engine_service import EngineService, lora_folder
 from server.fields import field_error
 from server.http.errors import ApiError
@@ -33,14 +33,15 @@ LOOK_ERRORS = {
 }
 
 
-async def refuse_look(app: web.Application, values: Mapping[str, Any]) -> None:
+async def refuse_look(app: web.Application, values: Mapping[str, Any], scope: str | None = None) -> None:
     """What a change of the look passes before it is taken: its ControlNet kind is loaded here, and its
-    LoRAs can be worn."""
+    LoRAs can be worn (`scope`: where the change goes, "global", a stream id or a name's scope; None
+    for a look that joins the others, a new stream's or a render job's)."""
     refuse_unloaded_control(app[keys.ENGINE].describe(), values)
-    await refuse_bad_loras(app, values)
+    await refuse_bad_loras(app, values, scope)
 
 
-async def refuse_bad_loras(app: web.Application, values: Mapping[str, Any]) -> None:
+async def refuse_bad_loras(app: web.Application, values: Mapping[str, Any], scope: str | None = None) -> None:
     """A change's values (`SettingsPatch.values()`) whose LoRAs cannot be worn: a 422 or a 409, nothing taken."""
     loras = values.get("loras")
     if not loras:
@@ -50,7 +51,7 @@ async def refuse_bad_loras(app: web.Application, values: Mapping[str, Any]) -> N
     problems = await _read_all(app[keys.ENGINE], names, lora_folder(config))
     if problems:
         raise ApiError(422, "invalid fields", [field_error(f"loras.{i}.id", why) for i, why in problems])
-    in_use = loras_in_use(app[keys.SETTINGS]) | set(names)
+    in_use = loras_in_use(app[keys.SETTINGS], scope, set(names))
     if len(in_use) > config.lora.slots:
         raise ApiError(
             409,
@@ -59,10 +60,25 @@ async def refuse_bad_loras(app: web.Application, values: Mapping[str, Any]) -> N
         )
 
 
-def loras_in_use(settings: SettingsStore) -> set[str]:
-    """The LoRAs the streams wear now (counting one a change replaces too: the check errs on the safe side)."""
-    scopes = ["global", *settings.stream_ids()]
-    return {lora.id for scope in scopes for lora in settings.effective(scope).loras}
+def loras_in_use(settings: SettingsStore, scope: str | None, names: set[str]) -> set[str]:
+    """The LoRAs worn once `names` are set at `scope`: the global ones (render jobs wear them) and each
+    stream's, whose own setting wins over its name's, which wins over the global one. A `scope` of None
+    adds `names` to what is worn (a new stream, a render job)."""
+
+    def own(at: str) -> set[str] | None:
+        """What `at` (a stream or a name's scope) sets itself once the change is in; None: it follows."""
+        if at == scope:
+            return names
+        held = settings.overrides(at).get("loras")
+        return None if held is None else {lora["id"] for lora in held}
+
+    global_ = names if scope == "global" else {lora.id for lora in settings.global_settings.loras}
+    in_use = global_ | (names if scope is None else set())
+    for stream in settings.stream_ids():
+        name = settings.stream_name(stream)
+        levels = (own(stream), own(name_scope(name)) if name is not None else None, global_)
+        in_use |= next(level for level in levels if level is not None)
+    return in_use
 
 
 async def _read_all(service: Any, names: list[str], folder: Path) -> list[tuple[int, str]]:

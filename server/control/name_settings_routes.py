@@ -51,7 +51,7 @@ async def get_name_settings(request: web.Request) -> web.Response:
 async def patch_name_settings(request: web.Request) -> web.Response:
     name = path_name(request, latest=False)
     patch = await read_model(request, SettingsPatch)
-    await refuse_look(request.app, patch.values())
+    await refuse_look(request.app, patch.values(), name_scope(name))
     store = request.app[keys.SETTINGS]
     store.update_stream(name_scope(name), patch, "http")
     return _describe(store, name)

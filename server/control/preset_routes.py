@@ -224,7 +224,8 @@ async def apply_preset(request: web.Request) -> web.Response:
     with _domain_errors():
         preset = await library.get(request.match_info["preset_id"])
         if preset.loras and library.unavailable(preset) is None:  # read before it is worn: a broken one is a 422
-            await refuse_bad_loras(request.app, {"loras": [lora.model_dump() for lora in preset.loras]})
+            loras = {"loras": [lora.model_dump() for lora in preset.loras]}
+            await refuse_bad_loras(request.app, loras, body.scope or "global")
         applied = await library.apply(preset.id, body.prompt, body.scope)
     return web.json_response(
         {

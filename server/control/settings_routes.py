@@ -71,7 +71,7 @@ async def get_settings(request: web.Request) -> web.Response:
 async def patch_settings(request: web.Request) -> web.Response:
     source = read_query(request, SourceQuery).source or "http"
     patch = await read_model(request, SettingsPatch)
-    await refuse_look(request.app, patch.values())
+    await refuse_look(request.app, patch.values(), "global")
     return _apply_global(request, patch, source)
 
 
@@ -136,6 +136,6 @@ async def patch_stream_settings(request: web.Request) -> web.Response:
     if not store.has_stream(stream_id):
         raise ApiError(404, "unknown stream", stream_id)
     patch = await read_model(request, StreamSettingsPatch)
-    await refuse_look(request.app, patch.values())
+    await refuse_look(request.app, patch.values(), stream_id)
     settings = store.update_stream(stream_id, patch, read_query(request, SourceQuery).source or "http")
     return web.json_response({"settings": settings.model_dump(), "overrides": store.overrides(stream_id)})
