@@ -80,7 +80,8 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
 test: $(DEV_STAMP) system-deps lint
-	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q -n 2 -m "not heavy and not cluster"
+	$(VENV)/bin/pytest -q -m "heavy or cluster"
 
 bench: $(STAMP)
 	$(PY) -m bench.engine --model tiny --batch-sizes 1,2,4,8 --seconds 5

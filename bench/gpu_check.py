@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,49 +282,47 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         work = Path(scratch)
         data = args.data_dir or work / "data"
-        steps = []
         junit = work / "tests.xml"
-        tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *plan.tests]
+        planned: list[tuple[str, list[str], float]] = []  # (name, command, time limit), in order
         if "tests" in only:
-            steps.append(run_step("tests", tests, plan.limits["tests"], env))
-            steps[-1]["counts"] = junit_counts(junit)
-        engine: dict[str, dict[str, Any]] = {}
+            tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+            planned.append(("tests", [*tests, *plan.tests], plan.limits["tests"]))
         # Each run is one process (the families' models in one: a process start costs seconds on a CPU).
         runs = [([model], plan.engine_args, plan.limits["engine"]) for model in plan.engine_models if "engine" in only]
         if "families" in only:
             runs.append((plan.family_models, plan.family_args, plan.limits["families"]))
+        engine_outs = {}
         for models, model_args, limit in runs:
             spec = ",".join(models)
             out = work / f"engine-{spec.replace(':', '-').replace(',', '+')}"
+            engine_outs.update(dict.fromkeys(models, out))
             command = [sys.executable, "-m", "bench.engine", "--model", spec, "--data-dir", str(data)]
-            steps.append(run_step(f"engine {spec}", [*command, *model_args, "--out", str(out)], limit, env))
-            for model in models:
-                result = newest(out, f"engine-{model.replace(':', '-').replace('/', '-')}-")
-                if result is not None:
-                    engine[model] = result
-        live_out = work / "live"
-        command = [sys.executable, "-m", "bench.live", *plan.live_args, "--data-dir", str(data), "--out", str(live_out)]
-        if "live" in only:
-            steps.append(run_step("live", command, plan.limits["live"], env))
-        live = newest(live_out, "live-")
-        flicker_out = work / "flicker"
-        command = [sys.executable, "-m", "bench.flicker", *plan.flicker_args, "--data-dir", str(data)]
-        if "flicker" in only:
-            steps.append(run_step("flicker", [*command, "--out", str(flicker_out)], plan.limits["flicker"], env))
-        flicker = newest(flicker_out, "flicker-")
-        looks_out = work / "looks"
-        command = [sys.executable, "-m", "bench.engine", *plan.looks_args, "--data-dir", str(data), "--seconds"]
-        command += ["3" if args.device == "cuda" else "0.2", "--out", str(looks_out)]
-        if "looks" in only:
-            steps.append(run_step("looks", command, plan.limits["looks"], env))
-        looks = newest(looks_out, "engine-")
-        stream_out = work / "stream-batch"
-        command = [sys.executable, "-m", "bench.stream_batch", *plan.stream_batch_args, "--data-dir", str(data)]
-        if "stream_batch" in only:
-            steps.append(
-                run_step("stream batch", [*command, "--out", str(stream_out)], plan.limits["stream_batch"], env)
-            )
-        found = [json.loads(path.read_text()) for path in sorted(stream_out.glob("stream-batch-*.json"))]
+            planned.append((f"engine {spec}", [*command, *model_args, "--out", str(out)], limit))
+        outs = {part: work / part for part in ("live", "flicker", "looks", "stream_batch")}
+        benches = {
+            "live": ["bench.live", *plan.live_args],
+            "flicker": ["bench.flicker", *plan.flicker_args],
+            "looks": ["bench.engine", *plan.looks_args, "--seconds", "3" if args.device == "cuda" else "0.2"],
+            "stream_batch": ["bench.stream_batch", *plan.stream_batch_args],
+        }
+        for part, bench in benches.items():
+            if part in only:
+                command = [sys.executable, "-m", *bench, "--data-dir", str(data), "--out", str(outs[part])]
+                planned.append((part.replace("_", " "), command, plan.limits[part]))
+        # On a GPU the steps are timed, so one at a time; the CPU dry run only proves they run: two at once.
+        with ThreadPoolExecutor(max_workers=1 if args.device == "cuda" else 2) as pool:
+            steps = list(pool.map(lambda step: run_step(step[0], step[1], step[2], env), planned))
+        if "tests" in only:
+            steps[0]["counts"] = junit_counts(junit)
+        engine: dict[str, dict[str, Any]] = {}
+        for model, out in engine_outs.items():
+            result = newest(out, f"engine-{model.replace(':', '-').replace('/', '-')}-")
+            if result is not None:
+                engine[model] = result
+        live = newest(outs["live"], "live-")
+        flicker = newest(outs["flicker"], "flicker-")
+        looks = newest(outs["looks"], "engine-")
+        found = [json.loads(path.read_text()) for path in sorted(outs["stream_batch"].glob("stream-batch-*.json"))]
         stream_batch = {result["model"]: result for result in found}  # one JSON per model
     facts = device_facts(args.device)
     report = {

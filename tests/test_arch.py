@@ -17,6 +17,7 @@ from pipeline.families import detect_family
 from pipeline.models import ARCH_DIR
 
 
+@pytest.mark.heavy
 def test_sd_turbo_architecture_builds_offline_and_stylizes_a_frame(tmp_path: Path) -> None:
     # 64² keeps it to seconds on a CPU; the weights are the full-size model's.
     model = load_model("arch:sd-turbo", data_dir=tmp_path, device=torch.device("cpu"), resolution=64)

@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from server.children import stop_child
 from server.config import ROOT
 from server.testing.servers import free_port
 from server.testing.waiting import eventually
+
+# Server processes of its own: run alone, after the rest (`make test`).
+pytestmark = pytest.mark.heavy
 
 SOFT_LIMIT = 400  # descriptors the server may open: its connection cap is this less a reserve of 256
 IDLE_SOCKETS = 450  # more than the whole limit

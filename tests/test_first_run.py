@@ -24,6 +24,9 @@ from server.engine_service import download_model
 from server.testing.servers import free_port, server_process, start_server, stop_server, wait_ready
 from server.testing.waiting import eventually
 
+# Server processes of its own: run alone, after the rest (`make test`).
+pytestmark = pytest.mark.heavy
+
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 

@@ -6,10 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from bench.gpu_check import TARGETS, figures, judged
 from server.config import ROOT
 
 
+@pytest.mark.heavy
 def test_the_dry_run_on_the_cpu_runs_every_step_and_writes_one_json(tmp_path: Path) -> None:
     done = subprocess.run(
         ["make", "-s", "gpu-check", "DEVICE=cpu", f"GPU_OUT={tmp_path}"],

@@ -394,6 +394,7 @@ async def poll_job(
     return await eventually(reached, 90, interval=0.05, what=f"job {job_id} to reach the wanted state")
 
 
+@pytest.mark.heavy
 async def test_a_job_killed_mid_render_completes_after_a_restart(data_dir: Path, tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "clip.mp4", seconds=8.0, fps=15).read_bytes()
     log = tmp_path / "server.log"

@@ -185,6 +185,7 @@ async def _state(server: RunningServer, recording_id: str, state: str) -> bool:
     return (await recording(server, recording_id))["state"] == state
 
 
+@pytest.mark.heavy
 async def test_a_recording_killed_mid_segment_keeps_its_closed_segments_playable(tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
     env = {"STYLIZE_RECORDINGS_SEGMENT_S": "0.5", "STYLIZE_ENGINE_MAX_BATCH": "1"}

@@ -19,6 +19,9 @@ from pydantic import ValidationError
 from server.config import ServerConfig
 from server.testing.servers import server_process, wait_ready
 
+# Server processes of its own: run alone, after the rest (`make test`).
+pytestmark = pytest.mark.heavy
+
 QUICK = {"STYLIZE_ENGINE_WARMUP": "false"}
 
 

@@ -19,6 +19,9 @@ from server.live import keys as live_keys
 from server.testing.servers import RunningServer, start_server, stop_server
 from server.testing.waiting import eventually
 
+# Server processes of its own: run alone, after the rest (`make test`).
+pytestmark = pytest.mark.heavy
+
 SYSTEM_PYTHON = "/usr/bin/python3"  # where Debian's python3-gst-1.0 is importable
 # Run, not imported: it needs Debian's python3-gst-1.0, which the project's virtualenv does not see.
 CLIENT = Path(server.testing.__file__).parent / "gst_webrtc_client.py"
