@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.live import Server, control_to_pixel, live_options, run_peers
+from bench.result_file import save
 from server.testing.cluster import ClusterOnThisBox, cluster_view, workers_ready
 from server.testing.servers import free_port
 
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the workers are pinned to, round robin; 0 = CPU")
     args = parser.parse_args(argv)
     result = asyncio.run(amain(args, argv))
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"cluster-{args.model.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result, "cluster", args.model)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 

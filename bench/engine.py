@@ -44,6 +44,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from safetensors.torch import save_file
 
+from bench.result_file import save
 from pipeline.contract import BatchReport, FrameParams
 from pipeline.control import ControlNets, load_controlnets
 from pipeline.engine import Engine
@@ -411,10 +412,7 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         "control": control,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = spec.replace(":", "-").replace("/", "-")
-    name = f"engine-{slug}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result, "engine", spec, device.type)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import platform
 import statistics
 import sys
@@ -32,6 +31,7 @@ import diffusers
 import numpy as np
 import torch
 
+from bench.result_file import save
 from pipeline.contract import FrameParams
 from pipeline.engine import Engine
 from pipeline.flicker import ALPHA, FLOOR, THUMBNAIL
@@ -201,11 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "techniques": rows,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = args.model.replace(":", "-").replace("/", "-")
-    path = args.out / f"flicker-{slug}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(path)
+    print(save(args.out, result, "flicker", args.model, device.type))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.result_file import save
 from pipeline.models import ensure_tiny_model
 from server.config import load_config
 from server.testing.clips import make_clip
@@ -156,9 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = asyncio.run(run(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save(args.out, result, "jobs")
     print(json.dumps(result, indent=2))
     print(f"written to {path}")
 

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.result_file import save
 from server.bounded_json import parse_json
 from server.testing.hostile_json import HOSTILE_JSON
 
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         "under_100_ms": all(ms < 100 for ms in best_ms.values()),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"json-check-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result, "json-check")
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from pythonosc.udp_client import SimpleUDPClient
 
+from bench.result_file import save
 from server.testing.rtc_client import RtcClient, connect, is_plain
 from server.testing.servers import ROOT, free_port, on_cpus, server_process, wait_ready
 
@@ -369,10 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.client_cpus:
         os.sched_setaffinity(0, args.client_cpus)  # this process runs a client too (control to pixel)
     result = asyncio.run(amain(args, argv))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"live-{args.model.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(result, indent=2) + "\n"
-    )
+    save(args.out, result, "live", args.model)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.result_file import save
 from pipeline.contract import FrameParams
 from pipeline.engine import Engine
 from pipeline.models import default_device, default_dtype, load_model
@@ -91,10 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "held_for_the_streams_still_there": held,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = args.model.replace(":", "-").replace("/", "-")
-    path = args.out / f"memory-{slug}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save(args.out, result, "memory", args.model, device.type)
     print(json.dumps({k: result[k] for k in ("frames", "joined", "rss_growth_mb_after_first_tenth")}), path)
 
 

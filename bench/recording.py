@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from bench.live import PEER_NAME, Server, live_options, run_peers
+from bench.result_file import save
 from server.testing.servers import free_port, server_process, wait_ready
 
 
@@ -108,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.client_cpus:
         os.sched_setaffinity(0, args.client_cpus)
     result = asyncio.run(amain(args, argv))
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"recording-{args.model.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result, "recording", args.model)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import diffusers
 import torch
 
+from bench.result_file import save
 from pipeline.models import ModelBundle, default_device, default_dtype, load_model
 from pipeline.onestep import OneStepImg2Img, row_timesteps
 from pipeline.prompts import PromptEmbeddings
@@ -239,10 +240,7 @@ def _bench_model(spec: str, args: argparse.Namespace, argv: list[str]) -> None:
         "stream_batch_wins": any(row["stream_over_plain_frames_per_s"] > WINS_ABOVE for row in rows),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = spec.replace(":", "-").replace("/", "-")
-    name = f"stream-batch-{slug}-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result, "stream-batch", spec, device.type)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 

@@ -16,9 +16,7 @@ its Sobel kernel from Python numbers on every call, a copy to the device that no
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +29,17 @@ from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, D
 from pipeline.contract import CONTROL_KINDS as KINDS
 from pipeline.control_names import CONTROL_FIX, TINY, parse_models
 from pipeline.hub import Progress
-from pipeline.models import ARCH_PREFIX, TWINS, Files, ModelBundle, ModelUnavailableError, _load, _locate, _seeded
+from pipeline.models import (
+    ARCH_PREFIX,
+    TWINS,
+    Files,
+    ModelBundle,
+    ModelUnavailableError,
+    _load,
+    _locate,
+    _seeded,
+    build_once,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -218,26 +226,12 @@ def _twin_controlnet(model: ModelBundle, kind: str, data_dir: Path) -> ControlNe
         raise ModelUnavailableError(f"ControlNet {kind} 'tiny': the model {model.spec!r} has no twin", CONTROL_FIX)
     folder = data_dir / "models" / f"{model.spec}-control-{kind}"
     if not (folder / "config.json").is_file():
-        _built_once(folder, _random_controlnet(model, kind).save_pretrained)
+        build_once(folder, _random_controlnet(model, kind).save_pretrained, "config.json")
     files = Files(f"ControlNet {kind}", TINY, "built-in", folder, None)
     net: ControlNetModel = _load(
         files, lambda f, s, v: ControlNetModel.from_pretrained(f, torch_dtype=model.dtype), model.dtype
     )
     return net
-
-
-def _built_once(folder: Path, save: Callable[[Path], object]) -> None:
-    """`save` into a folder of this process's own, then renamed into place: the workers of a cluster may
-    all build a twin at once on a fresh data dir (the same seeded weights: the first one in stays)."""
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    save(partial)
-    try:
-        partial.rename(folder)
-    except OSError:
-        if not (folder / "config.json").is_file():
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _random_controlnet(model: ModelBundle, kind: str) -> ControlNetModel:
@@ -276,7 +270,7 @@ def _depth_model(
         folder = data_dir / "models" / "tiny-depth"
         if not (folder / "config.json").is_file():
             with _seeded():
-                _built_once(folder, DepthAnythingForDepthEstimation(_tiny_depth_config()).save_pretrained)
+                build_once(folder, DepthAnythingForDepthEstimation(_tiny_depth_config()).save_pretrained, "config.json")
         files = Files("depth model", TINY, "built-in", folder, None)
     else:
         files = _locate("depth model", source, DEPTH_PATTERNS, False, progress)

@@ -613,28 +613,38 @@ def ensure_tiny_model(folder: Path, family: str = "sd-turbo") -> Path:
         timestep_spacing="trailing",
         steps_offset=1,
     )
-    # A folder of this process's own: the workers of a cluster may all build it at once on a fresh data dir.
+
+    def save(partial: Path) -> None:
+        unet.save_pretrained(partial / "unet")
+        vae.save_pretrained(partial / "vae")
+        text_encoder.save_pretrained(partial / "text_encoder")
+        byte_level_tokenizer().save_pretrained(partial / "tokenizer")
+        scheduler.save_pretrained(partial / "scheduler")
+        index = dict(TINY_INDEX, scheduler=["diffusers", scheduler_class.__name__])
+        if text_encoder_2 is not None:
+            text_encoder_2.save_pretrained(partial / "text_encoder_2")
+            byte_level_tokenizer().save_pretrained(partial / "tokenizer_2")
+            index = TINY_XL_INDEX
+        _drop_stale_vae_key(partial)
+        (partial / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    build_once(folder, save, "model_index.json")
+    return folder
+
+
+def build_once(folder: Path, save: Callable[[Path], object], marker: str) -> None:
+    """`save` a built twin into a folder of this process's own, then rename it into place: the workers
+    of a cluster may all build it at once on a fresh data dir (the same seeded weights: the first one in
+    stays). `marker` is the file a finished folder holds."""
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    unet.save_pretrained(partial / "unet")
-    vae.save_pretrained(partial / "vae")
-    text_encoder.save_pretrained(partial / "text_encoder")
-    byte_level_tokenizer().save_pretrained(partial / "tokenizer")
-    scheduler.save_pretrained(partial / "scheduler")
-    index = dict(TINY_INDEX, scheduler=["diffusers", scheduler_class.__name__])
-    if text_encoder_2 is not None:
-        text_encoder_2.save_pretrained(partial / "text_encoder_2")
-        byte_level_tokenizer().save_pretrained(partial / "tokenizer_2")
-        index = TINY_XL_INDEX
-    _drop_stale_vae_key(partial)
-    (partial / "model_index.json").write_text(json.dumps(index, indent=2))
+    save(partial)
     try:
         partial.rename(folder)
     except OSError:
-        if not (folder / "model_index.json").is_file():
+        if not (folder / marker).is_file():
             raise
-        shutil.rmtree(partial, ignore_errors=True)  # another process built it first: the same seeded weights
-    return folder
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _tiny_text_config(**extra: int) -> CLIPTextConfig:

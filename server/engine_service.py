@@ -158,6 +158,8 @@ class EngineService:
                 progress=self._downloaded,
             )
             self._set_download(None)
+            loras = lora_folder(config)
+            loras.mkdir(parents=True, exist_ok=True)  # there to fill
             engine = Engine(
                 model,
                 max_batch=config.engine.max_batch,
@@ -174,7 +176,7 @@ class EngineService:
                 cpu_threads=config.engine.cpu_threads,
                 warmup_steps=config.engine.warmup_steps,
                 control=control,
-                lora_dir=lora_folder(config),
+                lora_dir=loras,
                 on_batch=self._on_batch,
             )
             with self._lock:
@@ -244,10 +246,8 @@ class EngineService:
 
 
 def lora_folder(config: Config) -> Path:
-    """Where LoRA names resolve (`[lora] dir`, or `<data dir>/loras`), made at start so it is there to fill."""
-    folder = Path(config.lora.dir) if config.lora.dir else Path(config.server.data_dir) / "loras"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    """Where LoRA names resolve: `[lora] dir`, or `<data dir>/loras` (made when the engine loads)."""
+    return Path(config.lora.dir) if config.lora.dir else Path(config.server.data_dir) / "loras"
 
 
 def download_model(config: Config, *, full_precision: bool, progress: Callable[[int, int], None]) -> str:
