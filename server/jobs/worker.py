@@ -60,6 +60,9 @@ SWEEP_INTERVAL_S = 600.0
 RECORD_RETRY_S = 2.0
 # How often the worker looks again while the engine is still loading.
 ENGINE_POLL_S = 0.2
+# How long a stop waits for a look for the next job to end by itself (a cluster's blocks for up to 1 s)
+# before cancelling it: redis-py may never finish a blocking command cancelled midway (redis/redis-py#2028).
+CLAIM_STOP_S = 5.0
 # In a cluster, a folder without a job is removed only once untouched this long: a front on the same
 # data dir may be receiving that upload right now.
 ORPHAN_AGE_IN_CLUSTER_S = 3600.0
@@ -113,6 +116,8 @@ class JobWorker:
         self._wake = asyncio.Event()
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
+        self._claiming = False  # the task is looking for its next job (in a cluster, a blocking Redis read)
+        self._stopping = False
         self._last_sweep = 0.0
         self._unrecorded: dict[str, tuple[Job, str]] = {}  # job id -> (job, error) the records refused
 
@@ -145,6 +150,9 @@ class JobWorker:
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True
+            if self._claiming:  # let the look end by itself: it returns, sees the stop, and ends the task
+                await asyncio.wait({self._task}, timeout=CLAIM_STOP_S)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -221,7 +229,13 @@ class JobWorker:
             self._wake.clear()
             if self._unrecorded:
                 await self._record_failures()
-            job = await self._store.claim_next()
+            self._claiming = True
+            try:
+                job = await self._store.claim_next()
+            finally:
+                self._claiming = False
+            if self._stopping:  # a job claimed just now is taken up again as one cut off by a stop is
+                return
             if job is None:
                 try:
                     retry_s = RECORD_RETRY_S if self._unrecorded else math.inf
